@@ -1,0 +1,252 @@
+//! The guard that `#[entry]` installs, and the serve loop a child runs.
+//!
+//! A child is this same executable, started by [`crate::spawn`] with the
+//! environment variable [`MARKER`] set to `"<protocol>:<fd>"`, where `fd` is
+//! its end of a socket pair inherited from the parent. `#[entry]` calls
+//! [`entry`] as the first statement of `main`: in a child it removes the
+//! marker, serves tasks until the parent says stop or goes away, and exits
+//! without returning to `main`.
+
+use std::cell::{Cell, RefCell};
+use std::io::{BufReader, BufWriter, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::PanicHookInfo;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::registry;
+use crate::wire::{self, BatchFailure, PanicReport};
+
+/// Environment variable that marks a process as a worker child.
+pub(crate) const MARKER: &str = "MULTIPROC_CHILD";
+
+/// Exit code of a child that was started with a marker it cannot use.
+const EXIT_BAD_MARKER: i32 = 97;
+
+static GUARD: AtomicBool = AtomicBool::new(false);
+
+/// The exact name of the `#[multiproc::test]` that this thread runs, if any;
+/// children of pools made on this thread re-run the test binary filtered to it.
+static TEST_NAMES: Mutex<Vec<(std::thread::ThreadId, String)>> = Mutex::new(Vec::new());
+
+/// `true` once `#[entry]` or `#[multiproc::test]` ran in this process.
+pub(crate) fn guard_installed() -> bool {
+    GUARD.load(Ordering::Acquire)
+}
+
+/// The test this thread runs, for children of a pool created on it.
+pub(crate) fn current_test() -> Option<String> {
+    let id = std::thread::current().id();
+    let names = TEST_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    names
+        .iter()
+        .rev()
+        .find(|(t, _)| *t == id)
+        .or(names.last())
+        .map(|(_, n)| n.clone())
+}
+
+/// Called by `#[entry]` before anything else in `main`.
+///
+/// In a child process this never returns: it serves tasks, then exits. In
+/// the parent it records that the guard is in place and returns.
+pub fn entry() {
+    if let Some(marker) = std::env::var_os(MARKER) {
+        become_child(marker);
+    }
+    GUARD.store(true, Ordering::Release);
+}
+
+/// Called by `#[multiproc::test]` as the first statement of the test.
+///
+/// `path` is `module_path!()::test_name`; the crate name in front is dropped
+/// to get the name the test harness knows.
+pub fn test_entry(path: &'static str) {
+    if let Some(marker) = std::env::var_os(MARKER) {
+        become_child(marker);
+    }
+    let name = path.split_once("::").map_or(path, |(_, rest)| rest);
+    let mut names = TEST_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    names.push((std::thread::current().id(), name.to_owned()));
+    GUARD.store(true, Ordering::Release);
+}
+
+fn become_child(marker: std::ffi::OsString) -> ! {
+    // SAFETY: `entry` is the first statement of `main` (or of the test
+    // function, in a test binary filtered to that one test), before user code
+    // has started threads that could read the environment concurrently.
+    unsafe { std::env::remove_var(MARKER) };
+    let fd = match parse_marker(&marker.to_string_lossy()) {
+        Ok(fd) => fd,
+        Err(msg) => bad_marker(&msg),
+    };
+    // SAFETY: `fcntl` and `fstat` only inspect the descriptor; a closed or
+    // foreign descriptor makes them fail, which we report.
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    };
+    if !is_socket {
+        bad_marker(&format!("fd {fd} is not an inherited control socket"));
+    }
+    // Do not leak the control socket into processes the worker starts.
+    // SAFETY: plain fcntl on a descriptor we just checked.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the parent handed this descriptor to us alone; nothing else in
+    // this process owns it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    GUARD.store(true, Ordering::Release);
+    install_panic_hook();
+    let code = match serve(stream) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("multiproc: worker process {} lost its parent: {e}", std::process::id());
+            0
+        }
+    };
+    std::process::exit(code)
+}
+
+fn parse_marker(marker: &str) -> Result<RawFd, String> {
+    let (version, fd) = marker
+        .split_once(':')
+        .ok_or_else(|| format!("malformed value {marker:?}"))?;
+    if version != wire::PROTOCOL_VERSION.to_string() {
+        return Err(format!(
+            "protocol {version} from the parent, this binary speaks {}",
+            wire::PROTOCOL_VERSION
+        ));
+    }
+    fd.parse().map_err(|_| format!("malformed value {marker:?}"))
+}
+
+fn bad_marker(why: &str) -> ! {
+    eprintln!(
+        "multiproc: this process was started with {MARKER} set, but it is not a worker \
+         started by a multiproc pool ({why}); unset {MARKER} to run the program normally"
+    );
+    std::process::exit(EXIT_BAD_MARKER)
+}
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
+        if IN_TASK.with(Cell::get) {
+            // The parent reports it; keep the child quiet.
+            let report = PanicReport {
+                message: payload_text(info.payload()),
+                location: info.location().map(|l| l.to_string()),
+            };
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(report));
+        } else {
+            default(info);
+        }
+    }));
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// The report of the panic that `catch_unwind` just caught on this thread.
+pub(crate) fn take_panic_report(payload: &(dyn std::any::Any + Send)) -> PanicReport {
+    LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| PanicReport {
+        message: payload_text(payload),
+        location: None,
+    })
+}
+
+fn serve(stream: UnixStream) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
+    let mut writer = BufWriter::with_capacity(64 * 1024, stream);
+    let mut frame = Vec::new();
+    let mut out = Vec::new();
+
+    wire::begin_frame(&mut out, wire::TAG_HELLO);
+    out.extend_from_slice(&wire::PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&std::process::id().to_le_bytes());
+    wire::finish_frame(&mut out)?;
+    writer.write_all(&out)?;
+    writer.flush()?;
+
+    loop {
+        let Some(tag) = wire::read_frame(&mut reader, &mut frame)? else {
+            return Ok(()); // the parent went away or closed the pool
+        };
+        match tag {
+            wire::TAG_RUN => {
+                let mut cur = wire::Cursor(&frame[1..]);
+                let batch = cur.u64()?;
+                let name_len = cur.u32()? as usize;
+                let name = std::str::from_utf8(cur.take(name_len)?).unwrap_or("<invalid utf-8>");
+                let payload = cur.rest();
+                let Some(entry) = registry::lookup(name) else {
+                    let failure = BatchFailure::UnknownWorker {
+                        name: name.to_owned(),
+                        known: registry::known_names(),
+                    };
+                    send_failure(&mut writer, &mut out, batch, &failure)?;
+                    continue;
+                };
+                wire::begin_frame(&mut out, wire::TAG_DONE);
+                out.extend_from_slice(&batch.to_le_bytes());
+                let timing_at = out.len();
+                out.extend_from_slice(&0u64.to_le_bytes());
+                let started = Instant::now();
+                IN_TASK.with(|t| t.set(true));
+                let result = (entry.invoke())(payload, &mut out);
+                IN_TASK.with(|t| t.set(false));
+                let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                match result {
+                    Ok(()) => {
+                        out[timing_at..timing_at + 8].copy_from_slice(&elapsed.to_le_bytes());
+                        wire::finish_frame(&mut out)?;
+                        writer.write_all(&out)?;
+                    }
+                    Err(msg) => {
+                        send_failure(&mut writer, &mut out, batch, &BatchFailure::Malformed(msg))?;
+                    }
+                }
+                writer.flush()?;
+                // Do not keep a huge buffer alive between batches.
+                if out.capacity() > 16 << 20 {
+                    out = Vec::new();
+                }
+            }
+            wire::TAG_SHUTDOWN => return Ok(()),
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unknown frame tag {other}"),
+                ));
+            }
+        }
+    }
+}
+
+fn send_failure(
+    writer: &mut impl Write,
+    out: &mut Vec<u8>,
+    batch: u64,
+    failure: &BatchFailure,
+) -> std::io::Result<()> {
+    wire::begin_frame(out, wire::TAG_FAILED);
+    out.extend_from_slice(&batch.to_le_bytes());
+    out.extend_from_slice(&postcard::to_stdvec(failure).unwrap_or_default());
+    wire::finish_frame(out)?;
+    writer.write_all(out)?;
+    writer.flush()
+}

@@ -1,0 +1,36 @@
+//! The runtime of [multiproc](https://docs.rs/multiproc): everything that runs
+//! when a `#[worker]` function is dispatched to a child process.
+//!
+//! Use it through the `multiproc` facade crate; this crate's API is
+//! re-exported there and documented with examples.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(not(unix))]
+compile_error!("multiproc supports Unix (Linux first, macOS best effort); this target is not supported");
+
+mod child;
+mod error;
+mod pool;
+mod registry;
+mod spawn;
+mod wire;
+mod worker;
+
+pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
+pub use pool::{AsCompleted, Imap, ImapUnordered, Pool, PoolBuilder, Task, as_completed};
+pub use worker::Worker;
+
+// Not public API. Used by generated code.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::child::{entry, test_entry};
+    pub use crate::registry::WorkerEntry;
+    pub use crate::worker::{Worker, WorkerArg, WorkerOutput};
+    pub use inventory;
+
+    /// Fails to compile, spanned on `T`, unless `T` can be a worker argument.
+    pub const fn assert_arg<T: WorkerArg>() {}
+    /// Fails to compile, spanned on `T`, unless `T` can be a worker result.
+    pub const fn assert_output<T: WorkerOutput>() {}
+}
