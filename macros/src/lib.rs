@@ -1,10 +1,14 @@
-//! Procedural macros of multiproc (placeholder, being written).
+//! Procedural macros of multiproc (docs to come).
+
 use proc_macro::TokenStream;
+
+mod errors;
+mod worker;
 
 /// Marks a worker function.
 #[proc_macro_attribute]
-pub fn worker(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn worker(args: TokenStream, item: TokenStream) -> TokenStream {
+    worker::expand(args.into(), item.into()).into()
 }
 
 /// Guards `main`.
