@@ -2,7 +2,10 @@
 
 use proc_macro::TokenStream;
 
+mod entry;
 mod errors;
+mod guard;
+mod test;
 mod worker;
 
 /// Marks a worker function.
@@ -13,12 +16,12 @@ pub fn worker(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Guards `main`.
 #[proc_macro_attribute]
-pub fn entry(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn entry(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::expand(args.into(), item.into()).into()
 }
 
 /// A test whose pools work.
 #[proc_macro_attribute]
-pub fn test(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
+    test::expand(args.into(), item.into()).into()
 }
