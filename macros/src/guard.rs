@@ -212,6 +212,25 @@ pub(crate) fn expand(
             let guard = guard(&guarded.item);
             guarded.expand(guard)
         }
-        Err(error) => with_error(guarded.item.into_token_stream(), error),
+        Err(error) => with_error(guarded.fallback(), error),
+    }
+}
+
+impl Guarded {
+    /// The user's function, unchanged, for the error path. A `main` that the
+    /// compiler would reject as an entry point too (async, with arguments)
+    /// goes inside a stand-in `fn main() {}`, so that only our message, which
+    /// names the fix, is reported and the body is still checked.
+    fn fallback(self) -> TokenStream {
+        let item = self.item;
+        match self.kind {
+            Kind::Entry if item.sig.ident == "main" => quote! {
+                fn main() {
+                    #[allow(dead_code)]
+                    #item
+                }
+            },
+            _ => item.into_token_stream(),
+        }
     }
 }

@@ -1,10 +1,9 @@
 //! The code a valid `#[worker]` function turns into.
 
-use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use proc_macro2::{Delimiter, Group, TokenStream};
+use quote::{ToTokens, format_ident, quote};
 use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{Attribute, ItemFn, LitStr, Meta, Token, Visibility};
 
 use super::ast::Worker;
@@ -17,6 +16,11 @@ use super::ast::Worker;
 /// The type is a braced struct with a constant beside it, not a unit struct:
 /// a call through a unit struct's name looks like a constructor to clippy
 /// (`no_effect` on `f(1, 2);`), a call through a constant does not.
+///
+/// `type Args` and `type Output` carry the user's spans: the trait's bounds
+/// on them (`Serialize + DeserializeOwned + Send + 'static`) are what reports
+/// a type that cannot travel, at that type. There are no separate assertions:
+/// each would report the same missing impl a second time.
 pub(crate) fn expand(worker: &Worker) -> TokenStream {
     let item = &worker.item;
     let ident = &item.sig.ident;
@@ -47,8 +51,12 @@ pub(crate) fn expand(worker: &Worker) -> TokenStream {
             let names: Vec<_> = (0..arg_types.len())
                 .map(|i| format_ident!("__arg{i}"))
                 .collect();
+            // Spanned on the parameter list, so that a bound the tuple does
+            // not meet is reported at `(a: A, b: B)`, not at the attribute.
+            let mut tuple = Group::new(Delimiter::Parenthesis, quote!(#(#arg_types),*));
+            tuple.set_span(item.sig.paren_token.span.join());
             (
-                quote!((#(#arg_types),*)),
+                tuple.into_token_stream(),
                 quote!(let (#(#names),*) = args; #inner_ident(#(#names),*)),
             )
         }
@@ -66,19 +74,6 @@ pub(crate) fn expand(worker: &Worker) -> TokenStream {
             quote!(::core::concat!(::core::module_path!(), "::", #ident))
         }
     };
-
-    let assertions = arg_types
-        .iter()
-        .map(|ty| {
-            quote_spanned! {ty.span()=>
-                const _: () = ::multiproc::__private::assert_arg::<#ty>();
-            }
-        })
-        .chain(worker.output().map(|ty| {
-            quote_spanned! {ty.span()=>
-                const _: () = ::multiproc::__private::assert_output::<#ty>();
-            }
-        }));
 
     quote! {
         #(#struct_attrs)*
@@ -119,8 +114,6 @@ pub(crate) fn expand(worker: &Worker) -> TokenStream {
                     f.write_str(<Self as ::multiproc::__private::Worker>::NAME)
                 }
             }
-
-            #(#assertions)*
 
             ::multiproc::__private::inventory::submit! {
                 ::multiproc::__private::WorkerEntry::new::<#ident>()

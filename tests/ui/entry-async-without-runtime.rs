@@ -1,0 +1,2 @@
+#[multiproc::entry]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[multiproc::entry(threads = 4)]
+fn main() {}

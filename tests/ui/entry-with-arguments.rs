@@ -1,0 +1,4 @@
+#[multiproc::entry]
+fn main(args: Vec<String>) {
+    drop(args);
+}

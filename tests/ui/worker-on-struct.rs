@@ -1,0 +1,4 @@
+#[multiproc::worker]
+struct NotAFunction;
+
+fn main() {}
