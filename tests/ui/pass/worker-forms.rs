@@ -82,7 +82,10 @@ fn main() {
     // Named by module path unless renamed.
     assert_eq!(<add as Worker>::NAME, concat!(module_path!(), "::add"));
     assert_eq!(<label as Worker>::NAME, "stable::label");
-    assert_eq!(<nested::deeper::negate as Worker>::NAME, concat!(module_path!(), "::nested::deeper::negate"));
+    assert_eq!(
+        <nested::deeper::negate as Worker>::NAME,
+        concat!(module_path!(), "::nested::deeper::negate")
+    );
     assert_eq!(<local as Worker>::NAME, concat!(module_path!(), "::local"));
     assert_eq!(format!("{add:?}"), <add as Worker>::NAME);
 
