@@ -170,9 +170,27 @@ pub(crate) fn take_panic_report(payload: &(dyn std::any::Any + Send)) -> PanicRe
 }
 
 fn serve(stream: UnixStream) -> std::io::Result<()> {
-    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
+    // A reader thread drains the socket into memory, so that the parent can
+    // always finish writing its next batch while this thread writes a large
+    // result: without it, both sides could block on full socket buffers.
+    let (frames_tx, frames) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    let read_half = stream.try_clone()?;
+    std::thread::Builder::new().name("multiproc-reader".to_owned()).spawn(move || {
+        let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+        loop {
+            let mut frame = Vec::new();
+            let next = match wire::read_frame(&mut reader, &mut frame) {
+                Ok(Some(_)) => Ok(frame),
+                Ok(None) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            };
+            let end = !matches!(&next, Ok(f) if !f.is_empty());
+            if frames_tx.send(next).is_err() || end {
+                return;
+            }
+        }
+    })?;
     let mut writer = BufWriter::with_capacity(64 * 1024, stream);
-    let mut frame = Vec::new();
     let mut out = Vec::new();
 
     wire::begin_frame(&mut out, wire::TAG_HELLO);
@@ -183,7 +201,11 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     writer.flush()?;
 
     loop {
-        let Some(tag) = wire::read_frame(&mut reader, &mut frame)? else {
+        let frame = match frames.recv() {
+            Ok(frame) => frame?,
+            Err(_) => return Ok(()),
+        };
+        let Some(&tag) = frame.first() else {
             return Ok(()); // the parent went away or closed the pool
         };
         match tag {

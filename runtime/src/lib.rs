@@ -18,7 +18,7 @@ mod wire;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
-pub use pool::{AsCompleted, Imap, ImapUnordered, Pool, PoolBuilder, Task, as_completed};
+pub use pool::{AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed};
 pub use worker::Worker;
 
 // Not public API. Used by generated code.

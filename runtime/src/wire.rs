@@ -7,7 +7,7 @@
 //! a batch can be split after a crash without re-encoding.
 
 use std::any::type_name;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::de::DeserializeOwned;
@@ -209,11 +209,6 @@ pub(crate) fn finish_frame(buf: &mut [u8]) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame larger than 1 GiB"))?;
     buf[..4].copy_from_slice(&len.to_le_bytes());
     Ok(())
-}
-
-/// Writes a finished frame.
-pub(crate) fn write_frame(w: &mut impl Write, buf: &[u8]) -> io::Result<()> {
-    w.write_all(buf)
 }
 
 /// Reads one frame into `buf`; returns its tag, or `None` on a clean EOF

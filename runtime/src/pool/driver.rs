@@ -1,0 +1,332 @@
+//! One driver thread per worker slot: starts the worker process, feeds it
+//! batches (two in flight, so the child never waits for the parent), hands
+//! replies back, and replaces the process when it dies or retires.
+//!
+//! The driver thread spawns its child itself and lives as long as the pool,
+//! which is what Linux's parent-death signal is tied to.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use super::PoolShared;
+use super::job::{Failure, Job, Outcome, Runner};
+use crate::error::{Error, ErrorKind, ExitReason, Result};
+use crate::spawn::{self, Spawned};
+use crate::wire::{self, BatchFailure};
+
+/// Batches sent to one child before its first answer.
+const PIPELINE_DEPTH: usize = 2;
+/// A second batch is sent ahead only while batches are this short: for
+/// longer ones the round trip does not matter, and holding a batch back
+/// keeps the load balanced at the end of a `map`.
+const PIPELINE_BELOW_NS: u64 = 2_000_000;
+/// Replacement workers that may fail to start in a row before the slot
+/// gives up.
+const MAX_START_FAILURES: u32 = 3;
+
+struct Sent {
+    job: Job,
+    batch: u64,
+}
+
+struct Worker {
+    child: Child,
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    pid: u32,
+    /// Items finished by this process.
+    done: u64,
+    /// How long the child took for its last batch.
+    last_batch_ns: u64,
+}
+
+enum End {
+    /// The pool is closed and the queue is empty.
+    Shutdown,
+    /// The worker reached `max_tasks_per_worker`.
+    Retire,
+    /// The worker process died (or was killed) with these batches in flight.
+    Died(VecDeque<Sent>),
+}
+
+pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<()>>) {
+    let mut ready = Some(ready);
+    let mut failures = 0;
+    loop {
+        if shared.queue.is_terminated() {
+            break;
+        }
+        let mut worker = match start(&shared) {
+            Ok(w) => w,
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e));
+                    break;
+                }
+                failures += 1;
+                if failures >= MAX_START_FAILURES {
+                    shared.slot_failed(Failure::Spawn(e.to_string()));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50 << failures));
+                continue;
+            }
+        };
+        runner.set_pid(Some(worker.pid));
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(Ok(()));
+        }
+        match serve(&shared, &runner, &mut worker) {
+            End::Shutdown => {
+                stop(&runner, worker);
+                break;
+            }
+            End::Retire => {
+                stop(&runner, worker);
+                failures = 0;
+            }
+            End::Died(in_flight) => {
+                if worker.done > 0 {
+                    failures = 0;
+                }
+                died(&shared, &runner, worker, in_flight);
+            }
+        }
+    }
+}
+
+/// Starts a worker process and runs the pool's initializer in it.
+fn start(shared: &PoolShared) -> Result<Worker> {
+    let Spawned { child, stream } =
+        spawn::spawn_worker(shared.test_name.as_deref()).map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
+    let pid = child.id();
+    let reader = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| Error::new(ErrorKind::Spawn(e)))?);
+    let mut worker = Worker { child, writer: stream, reader, pid, done: 0, last_batch_ns: 0 };
+    if let Some(init) = &shared.initializer {
+        if let Err(e) = run_initializer(shared, &mut worker, init) {
+            let _ = worker.child.kill();
+            let _ = worker.child.wait();
+            return Err(Error::new(ErrorKind::Initializer(e)));
+        }
+    }
+    Ok(worker)
+}
+
+fn run_initializer(shared: &PoolShared, worker: &mut Worker, init: &super::Initializer) -> Result<()> {
+    let batch = shared.queue.next_batch_id();
+    let mut buf = Vec::new();
+    encode_run(&mut buf, batch, init.worker, &init.payload).map_err(io_protocol)?;
+    let mut frame = Vec::new();
+    let answer = worker.writer.write_all(&buf).and_then(|()| wire::read_frame(&mut worker.reader, &mut frame));
+    match answer {
+        Ok(Some(wire::TAG_DONE)) => {
+            let mut rest = &frame[1 + 16..];
+            (init.check)(init.worker, &mut rest)
+        }
+        Ok(Some(wire::TAG_FAILED)) => Err(batch_failure(&frame).to_error(init.worker, None)),
+        Ok(_) | Err(_) => {
+            let reason = reap(&mut worker.child);
+            Err(Failure::Died { pid: worker.pid, reason }.to_error(init.worker, None))
+        }
+    }
+}
+
+fn io_protocol(e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Protocol(e.to_string()))
+}
+
+fn encode_run(buf: &mut Vec<u8>, batch: u64, worker: &str, payload: &[u8]) -> std::io::Result<()> {
+    wire::begin_frame(buf, wire::TAG_RUN);
+    buf.extend_from_slice(&batch.to_le_bytes());
+    buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
+    buf.extend_from_slice(worker.as_bytes());
+    buf.extend_from_slice(payload);
+    wire::finish_frame(buf)
+}
+
+fn batch_failure(frame: &[u8]) -> Failure {
+    match frame.get(9..).map(postcard::from_bytes::<BatchFailure>) {
+        Some(Ok(BatchFailure::UnknownWorker { name, known })) => Failure::UnknownWorker { name, known },
+        Some(Ok(BatchFailure::Malformed(msg))) => Failure::Protocol(msg),
+        _ => Failure::Protocol("undecodable failure report from a worker".to_owned()),
+    }
+}
+
+fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End {
+    let mut in_flight: VecDeque<Sent> = VecDeque::with_capacity(PIPELINE_DEPTH);
+    let mut buf = Vec::new();
+    let mut frame = Vec::new();
+    let limit = shared.max_tasks_per_worker;
+    loop {
+        // Keep the child busy: up to PIPELINE_DEPTH batches in flight.
+        let depth = if worker.last_batch_ns < PIPELINE_BELOW_NS { PIPELINE_DEPTH } else { 1 };
+        while in_flight.len() < depth {
+            let queued: u64 = in_flight.iter().map(|s| u64::from(s.job.count)).sum();
+            if let Some(limit) = limit {
+                if worker.done + queued >= limit {
+                    if in_flight.is_empty() {
+                        return End::Retire;
+                    }
+                    break;
+                }
+            }
+            let Some(job) = shared.queue.next(in_flight.is_empty()) else {
+                if in_flight.is_empty() {
+                    return End::Shutdown;
+                }
+                break;
+            };
+            let batch = shared.queue.next_batch_id();
+            if let Some(control) = &job.control {
+                if !control.start(batch, runner) {
+                    continue; // cancelled while queued; already answered
+                }
+            }
+            if in_flight.is_empty() {
+                runner.set_front(Some(batch));
+            }
+            let sent = encode_run(&mut buf, batch, job.worker, &job.payload).and_then(|()| worker.writer.write_all(&buf));
+            if let Err(e) = sent {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    // Frame too large: this job alone fails.
+                    if let Some(control) = &job.control {
+                        control.finish();
+                    }
+                    job.deliver(Outcome::Failed(Failure::Protocol(e.to_string())));
+                    continue;
+                }
+                // The child is gone; this job never reached it.
+                if let Some(control) = &job.control {
+                    control.requeue();
+                }
+                shared.queue.requeue_front(vec![job]);
+                return End::Died(in_flight);
+            }
+            in_flight.push_back(Sent { job, batch });
+        }
+        if buf.capacity() > 16 << 20 {
+            buf = Vec::new();
+        }
+
+        let tag = match wire::read_frame(&mut worker.reader, &mut frame) {
+            Ok(Some(tag)) => tag,
+            Ok(None) | Err(_) => return End::Died(in_flight),
+        };
+        let Some(front) = in_flight.pop_front() else {
+            runner.kill_if_running(None);
+            return End::Died(in_flight);
+        };
+        let mut cur = wire::Cursor(&frame[1..]);
+        let batch = cur.u64().unwrap_or(0);
+        if batch != front.batch || !(tag == wire::TAG_DONE || tag == wire::TAG_FAILED) {
+            // Out of step: the channel cannot be trusted any more.
+            runner.kill_if_running(None);
+            in_flight.push_front(front);
+            return End::Died(in_flight);
+        }
+        runner.set_front(in_flight.front().map(|s| s.batch));
+        if let Some(control) = &front.job.control {
+            control.finish();
+        }
+        if tag == wire::TAG_DONE {
+            let elapsed_ns = cur.u64().unwrap_or(0);
+            worker.done += u64::from(front.job.count);
+            worker.last_batch_ns = elapsed_ns;
+            let data = std::mem::take(&mut frame);
+            front.job.deliver(Outcome::Done { data, start: 1 + 16, elapsed_ns });
+        } else {
+            front.job.deliver(Outcome::Failed(batch_failure(&frame)));
+        }
+    }
+}
+
+/// Asks a worker to exit and reaps it.
+fn stop(runner: &Runner, mut worker: Worker) {
+    let mut buf = Vec::new();
+    wire::begin_frame(&mut buf, wire::TAG_SHUTDOWN);
+    let asked = wire::finish_frame(&mut buf).and_then(|()| worker.writer.write_all(&buf)).is_ok();
+    drop(worker.writer);
+    if !asked {
+        runner.kill_if_running(None);
+    }
+    // The child exits on SHUTDOWN or EOF; give it a moment, then insist.
+    for _ in 0..200 {
+        if let Ok(Some(_)) = worker.child.try_wait() {
+            runner.set_pid(None);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    runner.kill_if_running(None);
+    runner.set_pid(None);
+    let _ = worker.child.wait();
+}
+
+/// Waits for a child that is exiting and says how it ended.
+fn reap(child: &mut Child) -> ExitReason {
+    // It closed its socket, so it is on its way out; do not trust it blindly.
+    for _ in 0..400 {
+        match child.try_wait() {
+            Ok(Some(status)) => return exit_reason(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return ExitReason::Unknown,
+        }
+    }
+    let _ = child.kill();
+    child.wait().map(exit_reason).unwrap_or(ExitReason::Unknown)
+}
+
+fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitReason::Code(code),
+        (None, Some(sig)) => ExitReason::Signal(sig),
+        _ => ExitReason::Unknown,
+    }
+}
+
+/// Accounts for a dead worker: blames the batch it was running (splitting it
+/// to find the guilty item), and puts the innocent batches back in the queue.
+fn died(shared: &PoolShared, runner: &Runner, mut worker: Worker, in_flight: VecDeque<Sent>) {
+    let killed_on_purpose = runner.was_killed();
+    runner.set_pid(None);
+    let reason = reap(&mut worker.child);
+    let terminated = shared.queue.is_terminated();
+    let mut requeue = Vec::new();
+    for (i, sent) in in_flight.into_iter().enumerate() {
+        let job = sent.job;
+        if terminated {
+            job.deliver(Outcome::Failed(Failure::Cancelled));
+            continue;
+        }
+        if job.control.as_ref().is_some_and(|c| c.is_settled()) {
+            continue; // cancelled or timed out: already answered
+        }
+        if i > 0 || killed_on_purpose {
+            // Never started, or an innocent bystander of a kill.
+            if let Some(control) = &job.control {
+                control.requeue();
+            }
+            requeue.push(job);
+        } else if job.count == 1 {
+            if let Some(control) = &job.control {
+                control.finish();
+            }
+            job.deliver(Outcome::Failed(Failure::Died { pid: worker.pid, reason }));
+        } else {
+            // Bisect: one of these items crashed the process. Each half runs
+            // again; a half that crashes is split again, down to one item.
+            let (a, b) = job.split();
+            requeue.push(a);
+            requeue.push(b);
+        }
+    }
+    if !requeue.is_empty() {
+        shared.queue.requeue_front(requeue);
+    }
+}

@@ -1,0 +1,299 @@
+//! Jobs (batches of encoded items), their replies, and the queue that the
+//! per-worker drivers take them from.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::task::{Control, TaskSlot};
+use crate::error::{Error, ErrorKind, ExitReason};
+use crate::wire;
+
+/// A batch of framed argument items for one worker function.
+pub(crate) struct Job {
+    pub(crate) worker: &'static str,
+    /// Framed argument items (see [`crate::wire`]).
+    pub(crate) payload: Vec<u8>,
+    pub(crate) count: u32,
+    /// Input position of the first item; `None` for `submit`/`apply`.
+    pub(crate) first_index: Option<u64>,
+    pub(crate) sink: Sink,
+    /// Cancel/kill state of a submitted task.
+    pub(crate) control: Option<Arc<Control>>,
+    /// Set when the `imap` iterator that made this job was dropped.
+    pub(crate) abandoned: Option<Arc<AtomicBool>>,
+}
+
+impl Job {
+    /// Splits a batch into two halves (for pinning the blame after a crash).
+    pub(crate) fn split(self) -> (Job, Job) {
+        debug_assert!(self.count >= 2);
+        let half = self.count / 2;
+        let mut rest = &self.payload[..];
+        for _ in 0..half {
+            wire::next_item(&mut rest).expect("the parent framed this payload itself");
+        }
+        let cut = self.payload.len() - rest.len();
+        let second = Job {
+            worker: self.worker,
+            payload: self.payload[cut..].to_vec(),
+            count: self.count - half,
+            first_index: self.first_index.map(|i| i + u64::from(half)),
+            sink: self.sink.clone(),
+            control: None,
+            abandoned: self.abandoned.clone(),
+        };
+        let mut first = self;
+        first.payload.truncate(cut);
+        first.count = half;
+        (first, second)
+    }
+
+    /// `true` if nobody waits for the result any more.
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.abandoned.as_ref().is_some_and(|a| a.load(Ordering::Relaxed))
+            || self.control.as_ref().is_some_and(|c| c.is_settled())
+    }
+
+    pub(crate) fn deliver(&self, outcome: Outcome) {
+        let reply = Reply { first_index: self.first_index, count: self.count, outcome };
+        match &self.sink {
+            Sink::Stream(tx) => {
+                let _ = tx.send(reply);
+            }
+            Sink::Task(slot) => slot.fill(reply),
+        }
+    }
+}
+
+/// Where the result of a job goes.
+#[derive(Clone)]
+pub(crate) enum Sink {
+    /// An `imap`/`map` stream, which reassembles by item index.
+    Stream(Sender<Reply>),
+    /// A submitted task.
+    Task(Arc<TaskSlot>),
+}
+
+/// What came back for a job (or for a part of it, after a split).
+pub(crate) struct Reply {
+    pub(crate) first_index: Option<u64>,
+    pub(crate) count: u32,
+    pub(crate) outcome: Outcome,
+}
+
+pub(crate) enum Outcome {
+    /// The child ran the batch: framed result items start at `data[start..]`.
+    Done { data: Vec<u8>, start: usize, elapsed_ns: u64 },
+    /// Every item of the batch failed the same way.
+    Failed(Failure),
+    /// One item that failed in the parent before it was sent.
+    Local(Option<Error>),
+}
+
+/// A failure that applies to every item of a batch.
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    Died { pid: u32, reason: ExitReason },
+    Cancelled,
+    Timeout(std::time::Duration),
+    UnknownWorker { name: String, known: Vec<String> },
+    Protocol(String),
+    Closed,
+    Spawn(String),
+}
+
+impl Failure {
+    /// The error for one item of a failed batch.
+    pub(crate) fn to_error(&self, worker: &str, index: Option<u64>) -> Error {
+        let worker = worker.to_owned();
+        Error::new(match self {
+            Failure::Died { pid, reason } => ErrorKind::WorkerDied { worker, index, pid: *pid, reason: *reason },
+            Failure::Cancelled => ErrorKind::Cancelled { worker, index },
+            Failure::Timeout(after) => ErrorKind::Timeout { worker, index, after: *after },
+            Failure::UnknownWorker { name, known } => ErrorKind::UnknownWorker { name: name.clone(), known: known.clone() },
+            Failure::Protocol(msg) => ErrorKind::Protocol(msg.clone()),
+            Failure::Closed => ErrorKind::PoolClosed,
+            Failure::Spawn(msg) => ErrorKind::Spawn(std::io::Error::other(msg.clone())),
+        })
+    }
+}
+
+/// The per-driver view of the child it runs, so that other threads can kill
+/// it (task cancel, timeout, `terminate`) without racing the reaping.
+#[derive(Default)]
+pub(crate) struct Runner {
+    state: Mutex<RunnerState>,
+}
+
+#[derive(Default)]
+struct RunnerState {
+    /// The live child, cleared before it is reaped so its pid is never reused
+    /// under our feet.
+    pid: Option<u32>,
+    /// The batch the child is running (the oldest one sent).
+    front: Option<u64>,
+    /// Set when we killed the child on purpose.
+    killed: bool,
+}
+
+impl Runner {
+    pub(crate) fn set_pid(&self, pid: Option<u32>) {
+        let mut s = self.lock();
+        s.pid = pid;
+        s.front = None;
+        s.killed = false;
+    }
+
+    pub(crate) fn set_front(&self, batch: Option<u64>) {
+        self.lock().front = batch;
+    }
+
+    /// `true` if the child was killed on purpose since it started.
+    pub(crate) fn was_killed(&self) -> bool {
+        self.lock().killed
+    }
+
+    /// Kills the child if it is running `batch` (any batch if `None`).
+    pub(crate) fn kill_if_running(&self, batch: Option<u64>) -> bool {
+        let mut s = self.lock();
+        let Some(pid) = s.pid else { return false };
+        if batch.is_some() && s.front != batch {
+            return false;
+        }
+        s.killed = true;
+        // SAFETY: `pid` is our unreaped child (cleared before `wait`), so it
+        // cannot name another process.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        true
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RunnerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// State shared by a pool, its drivers, its tasks and streams.
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    cond: Condvar,
+    batch_ids: AtomicU64,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+    terminated: bool,
+    /// Set when no worker can be started any more: every job fails with it.
+    fatal: Option<Failure>,
+}
+
+impl Queue {
+    pub(crate) fn new() -> Queue {
+        Queue {
+            state: Mutex::new(QueueState { jobs: VecDeque::new(), closed: false, terminated: false, fatal: None }),
+            cond: Condvar::new(),
+            batch_ids: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn next_batch_id(&self) -> u64 {
+        self.batch_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a job, or hands it back with the reason the pool refuses it.
+    pub(crate) fn push(&self, job: Job) -> Result<(), (Job, Failure)> {
+        let mut s = self.lock();
+        if let Some(f) = &s.fatal {
+            let f = f.clone();
+            return Err((job, f));
+        }
+        if s.closed || s.terminated {
+            return Err((job, Failure::Closed));
+        }
+        s.jobs.push_back(job);
+        drop(s);
+        self.cond.notify_one();
+        Ok(())
+    }
+
+    /// Puts jobs back at the front (after a crash), keeping their order.
+    pub(crate) fn requeue_front(&self, jobs: Vec<Job>) {
+        let mut s = self.lock();
+        if s.terminated || s.fatal.is_some() {
+            let f = s.fatal.clone().unwrap_or(Failure::Cancelled);
+            drop(s);
+            for job in jobs {
+                job.deliver(Outcome::Failed(f.clone()));
+            }
+            return;
+        }
+        for job in jobs.into_iter().rev() {
+            s.jobs.push_front(job);
+        }
+        drop(s);
+        self.cond.notify_all();
+    }
+
+    /// The next live job. Blocks while the queue is empty and open when
+    /// `block`; `None` when there is nothing (more) to do.
+    pub(crate) fn next(&self, block: bool) -> Option<Job> {
+        let mut s = self.lock();
+        loop {
+            if s.terminated {
+                return None;
+            }
+            while let Some(job) = s.jobs.pop_front() {
+                if job.is_dropped() {
+                    continue;
+                }
+                return Some(job);
+            }
+            if !block || s.closed {
+                return None;
+            }
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.cond.notify_all();
+    }
+
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.lock().terminated
+    }
+
+    /// Stops everything: queued jobs fail as cancelled.
+    pub(crate) fn terminate(&self) {
+        let jobs: Vec<Job> = {
+            let mut s = self.lock();
+            s.terminated = true;
+            s.closed = true;
+            s.jobs.drain(..).collect()
+        };
+        self.cond.notify_all();
+        for job in jobs {
+            job.deliver(Outcome::Failed(Failure::Cancelled));
+        }
+    }
+
+    /// No worker can be started: fail everything queued and to come.
+    pub(crate) fn set_fatal(&self, failure: Failure) {
+        let jobs: Vec<Job> = {
+            let mut s = self.lock();
+            s.fatal.get_or_insert(failure.clone());
+            s.jobs.drain(..).collect()
+        };
+        self.cond.notify_all();
+        for job in jobs {
+            job.deliver(Outcome::Failed(failure.clone()));
+        }
+    }
+}

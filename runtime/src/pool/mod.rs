@@ -1,0 +1,459 @@
+//! [`Pool`]: a fixed set of worker processes that run `#[worker]` functions.
+
+mod driver;
+mod job;
+mod stream;
+mod task;
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde::de::DeserializeOwned;
+
+pub use stream::{Imap, ImapUnordered};
+pub use task::{AsCompleted, Task, as_completed};
+
+use job::{Failure, Job, Outcome, Queue, Runner, Sink};
+use stream::{Chunking, Stream};
+use task::{Control, TaskSlot};
+
+use crate::error::{CodecSide, Error, ErrorKind, Result};
+use crate::worker::Worker;
+use crate::{child, registry, wire};
+
+/// Checks an initializer's result: `Ok` or the error it reported.
+type InitCheck = fn(&'static str, &mut &[u8]) -> Result<()>;
+
+pub(crate) struct Initializer {
+    worker: &'static str,
+    payload: Vec<u8>,
+    check: InitCheck,
+}
+
+/// What the driver threads share with the pool.
+pub(crate) struct PoolShared {
+    pub(crate) queue: Queue,
+    pub(crate) initializer: Option<Initializer>,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) test_name: Option<String>,
+    runners: Vec<Arc<Runner>>,
+    slots_alive: AtomicUsize,
+}
+
+impl PoolShared {
+    /// A worker slot gave up restarting its process.
+    pub(crate) fn slot_failed(&self, failure: Failure) {
+        if self.slots_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.queue.set_fatal(failure);
+        }
+    }
+}
+
+/// A pool of worker processes: Python's `multiprocessing.Pool` and
+/// `concurrent.futures.ProcessPoolExecutor` in one.
+///
+/// Each worker is a child process running this same binary; tasks are
+/// `#[worker]` functions, found by name in the child. A task that panics
+/// fails alone; a worker process that crashes fails only the item it was
+/// running and is replaced.
+///
+/// `Pool` is `Send + Sync`: share it between threads by reference or in an
+/// `Arc`. Dropping it finishes the queued work, then stops and reaps every
+/// worker process; [`terminate`](Pool::terminate) stops at once.
+///
+/// # Example
+///
+/// ```ignore
+/// use multiproc::{entry, worker, Pool};
+///
+/// #[worker]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// #[entry]
+/// fn main() -> Result<(), multiproc::Error> {
+///     let pool = Pool::new(0)?;
+///     let squares = pool.map(square, 0..10)?;
+///     assert_eq!(squares[3], 9);
+///     Ok(())
+/// }
+/// ```
+pub struct Pool {
+    pub(crate) shared: Arc<PoolShared>,
+    drivers: Mutex<Vec<JoinHandle<()>>>,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("workers", &self.workers).finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Pool`] with options: [`Pool::builder`].
+#[must_use = "call .build() to start the pool"]
+pub struct PoolBuilder {
+    workers: usize,
+    initializer: Option<Result<Initializer>>,
+    max_tasks_per_worker: Option<u64>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("workers", &self.workers)
+            .field("initializer", &self.initializer.as_ref().map(|i| i.as_ref().map(|i| i.worker).ok()))
+            .field("max_tasks_per_worker", &self.max_tasks_per_worker)
+            .finish()
+    }
+}
+
+/// What an initializer may return: `()`, or a `Result` whose error fails
+/// pool creation.
+pub trait InitOutcome: DeserializeOwned {
+    /// `Err(message)` if the initializer failed.
+    fn into_outcome(self) -> std::result::Result<(), String>;
+}
+
+impl InitOutcome for () {
+    fn into_outcome(self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: std::fmt::Display + DeserializeOwned> InitOutcome for std::result::Result<(), E> {
+    fn into_outcome(self) -> std::result::Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+fn check_init<W: Worker>(worker: &'static str, rest: &mut &[u8]) -> Result<()>
+where
+    W::Output: InitOutcome,
+{
+    let out: W::Output = stream::decode_item(worker, None, rest)?;
+    out.into_outcome().map_err(|message| {
+        Error::new(ErrorKind::Panic { worker: worker.to_owned(), index: None, message, location: None })
+    })
+}
+
+impl PoolBuilder {
+    /// Number of worker processes; `0` (the default) means
+    /// [`std::thread::available_parallelism`].
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Runs `worker(args)` once in every worker process when it starts,
+    /// before any task (Python's `initializer`/`initargs`). If it panics or
+    /// returns `Err`, [`build`](PoolBuilder::build) fails with
+    /// [`ErrorKind::Initializer`].
+    pub fn initializer<W>(mut self, worker: W, args: W::Args) -> Self
+    where
+        W: Worker,
+        W::Output: InitOutcome,
+    {
+        let _ = worker;
+        let mut payload = Vec::new();
+        let init = wire::put_item(&mut payload, &args)
+            .map(|()| Initializer { worker: W::NAME, payload, check: check_init::<W> })
+            .map_err(|message| {
+                Error::new(ErrorKind::Codec {
+                    side: CodecSide::EncodeArgs,
+                    worker: W::NAME.to_owned(),
+                    index: None,
+                    type_name: std::any::type_name::<W::Args>(),
+                    message,
+                })
+            });
+        self.initializer = Some(init);
+        self
+    }
+
+    /// Replaces each worker process after it has run `k` tasks (items), like
+    /// Python's `maxtasksperchild`: a cure for leaks in code you cannot fix.
+    /// Batches are capped at `k` items so the limit is exact.
+    ///
+    /// # Panics
+    ///
+    /// If `k` is zero.
+    pub fn max_tasks_per_worker(mut self, k: u64) -> Self {
+        assert!(k > 0, "max_tasks_per_worker must be at least 1");
+        self.max_tasks_per_worker = Some(k);
+        self
+    }
+
+    /// Starts the worker processes (concurrently) and waits until each has
+    /// started and run the initializer.
+    ///
+    /// # Errors
+    ///
+    /// [`GuardMissing`](ErrorKind::GuardMissing) without `#[entry]` on
+    /// `main`; [`DuplicateWorker`](ErrorKind::DuplicateWorker);
+    /// [`Spawn`](ErrorKind::Spawn) if a process cannot be started;
+    /// [`Initializer`](ErrorKind::Initializer) if the initializer fails.
+    pub fn build(self) -> Result<Pool> {
+        if !child::guard_installed() {
+            return Err(Error::new(ErrorKind::GuardMissing));
+        }
+        registry::validate()?;
+        let initializer = self.initializer.transpose()?;
+        let workers = match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            n => n,
+        };
+        let runners: Vec<Arc<Runner>> = (0..workers).map(|_| Arc::new(Runner::default())).collect();
+        let shared = Arc::new(PoolShared {
+            queue: Queue::new(),
+            initializer,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            test_name: child::current_test(),
+            runners: runners.clone(),
+            slots_alive: AtomicUsize::new(workers),
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut drivers = Vec::with_capacity(workers);
+        for (i, runner) in runners.into_iter().enumerate() {
+            let for_driver = shared.clone();
+            let ready = ready_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("multiproc-worker-{i}"))
+                .spawn(move || driver::run(for_driver, runner, ready));
+            match spawned {
+                Ok(handle) => drivers.push(handle),
+                Err(e) => {
+                    let pool = Pool { shared, drivers: Mutex::new(drivers), workers };
+                    pool.terminate();
+                    return Err(Error::new(ErrorKind::Spawn(e)));
+                }
+            }
+        }
+        drop(ready_tx);
+        let pool = Pool { shared, drivers: Mutex::new(drivers), workers };
+        let mut first_error = None;
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(Error::new(ErrorKind::Protocol("a worker thread exited".to_owned())));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            pool.terminate();
+            return Err(e);
+        }
+        Ok(pool)
+    }
+}
+
+impl Pool {
+    /// Starts a pool of `workers` processes (`0`: one per available CPU).
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    pub fn new(workers: usize) -> Result<Pool> {
+        Pool::builder().workers(workers).build()
+    }
+
+    /// A builder for a pool with options (initializer, worker recycling).
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder { workers: 0, initializer: None, max_tasks_per_worker: None }
+    }
+
+    /// Number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn cap_chunk(&self, chunking: Chunking) -> Chunking {
+        match (self.shared.max_tasks_per_worker, chunking) {
+            (Some(k), Chunking::Fixed(n)) => Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX))),
+            (Some(k), Chunking::Adaptive(n)) => Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX))),
+            (None, c) => c,
+        }
+    }
+
+    /// Applies `worker` to every item and returns the results in input
+    /// order: Python's `Pool.map`. Several arguments are passed as tuples.
+    ///
+    /// Sized input (an exact `size_hint`) is cut into batches of
+    /// ⌈n / (4 · workers)⌉ items, Python's formula; unsized input is batched
+    /// adaptively. Use [`map_chunked`](Pool::map_chunked) to choose.
+    ///
+    /// # Errors
+    ///
+    /// The first failed item (by input position) — a panic, a crashed
+    /// worker, a codec error. The remaining queued work is dropped. To keep
+    /// every item's result, use [`imap`](Pool::imap).
+    pub fn map<W, I>(&self, worker: W, items: I) -> Result<Vec<W::Output>>
+    where
+        W: Worker,
+        I: IntoIterator<Item = W::Args>,
+    {
+        let items = items.into_iter();
+        let chunking = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => Chunking::Fixed(lo.div_ceil(4 * self.workers).max(1)),
+            _ => Chunking::Adaptive(1),
+        };
+        self.collect(worker, items, chunking)
+    }
+
+    /// [`map`](Pool::map) with batches of exactly `chunk_size` items
+    /// (Python's `chunksize`).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Pool::map).
+    pub fn map_chunked<W, I>(&self, worker: W, items: I, chunk_size: usize) -> Result<Vec<W::Output>>
+    where
+        W: Worker,
+        I: IntoIterator<Item = W::Args>,
+    {
+        self.collect(worker, items.into_iter(), Chunking::Fixed(chunk_size.max(1)))
+    }
+
+    fn collect<W, I>(&self, _worker: W, items: I, chunking: Chunking) -> Result<Vec<W::Output>>
+    where
+        W: Worker,
+        I: Iterator<Item = W::Args>,
+    {
+        let mut out = Vec::with_capacity(items.size_hint().0);
+        let mut stream = Stream::<W, I>::new(self, items, self.cap_chunk(chunking), true);
+        while let Some((_, result)) = stream.next_item() {
+            out.push(result?);
+        }
+        Ok(out)
+    }
+
+    /// Lazily applies `worker` to every item, yielding each result in input
+    /// order as soon as it and those before it are done: Python's
+    /// `Pool.imap`. The input is pulled in batches, with a bounded number in
+    /// flight, so an endless iterator works (`.take(n)` on the output).
+    ///
+    /// Each item gets its own `Result`: one failure does not lose the others.
+    /// The iterator is an [`ExactSizeIterator`] when the input is one (so
+    /// progress bars work), and batches adapt to the task duration unless
+    /// [`Imap::chunk_size`] is set.
+    pub fn imap<W, I>(&self, worker: W, items: I) -> Imap<'_, W, I::IntoIter>
+    where
+        W: Worker,
+        I: IntoIterator<Item = W::Args>,
+    {
+        let _ = worker;
+        Imap::new(Stream::new(self, items.into_iter(), self.cap_chunk(Chunking::Adaptive(1)), true))
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results in the order they
+    /// finish: Python's `Pool.imap_unordered`.
+    pub fn imap_unordered<W, I>(&self, worker: W, items: I) -> ImapUnordered<'_, W, I::IntoIter>
+    where
+        W: Worker,
+        I: IntoIterator<Item = W::Args>,
+    {
+        let _ = worker;
+        ImapUnordered::new(Stream::new(self, items.into_iter(), self.cap_chunk(Chunking::Adaptive(1)), false))
+    }
+
+    /// Runs one call in a worker process and waits for it: Python's
+    /// `Pool.apply`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Task::wait`].
+    pub fn apply<W: Worker>(&self, worker: W, args: W::Args) -> Result<W::Output> {
+        self.submit(worker, args).wait()
+    }
+
+    /// Starts one call in a worker process and returns its [`Task`] at once:
+    /// Python's `apply_async` / `executor.submit`. Several arguments are
+    /// passed as a tuple.
+    ///
+    /// Errors (closed pool, arguments that cannot be encoded) come out of the
+    /// task.
+    pub fn submit<W: Worker>(&self, worker: W, args: W::Args) -> Task<W::Output> {
+        let _ = worker;
+        let mut payload = Vec::new();
+        if let Err(message) = wire::put_item(&mut payload, &args) {
+            let slot = Arc::new(TaskSlot::new());
+            let task = Task::new(slot.clone(), Arc::new(Control::new()), W::NAME);
+            let error = Error::new(ErrorKind::Codec {
+                side: CodecSide::EncodeArgs,
+                worker: W::NAME.to_owned(),
+                index: None,
+                type_name: std::any::type_name::<W::Args>(),
+                message,
+            });
+            slot.fill(job::Reply { first_index: None, count: 1, outcome: Outcome::Local(Some(error)) });
+            return task;
+        }
+        let slot = Arc::new(TaskSlot::new());
+        let control = Arc::new(Control::new());
+        let job = Job {
+            worker: W::NAME,
+            payload,
+            count: 1,
+            first_index: None,
+            sink: Sink::Task(slot.clone()),
+            control: Some(control.clone()),
+            abandoned: None,
+        };
+        match self.shared.queue.push(job) {
+            Ok(()) => Task::new(slot, control, W::NAME),
+            Err((_, failure)) => Task::failed(W::NAME, failure),
+        }
+    }
+
+    /// Stops taking new work; queued and running tasks still finish. New
+    /// submissions fail with [`PoolClosed`](ErrorKind::PoolClosed).
+    pub fn close(&self) {
+        self.shared.queue.close();
+    }
+
+    /// Closes the pool, waits for every queued task to finish, and stops and
+    /// reaps every worker process.
+    pub fn join(&self) {
+        self.close();
+        let drivers = std::mem::take(&mut *self.drivers.lock().unwrap_or_else(|e| e.into_inner()));
+        for d in drivers {
+            let _ = d.join();
+        }
+    }
+
+    /// Stops at once: queued and running tasks fail with
+    /// [`Cancelled`](ErrorKind::Cancelled), worker processes are killed and
+    /// reaped.
+    pub fn terminate(&self) {
+        self.shared.queue.terminate();
+        for runner in &self.shared.runners {
+            runner.kill_if_running(None);
+        }
+        self.join();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn pool_is_send_and_sync() {
+        assert_send_sync::<Pool>();
+        assert_send_sync::<Task<u64>>();
+    }
+}

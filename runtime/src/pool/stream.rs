@@ -1,0 +1,392 @@
+//! The engine behind `map`, `imap` and `imap_unordered`: pulls the input
+//! lazily in batches, keeps a bounded number of batches in flight, and
+//! yields per-item results in input or completion order.
+
+use std::any::type_name;
+use std::collections::{BTreeMap, VecDeque};
+use std::iter::FusedIterator;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+
+use serde::de::DeserializeOwned;
+
+use super::Pool;
+use super::job::{Job, Outcome, Reply, Sink};
+use crate::error::{CodecSide, Error, ErrorKind, Result};
+use crate::wire::{self, PanicReport};
+use crate::worker::Worker;
+
+/// Batch duration that adaptive batching aims for, measured in the child.
+const TARGET_BATCH_NS: u64 = 4_000_000;
+/// Most items in one batch.
+const MAX_BATCH_ITEMS: usize = 1 << 16;
+/// A batch stops growing once its encoded arguments reach this size.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Decodes the result of a single submitted call.
+pub(crate) fn decode_single<R: DeserializeOwned>(worker: &'static str, reply: Reply) -> Result<R> {
+    match reply.outcome {
+        Outcome::Failed(f) => Err(f.to_error(worker, None)),
+        Outcome::Local(err) => Err(err.expect("a local error is decoded once")),
+        Outcome::Done { data, start, .. } => {
+            let mut rest = &data[start..];
+            decode_item(worker, None, &mut rest)
+        }
+    }
+}
+
+/// Decodes the next framed result item of a `DONE` body.
+pub(crate) fn decode_item<R: DeserializeOwned>(worker: &'static str, index: Option<u64>, rest: &mut &[u8]) -> Result<R> {
+    let Some((status, body, _)) = wire::next_item(rest) else {
+        *rest = &[];
+        return Err(Error::new(ErrorKind::Protocol(format!(
+            "the reply of worker `{worker}` is missing the result of task {index:?}"
+        ))));
+    };
+    let codec = |side, type_name, message: String| {
+        Error::new(ErrorKind::Codec { side, worker: worker.to_owned(), index, type_name, message })
+    };
+    match status {
+        wire::ITEM_OK => wire::decode_exact::<R>(body).map_err(|m| codec(CodecSide::DecodeOutput, type_name::<R>(), m)),
+        wire::ITEM_PANIC => {
+            let report: PanicReport = wire::decode_exact(body).unwrap_or(PanicReport {
+                message: "<the panic report could not be decoded>".to_owned(),
+                location: None,
+            });
+            Err(Error::new(ErrorKind::Panic {
+                worker: worker.to_owned(),
+                index,
+                message: report.message,
+                location: report.location,
+            }))
+        }
+        wire::ITEM_ENCODE_ERROR => Err(codec(CodecSide::EncodeOutput, type_name::<R>(), String::from_utf8_lossy(body).into_owned())),
+        _ => Err(codec(CodecSide::DecodeArgs, "arguments", String::from_utf8_lossy(body).into_owned())),
+    }
+}
+
+/// How big the batches of a stream are.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Chunking {
+    Fixed(usize),
+    /// Grows or shrinks so that a batch takes about [`TARGET_BATCH_NS`].
+    Adaptive(usize),
+}
+
+/// A reply being yielded item by item.
+struct Current {
+    reply: Reply,
+    pos: usize,
+    next_index: u64,
+    left: u32,
+}
+
+pub(crate) struct Stream<'p, W: Worker, I> {
+    pool: &'p Pool,
+    input: Option<I>,
+    next_input: u64,
+    chunking: Chunking,
+    ordered: bool,
+    tx: Sender<Reply>,
+    rx: Receiver<Reply>,
+    /// Batches sent and not fully answered: start → (end, items left).
+    open: BTreeMap<u64, (u64, u64)>,
+    window: usize,
+    /// Replies waiting to be yielded: keyed by first index when ordered.
+    ready_ordered: BTreeMap<u64, Reply>,
+    ready_unordered: VecDeque<Reply>,
+    current: Option<Current>,
+    next_yield: u64,
+    /// Items that failed to encode, waiting for their turn.
+    pending_errors: VecDeque<Error>,
+    abandoned: Arc<AtomicBool>,
+    buf: Vec<u8>,
+    _worker: PhantomData<W>,
+}
+
+impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
+    pub(crate) fn new(pool: &'p Pool, input: I, chunking: Chunking, ordered: bool) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let workers = pool.workers();
+        Stream {
+            pool,
+            input: Some(input),
+            next_input: 0,
+            chunking,
+            ordered,
+            tx,
+            rx,
+            open: BTreeMap::new(),
+            window: (4 * workers).max(4),
+            ready_ordered: BTreeMap::new(),
+            ready_unordered: VecDeque::new(),
+            current: None,
+            next_yield: 0,
+            pending_errors: VecDeque::new(),
+            abandoned: Arc::new(AtomicBool::new(false)),
+            buf: Vec::new(),
+            _worker: PhantomData,
+        }
+    }
+
+    pub(crate) fn set_chunk_size(&mut self, size: usize) {
+        self.chunking = Chunking::Fixed(size.max(1));
+    }
+
+    /// Items not yet yielded, if the input knows its length.
+    pub(crate) fn remaining_exact(&self) -> (usize, Option<usize>) {
+        let in_flight = usize::try_from(self.next_input - self.next_yield).unwrap_or(usize::MAX);
+        match &self.input {
+            None => (in_flight, Some(in_flight)),
+            Some(input) => {
+                let (lo, hi) = input.size_hint();
+                (lo.saturating_add(in_flight), hi.and_then(|h| h.checked_add(in_flight)))
+            }
+        }
+    }
+
+    /// Sends batches until the window is full or the input is exhausted.
+    fn fill(&mut self) {
+        while self.open.len() < self.window {
+            let Some(input) = self.input.as_mut() else { return };
+            let limit = match self.chunking {
+                Chunking::Fixed(n) | Chunking::Adaptive(n) => n.max(1),
+            };
+            let mut payload = std::mem::take(&mut self.buf);
+            payload.clear();
+            let first = self.next_input;
+            let mut count = 0usize;
+            let mut encode_error = None;
+            let mut exhausted = false;
+            while count < limit && payload.len() < MAX_BATCH_BYTES {
+                let Some(args) = input.next() else {
+                    exhausted = true;
+                    break;
+                };
+                if let Err(message) = wire::put_item(&mut payload, &args) {
+                    // This item fails alone; the batch goes on without it.
+                    encode_error = Some(Error::new(ErrorKind::Codec {
+                        side: CodecSide::EncodeArgs,
+                        worker: W::NAME.to_owned(),
+                        index: Some(first + count as u64),
+                        type_name: type_name::<W::Args>(),
+                        message,
+                    }));
+                    break;
+                }
+                count += 1;
+            }
+            if exhausted {
+                self.input = None;
+            }
+            if count > 0 {
+                let job = Job {
+                    worker: W::NAME,
+                    payload,
+                    count: count as u32,
+                    first_index: Some(first),
+                    sink: Sink::Stream(self.tx.clone()),
+                    control: None,
+                    abandoned: Some(self.abandoned.clone()),
+                };
+                self.next_input += count as u64;
+                self.open.insert(first, (self.next_input, count as u64));
+                if let Err((job, failure)) = self.pool.shared.queue.push(job) {
+                    job.deliver(Outcome::Failed(failure));
+                }
+            }
+            if let Some(err) = encode_error {
+                // Give the failed item its own slot in the order.
+                let index = self.next_input;
+                self.next_input += 1;
+                self.pending_errors.push_back(err);
+                self.open.insert(index, (index + 1, 0));
+                self.deliver_local_error(index);
+            }
+            if count == 0 && self.input.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Records an item that failed before it was sent.
+    fn deliver_local_error(&mut self, index: u64) {
+        let reply = Reply {
+            first_index: Some(index),
+            count: 1,
+            outcome: Outcome::Local(self.pending_errors.pop_front()),
+        };
+        self.open.remove(&index);
+        self.insert_ready(reply);
+    }
+
+    fn insert_ready(&mut self, reply: Reply) {
+        if self.ordered {
+            self.ready_ordered.insert(reply.first_index.unwrap_or(0), reply);
+        } else {
+            self.ready_unordered.push_back(reply);
+        }
+    }
+
+    /// Accounts for a reply and adapts the batch size.
+    fn received(&mut self, reply: Reply) {
+        let first = reply.first_index.unwrap_or(0);
+        if let Some((&start, &(end, left))) = self.open.range(..=first).next_back() {
+            if first < end {
+                let left = left.saturating_sub(u64::from(reply.count));
+                if left == 0 {
+                    self.open.remove(&start);
+                } else {
+                    self.open.insert(start, (end, left));
+                }
+            }
+        }
+        if let (Chunking::Adaptive(size), Outcome::Done { elapsed_ns, .. }) = (&mut self.chunking, &reply.outcome) {
+            if reply.count as usize >= *size / 2 {
+                let per_item = (*elapsed_ns / u64::from(reply.count.max(1))).max(1);
+                let ideal = usize::try_from(TARGET_BATCH_NS / per_item).unwrap_or(MAX_BATCH_ITEMS);
+                *size = ideal.clamp((*size / 2).max(1), size.saturating_mul(8)).min(MAX_BATCH_ITEMS);
+            }
+        }
+        self.insert_ready(reply);
+    }
+
+    /// The next reply to yield from, waiting for one if needed.
+    fn next_reply(&mut self) -> Option<Reply> {
+        loop {
+            if self.ordered {
+                if let Some(reply) = self.ready_ordered.remove(&self.next_yield) {
+                    return Some(reply);
+                }
+            } else if let Some(reply) = self.ready_unordered.pop_front() {
+                return Some(reply);
+            }
+            self.fill();
+            if self.open.is_empty() && self.input.is_none() {
+                // Nothing in flight; anything still buffered is out of order
+                // only if a reply was lost, which would be a bug.
+                if self.ordered {
+                    if let Some((_, reply)) = self.ready_ordered.pop_first() {
+                        return Some(reply);
+                    }
+                }
+                return None;
+            }
+            match self.rx.recv() {
+                Ok(reply) => self.received(reply),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub(crate) fn next_item(&mut self) -> Option<(u64, Result<W::Output>)> {
+        loop {
+            if let Some(cur) = &mut self.current {
+                if cur.left > 0 {
+                    cur.left -= 1;
+                    let index = cur.next_index;
+                    cur.next_index += 1;
+                    self.next_yield = self.next_yield.max(index + 1);
+                    let result = match &mut cur.reply.outcome {
+                        Outcome::Done { data, .. } => {
+                            let mut rest = &data[cur.pos..];
+                            let before = rest.len();
+                            let r = decode_item::<W::Output>(W::NAME, Some(index), &mut rest);
+                            cur.pos += before - rest.len();
+                            r
+                        }
+                        Outcome::Local(err) => Err(err.take().expect("a local error is yielded once")),
+                        Outcome::Failed(f) => Err(f.to_error(W::NAME, Some(index))),
+                    };
+                    if self.ordered {
+                        self.next_yield = index + 1;
+                    }
+                    return Some((index, result));
+                }
+                self.current = None;
+            }
+            let reply = self.next_reply()?;
+            if self.ordered {
+                self.next_yield = reply.first_index.unwrap_or(self.next_yield);
+            }
+            let pos = match &reply.outcome {
+                Outcome::Done { start, .. } => *start,
+                Outcome::Failed(_) | Outcome::Local(_) => 0,
+            };
+            self.current = Some(Current {
+                next_index: reply.first_index.unwrap_or(0),
+                left: reply.count,
+                pos,
+                reply,
+            });
+        }
+    }
+}
+
+impl<W: Worker, I> Drop for Stream<'_, W, I> {
+    fn drop(&mut self) {
+        // Queued batches of a dropped iterator are skipped by the workers.
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+}
+
+macro_rules! stream_iterator {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[must_use = "iterators are lazy: nothing runs until you iterate"]
+        pub struct $name<'p, W: Worker, I> {
+            inner: Stream<'p, W, I>,
+        }
+
+        impl<'p, W: Worker, I: Iterator<Item = W::Args>> $name<'p, W, I> {
+            pub(crate) fn new(inner: Stream<'p, W, I>) -> Self {
+                $name { inner }
+            }
+
+            /// Sends the input in batches of exactly `size` items (the last
+            /// may be smaller) instead of adapting the batch size. `1` gives
+            /// Python's `imap` default; larger batches cost less per item.
+            pub fn chunk_size(mut self, size: usize) -> Self {
+                self.inner.set_chunk_size(size);
+                self
+            }
+        }
+
+        impl<W: Worker, I: Iterator<Item = W::Args>> Iterator for $name<'_, W, I> {
+            type Item = Result<W::Output>;
+
+            fn next(&mut self) -> Option<Result<W::Output>> {
+                self.inner.next_item().map(|(_, r)| r)
+            }
+
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                self.inner.remaining_exact()
+            }
+        }
+
+        impl<W: Worker, I: ExactSizeIterator<Item = W::Args>> ExactSizeIterator for $name<'_, W, I> {}
+
+        impl<W: Worker, I: Iterator<Item = W::Args>> FusedIterator for $name<'_, W, I> {}
+
+        impl<W: Worker, I> std::fmt::Debug for $name<'_, W, I> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).field("worker", &W::NAME).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+stream_iterator! {
+    /// Iterator returned by [`Pool::imap`]: one `Result` per input item, in
+    /// input order, computed ahead in a bounded window.
+    Imap
+}
+
+stream_iterator! {
+    /// Iterator returned by [`Pool::imap_unordered`]: one `Result` per input
+    /// item, in the order they finish, computed ahead in a bounded window.
+    /// Use [`Error::item_index`] to tell which item an error belongs to.
+    ImapUnordered
+}

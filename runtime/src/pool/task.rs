@@ -1,0 +1,328 @@
+//! [`Task`]: the handle of one submitted call, and [`as_completed`].
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::job::{Failure, Outcome, Reply, Runner};
+use super::stream::decode_single;
+use crate::error::Result;
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const FINISHED: u8 = 2;
+const SETTLED: u8 = 3; // cancelled or timed out: the result is already decided
+
+/// Cancel state of a submitted task, shared with the driver that runs it.
+pub(crate) struct Control {
+    state: AtomicU8,
+    batch: AtomicU64,
+    runner: Mutex<Option<Arc<Runner>>>,
+}
+
+impl Control {
+    pub(crate) fn new() -> Control {
+        Control { state: AtomicU8::new(QUEUED), batch: AtomicU64::new(0), runner: Mutex::new(None) }
+    }
+
+    /// Called by the driver when it sends the task; `false` if it was
+    /// cancelled meanwhile.
+    pub(crate) fn start(&self, batch: u64, runner: &Arc<Runner>) -> bool {
+        self.batch.store(batch, Ordering::Relaxed);
+        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner.clone());
+        self.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Called by the driver when the child answered.
+    pub(crate) fn finish(&self) {
+        let _ = self.state.compare_exchange(RUNNING, FINISHED, Ordering::AcqRel, Ordering::Acquire);
+        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Called after a crash to make the task runnable again.
+    pub(crate) fn requeue(&self) {
+        let _ = self.state.compare_exchange(RUNNING, QUEUED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SETTLED
+    }
+
+    /// Settles the task with `failure` unless it already finished; kills the
+    /// worker if it is running the task. Returns whether it settled it.
+    fn settle(&self) -> bool {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            if cur == FINISHED || cur == SETTLED {
+                return false;
+            }
+            match self.state.compare_exchange(cur, SETTLED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        if cur == RUNNING {
+            let runner = self.runner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(runner) = runner {
+                runner.kill_if_running(Some(self.batch.load(Ordering::Relaxed)));
+            }
+        }
+        true
+    }
+}
+
+/// Where the driver leaves the reply of a task.
+pub(crate) struct TaskSlot {
+    state: Mutex<SlotState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    reply: Option<Reply>,
+    done: bool,
+    waker: Option<Waker>,
+    listener: Option<(Sender<usize>, usize)>,
+}
+
+impl TaskSlot {
+    pub(crate) fn new() -> TaskSlot {
+        TaskSlot { state: Mutex::new(SlotState::default()), cond: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores the reply; the first one wins.
+    pub(crate) fn fill(&self, reply: Reply) {
+        let mut s = self.lock();
+        if s.done {
+            return;
+        }
+        s.done = true;
+        s.reply = Some(reply);
+        let waker = s.waker.take();
+        if let Some((tx, i)) = s.listener.take() {
+            let _ = tx.send(i);
+        }
+        drop(s);
+        self.cond.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.lock().done
+    }
+
+    fn listen(&self, tx: Sender<usize>, index: usize) {
+        let mut s = self.lock();
+        if s.done {
+            let _ = tx.send(index);
+        } else {
+            s.listener = Some((tx, index));
+        }
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Option<Reply> {
+        let mut s = self.lock();
+        loop {
+            if s.done {
+                return s.reply.take();
+            }
+            match deadline {
+                None => s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    s = self.cond.wait_timeout(s, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+    }
+}
+
+/// The handle of one call started with [`Pool::submit`](crate::Pool::submit):
+/// Python's `AsyncResult` / `concurrent.futures.Future`.
+///
+/// Wait for it with [`wait`](Task::wait) or
+/// [`wait_timeout`](Task::wait_timeout), poll it with
+/// [`is_finished`](Task::is_finished), stop it with
+/// [`cancel`](Task::cancel), or `.await` it: `Task` is a [`Future`] that
+/// never blocks the executor (the pool's driver thread wakes it).
+///
+/// Dropping a `Task` does not stop the call; its result is discarded.
+#[must_use = "a Task does nothing unless you wait for it or await it; drop it to discard the result"]
+pub struct Task<R> {
+    slot: Arc<TaskSlot>,
+    control: Arc<Control>,
+    worker: &'static str,
+    _output: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Task<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("worker", &self.worker)
+            .field("finished", &self.slot.is_done())
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned> Task<R> {
+    pub(crate) fn new(slot: Arc<TaskSlot>, control: Arc<Control>, worker: &'static str) -> Task<R> {
+        Task { slot, control, worker, _output: PhantomData }
+    }
+
+    /// A task that has already failed (for example on a closed pool).
+    pub(crate) fn failed(worker: &'static str, failure: Failure) -> Task<R> {
+        let slot = Arc::new(TaskSlot::new());
+        slot.fill(Reply { first_index: None, count: 1, outcome: Outcome::Failed(failure) });
+        let control = Arc::new(Control::new());
+        control.settle();
+        Task::new(slot, control, worker)
+    }
+
+    /// Blocks until the call finishes and returns its result.
+    ///
+    /// # Errors
+    ///
+    /// The call's failure: [`Panic`](crate::ErrorKind::Panic),
+    /// [`WorkerDied`](crate::ErrorKind::WorkerDied),
+    /// [`Cancelled`](crate::ErrorKind::Cancelled),
+    /// [`Codec`](crate::ErrorKind::Codec), ...
+    pub fn wait(self) -> Result<R> {
+        let reply = self.slot.wait_until(None).expect("a filled slot has a reply");
+        decode_single(self.worker, reply)
+    }
+
+    /// Like [`wait`](Task::wait), but gives up after `timeout`: the task is
+    /// then cancelled — removed from the queue, or, if it is running, its
+    /// worker process is killed and replaced — and the result is a
+    /// [`Timeout`](crate::ErrorKind::Timeout) error.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Task::wait), plus `Timeout`.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<R> {
+        let deadline = Instant::now().checked_add(timeout);
+        if let Some(reply) = self.slot.wait_until(deadline) {
+            return decode_single(self.worker, reply);
+        }
+        if self.control.settle() {
+            self.slot.fill(Reply { first_index: None, count: 1, outcome: Outcome::Failed(Failure::Timeout(timeout)) });
+        }
+        let reply = self.slot.wait_until(None).expect("a filled slot has a reply");
+        decode_single(self.worker, reply)
+    }
+
+    /// `true` once the result is there (or the task failed or was cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.slot.is_done()
+    }
+
+    /// Cancels the call. A queued call is removed from the queue; a running
+    /// one has its worker process killed (the pool starts a new one). Waiting
+    /// on the task then gives a [`Cancelled`](crate::ErrorKind::Cancelled)
+    /// error.
+    ///
+    /// Returns `false` if the call had already finished.
+    pub fn cancel(&self) -> bool {
+        if self.control.settle() {
+            self.slot.fill(Reply { first_index: None, count: 1, outcome: Outcome::Failed(Failure::Cancelled) });
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Future for Task<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let this = self.get_mut();
+        let mut s = this.slot.lock();
+        if s.done {
+            let reply = s.reply.take().expect("a task's result is taken once");
+            drop(s);
+            return Poll::Ready(decode_single(this.worker, reply));
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// Yields the results of `tasks` as they finish, each with the position of
+/// its task in `tasks`: Python's `concurrent.futures.as_completed`.
+///
+/// ```ignore
+/// let tasks: Vec<_> = numbers.iter().map(|&n| pool.submit(factorize, n)).collect();
+/// for (i, factors) in multiproc::as_completed(tasks) {
+///     println!("{} = {:?}", numbers[i], factors?);
+/// }
+/// ```
+pub fn as_completed<R, I>(tasks: I) -> AsCompleted<R>
+where
+    R: DeserializeOwned,
+    I: IntoIterator<Item = Task<R>>,
+{
+    let (tx, rx) = mpsc::channel();
+    let tasks: Vec<Option<Task<R>>> = tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.slot.listen(tx.clone(), i);
+            Some(t)
+        })
+        .collect();
+    AsCompleted { remaining: tasks.len(), tasks, rx }
+}
+
+/// Iterator returned by [`as_completed`]: `(position, result)` in
+/// completion order.
+pub struct AsCompleted<R> {
+    tasks: Vec<Option<Task<R>>>,
+    rx: Receiver<usize>,
+    remaining: usize,
+}
+
+impl<R> std::fmt::Debug for AsCompleted<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompleted").field("remaining", &self.remaining).finish()
+    }
+}
+
+impl<R: DeserializeOwned> Iterator for AsCompleted<R> {
+    type Item = (usize, Result<R>);
+
+    fn next(&mut self) -> Option<(usize, Result<R>)> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let i = self.rx.recv().ok()?;
+        self.remaining -= 1;
+        let task = self.tasks[i].take()?;
+        Some((i, task.wait()))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl<R: DeserializeOwned> ExactSizeIterator for AsCompleted<R> {}

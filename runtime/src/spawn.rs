@@ -1,0 +1,135 @@
+//! Starting a worker process: re-execute this binary with an inherited
+//! control socket, then wait for its hello.
+//!
+//! The socket pair is created here and one end is inherited by the child
+//! alone (it stays close-on-exec everywhere else), so no other process can
+//! connect to a pool's control channel, and there is no `accept` that could
+//! hang: if the child dies before its hello, the parent reads EOF at once.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::child::MARKER;
+use crate::wire;
+
+/// How long a new child may take to say hello. A child that dies is noticed
+/// at once (EOF); this only bounds a child that hangs before serving.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A started worker process and the parent's end of its control socket.
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) stream: UnixStream,
+}
+
+fn exe() -> &'static (PathBuf, Option<OsString>) {
+    static EXE: OnceLock<(PathBuf, Option<OsString>)> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let proc_exe = PathBuf::from("/proc/self/exe");
+        let path = if proc_exe.exists() {
+            proc_exe
+        } else {
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from(std::env::args_os().next().unwrap_or_default()))
+        };
+        (path, std::env::args_os().next())
+    })
+}
+
+/// Starts one worker process and waits for its hello.
+///
+/// `test` is the exact name of the `#[multiproc::test]` that creates the
+/// pool, if any: the test binary is then re-run filtered to that test.
+///
+/// # Errors
+///
+/// The io error if the process cannot be started, or if it dies or stays
+/// silent before it says hello.
+pub(crate) fn spawn_worker(test: Option<&str>) -> io::Result<Spawned> {
+    let (parent_end, child_end) = UnixStream::pair()?;
+    let child_fd = child_end.as_raw_fd();
+    let (path, arg0) = exe();
+    let mut cmd = Command::new(path);
+    if let Some(arg0) = arg0 {
+        cmd.arg0(arg0);
+    }
+    cmd.env(MARKER, format!("{}:{child_fd}", wire::PROTOCOL_VERSION));
+    cmd.stdin(Stdio::null());
+    if let Some(name) = test {
+        // libtest prints its own banner on stdout; keep the test output clean.
+        cmd.args([name, "--exact", "--test-threads=1", "--include-ignored", "--nocapture", "-q"]);
+        cmd.stdout(Stdio::null());
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: `getpid` is async-signal-safe and runs before the fork.
+    let parent_pid = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (fcntl, prctl, getppid); it allocates
+    // nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Let exactly this descriptor survive exec.
+            let flags = libc::fcntl(child_fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            #[cfg(target_os = "linux")]
+            {
+                // Die with the thread that spawned us (the worker's driver,
+                // which lives as long as the pool), even on SIGKILL.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent_pid {
+                    // The parent died before the prctl: nobody to serve.
+                    libc::_exit(1);
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(child_end);
+
+    let mut stream = parent_end;
+    match read_hello(&mut stream, child.id()) {
+        Ok(()) => Ok(Spawned { child, stream }),
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait();
+            let detail = match status {
+                Ok(s) => format!("{e}; the process ended with {s}"),
+                Err(_) => e.to_string(),
+            };
+            Err(io::Error::new(e.kind(), format!("worker process {} did not start: {detail}", child.id())))
+        }
+    }
+}
+
+fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
+    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    let mut frame = Vec::new();
+    let tag = wire::read_frame(stream, &mut frame);
+    stream.set_read_timeout(None)?;
+    match tag? {
+        Some(wire::TAG_HELLO) => {}
+        Some(tag) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected hello, got frame {tag}"))),
+        None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it exited before its hello")),
+    }
+    let mut cur = wire::Cursor(&frame[1..]);
+    let version = cur.u32()?;
+    let child_pid = cur.u32()?;
+    if version != wire::PROTOCOL_VERSION || child_pid != pid {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("hello from pid {child_pid} with protocol {version}, expected pid {pid} with protocol {}", wire::PROTOCOL_VERSION),
+        ));
+    }
+    Ok(())
+}
