@@ -102,7 +102,10 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     let code = match serve(stream) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("multiproc: worker process {} lost its parent: {e}", std::process::id());
+            eprintln!(
+                "multiproc: worker process {} lost its parent: {e}",
+                std::process::id()
+            );
             0
         }
     };
@@ -119,7 +122,8 @@ fn parse_marker(marker: &str) -> Result<RawFd, String> {
             wire::PROTOCOL_VERSION
         ));
     }
-    fd.parse().map_err(|_| format!("malformed value {marker:?}"))
+    fd.parse()
+        .map_err(|_| format!("malformed value {marker:?}"))
 }
 
 fn bad_marker(why: &str) -> ! {
@@ -163,10 +167,12 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// The report of the panic that `catch_unwind` just caught on this thread.
 pub(crate) fn take_panic_report(payload: &(dyn std::any::Any + Send)) -> PanicReport {
-    LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| PanicReport {
-        message: payload_text(payload),
-        location: None,
-    })
+    LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| PanicReport {
+            message: payload_text(payload),
+            location: None,
+        })
 }
 
 fn serve(stream: UnixStream) -> std::io::Result<()> {
@@ -175,21 +181,23 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     // result: without it, both sides could block on full socket buffers.
     let (frames_tx, frames) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
     let read_half = stream.try_clone()?;
-    std::thread::Builder::new().name("multiproc-reader".to_owned()).spawn(move || {
-        let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-        loop {
-            let mut frame = Vec::new();
-            let next = match wire::read_frame(&mut reader, &mut frame) {
-                Ok(Some(_)) => Ok(frame),
-                Ok(None) => Ok(Vec::new()),
-                Err(e) => Err(e),
-            };
-            let end = !matches!(&next, Ok(f) if !f.is_empty());
-            if frames_tx.send(next).is_err() || end {
-                return;
+    std::thread::Builder::new()
+        .name("multiproc-reader".to_owned())
+        .spawn(move || {
+            let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+            loop {
+                let mut frame = Vec::new();
+                let next = match wire::read_frame(&mut reader, &mut frame) {
+                    Ok(Some(_)) => Ok(frame),
+                    Ok(None) => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                };
+                let end = !matches!(&next, Ok(f) if !f.is_empty());
+                if frames_tx.send(next).is_err() || end {
+                    return;
+                }
             }
-        }
-    })?;
+        })?;
     let mut writer = BufWriter::with_capacity(64 * 1024, stream);
     let mut out = Vec::new();
 

@@ -159,7 +159,9 @@ pub enum ErrorKind {
         known: Vec<String>,
     },
     /// Two `#[worker]` functions registered the same name.
-    #[error("two #[worker] functions are registered as `{name}`; give one of them #[worker(name = \"...\")]")]
+    #[error(
+        "two #[worker] functions are registered as `{name}`; give one of them #[worker(name = \"...\")]"
+    )]
     DuplicateWorker {
         /// The duplicated name.
         name: String,
@@ -167,7 +169,9 @@ pub enum ErrorKind {
     /// A pool or process was started in a program whose `main` lacks
     /// `#[multiproc::entry]` (or a test without `#[multiproc::test]`).
     /// Without the guard a child would run `main` again.
-    #[error("multiproc needs #[multiproc::entry] on `main` (or #[multiproc::test] on the test) before it can start worker processes")]
+    #[error(
+        "multiproc needs #[multiproc::entry] on `main` (or #[multiproc::test] on the test) before it can start worker processes"
+    )]
     GuardMissing,
     /// A worker process could not be started.
     #[error("could not start a worker process: {0}")]
@@ -194,7 +198,9 @@ fn index_text(index: Option<u64>) -> String {
 impl Error {
     /// Wraps a kind.
     pub fn new(kind: ErrorKind) -> Error {
-        Error { kind: Box::new(kind) }
+        Error {
+            kind: Box::new(kind),
+        }
     }
 
     /// What went wrong.

@@ -7,7 +7,9 @@
 #![warn(missing_docs)]
 
 #[cfg(not(unix))]
-compile_error!("multiproc supports Unix (Linux first, macOS best effort); this target is not supported");
+compile_error!(
+    "multiproc supports Unix (Linux first, macOS best effort); this target is not supported"
+);
 
 mod child;
 mod error;
@@ -18,7 +20,9 @@ mod wire;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
-pub use pool::{AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed};
+pub use pool::{
+    AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed,
+};
 pub use worker::Worker;
 
 // Not public API. Used by generated code.
@@ -26,11 +30,6 @@ pub use worker::Worker;
 pub mod __private {
     pub use crate::child::{entry, test_entry};
     pub use crate::registry::WorkerEntry;
-    pub use crate::worker::{Worker, WorkerArg, WorkerOutput};
+    pub use crate::worker::Worker;
     pub use inventory;
-
-    /// Fails to compile, spanned on `T`, unless `T` can be a worker argument.
-    pub const fn assert_arg<T: WorkerArg>() {}
-    /// Fails to compile, spanned on `T`, unless `T` can be a worker result.
-    pub const fn assert_output<T: WorkerOutput>() {}
 }

@@ -24,7 +24,10 @@ pub struct WorkerEntry {
 impl WorkerEntry {
     /// The entry for worker `W`.
     pub const fn new<W: Worker>() -> WorkerEntry {
-        WorkerEntry { name: W::NAME, invoke: invoke_batch::<W> }
+        WorkerEntry {
+            name: W::NAME,
+            invoke: invoke_batch::<W>,
+        }
     }
 
     /// The worker's name.
@@ -58,7 +61,9 @@ fn table() -> &'static Result<Table, String> {
 pub(crate) fn validate() -> Result<()> {
     match table() {
         Ok(_) => Ok(()),
-        Err(name) => Err(Error::new(ErrorKind::DuplicateWorker { name: name.clone() })),
+        Err(name) => Err(Error::new(ErrorKind::DuplicateWorker {
+            name: name.clone(),
+        })),
     }
 }
 

@@ -36,7 +36,8 @@ fn exe() -> &'static (PathBuf, Option<OsString>) {
         let path = if proc_exe.exists() {
             proc_exe
         } else {
-            std::env::current_exe().unwrap_or_else(|_| PathBuf::from(std::env::args_os().next().unwrap_or_default()))
+            std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from(std::env::args_os().next().unwrap_or_default()))
         };
         (path, std::env::args_os().next())
     })
@@ -63,7 +64,14 @@ pub(crate) fn spawn_worker(test: Option<&str>) -> io::Result<Spawned> {
     cmd.stdin(Stdio::null());
     if let Some(name) = test {
         // libtest prints its own banner on stdout; keep the test output clean.
-        cmd.args([name, "--exact", "--test-threads=1", "--include-ignored", "--nocapture", "-q"]);
+        cmd.args([
+            name,
+            "--exact",
+            "--test-threads=1",
+            "--include-ignored",
+            "--nocapture",
+            "-q",
+        ]);
         cmd.stdout(Stdio::null());
     }
     #[cfg(target_os = "linux")]
@@ -107,7 +115,10 @@ pub(crate) fn spawn_worker(test: Option<&str>) -> io::Result<Spawned> {
                 Ok(s) => format!("{e}; the process ended with {s}"),
                 Err(_) => e.to_string(),
             };
-            Err(io::Error::new(e.kind(), format!("worker process {} did not start: {detail}", child.id())))
+            Err(io::Error::new(
+                e.kind(),
+                format!("worker process {} did not start: {detail}", child.id()),
+            ))
         }
     }
 }
@@ -119,8 +130,18 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
     stream.set_read_timeout(None)?;
     match tag? {
         Some(wire::TAG_HELLO) => {}
-        Some(tag) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected hello, got frame {tag}"))),
-        None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it exited before its hello")),
+        Some(tag) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected hello, got frame {tag}"),
+            ));
+        }
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "it exited before its hello",
+            ));
+        }
     }
     let mut cur = wire::Cursor(&frame[1..]);
     let version = cur.u32()?;
@@ -128,7 +149,10 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
     if version != wire::PROTOCOL_VERSION || child_pid != pid {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("hello from pid {child_pid} with protocol {version}, expected pid {pid} with protocol {}", wire::PROTOCOL_VERSION),
+            format!(
+                "hello from pid {child_pid} with protocol {version}, expected pid {pid} with protocol {}",
+                wire::PROTOCOL_VERSION
+            ),
         ));
     }
     Ok(())

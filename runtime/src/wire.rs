@@ -172,14 +172,22 @@ pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Re
         let args = match decode_exact::<W::Args>(body) {
             Ok(args) => args,
             Err(e) => {
-                put_raw_item(out, ITEM_DECODE_ERROR, format!("{e} (type `{}`)", type_name::<W::Args>()).as_bytes());
+                put_raw_item(
+                    out,
+                    ITEM_DECODE_ERROR,
+                    format!("{e} (type `{}`)", type_name::<W::Args>()).as_bytes(),
+                );
                 continue;
             }
         };
         match catch_unwind(AssertUnwindSafe(|| W::call(args))) {
             Ok(value) => {
                 if let Err(e) = put_item(out, &value) {
-                    put_raw_item(out, ITEM_ENCODE_ERROR, format!("{e} (type `{}`)", type_name::<W::Output>()).as_bytes());
+                    put_raw_item(
+                        out,
+                        ITEM_ENCODE_ERROR,
+                        format!("{e} (type `{}`)", type_name::<W::Output>()).as_bytes(),
+                    );
                 }
             }
             Err(payload) => {
@@ -227,7 +235,10 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
     }
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 || len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad frame length {len}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad frame length {len}"),
+        ));
     }
     buf.clear();
     buf.resize(len, 0);
@@ -240,14 +251,21 @@ pub(crate) struct Cursor<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Cursor<'a> {
     pub(crate) fn u32(&mut self) -> io::Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     pub(crate) fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     pub(crate) fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
         if self.0.len() < n {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated frame"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated frame",
+            ));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;

@@ -31,23 +31,3 @@ pub trait Worker: Copy + Send + Sync + 'static {
     /// Calls the function in this process.
     fn call(args: Self::Args) -> Self::Output;
 }
-
-/// A type that can be a `#[worker]` argument: `Serialize + DeserializeOwned +
-/// Send + 'static`. Implemented for every such type.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be an argument of a #[worker] function",
-    label = "not `Serialize + DeserializeOwned + Send + 'static`",
-    note = "arguments travel to the child process with serde; use an owned type that derives `Serialize` and `Deserialize`"
-)]
-pub trait WorkerArg: Serialize + DeserializeOwned + Send + 'static {}
-impl<T: Serialize + DeserializeOwned + Send + 'static> WorkerArg for T {}
-
-/// A type that can be returned by a `#[worker]` function: `Serialize +
-/// DeserializeOwned + Send + 'static`. Implemented for every such type.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be returned by a #[worker] function",
-    label = "not `Serialize + DeserializeOwned + Send + 'static`",
-    note = "results travel back from the child process with serde; return an owned type that derives `Serialize` and `Deserialize`"
-)]
-pub trait WorkerOutput: Serialize + DeserializeOwned + Send + 'static {}
-impl<T: Serialize + DeserializeOwned + Send + 'static> WorkerOutput for T {}

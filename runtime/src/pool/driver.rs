@@ -103,11 +103,23 @@ pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Re
 
 /// Starts a worker process and runs the pool's initializer in it.
 fn start(shared: &PoolShared) -> Result<Worker> {
-    let Spawned { child, stream } =
-        spawn::spawn_worker(shared.test_name.as_deref()).map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
+    let Spawned { child, stream } = spawn::spawn_worker(shared.test_name.as_deref())
+        .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
     let pid = child.id();
-    let reader = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| Error::new(ErrorKind::Spawn(e)))?);
-    let mut worker = Worker { child, writer: stream, reader, pid, done: 0, last_batch_ns: 0 };
+    let reader = BufReader::with_capacity(
+        256 * 1024,
+        stream
+            .try_clone()
+            .map_err(|e| Error::new(ErrorKind::Spawn(e)))?,
+    );
+    let mut worker = Worker {
+        child,
+        writer: stream,
+        reader,
+        pid,
+        done: 0,
+        last_batch_ns: 0,
+    };
     if let Some(init) = &shared.initializer {
         if let Err(e) = run_initializer(shared, &mut worker, init) {
             let _ = worker.child.kill();
@@ -118,12 +130,19 @@ fn start(shared: &PoolShared) -> Result<Worker> {
     Ok(worker)
 }
 
-fn run_initializer(shared: &PoolShared, worker: &mut Worker, init: &super::Initializer) -> Result<()> {
+fn run_initializer(
+    shared: &PoolShared,
+    worker: &mut Worker,
+    init: &super::Initializer,
+) -> Result<()> {
     let batch = shared.queue.next_batch_id();
     let mut buf = Vec::new();
     encode_run(&mut buf, batch, init.worker, &init.payload).map_err(io_protocol)?;
     let mut frame = Vec::new();
-    let answer = worker.writer.write_all(&buf).and_then(|()| wire::read_frame(&mut worker.reader, &mut frame));
+    let answer = worker
+        .writer
+        .write_all(&buf)
+        .and_then(|()| wire::read_frame(&mut worker.reader, &mut frame));
     match answer {
         Ok(Some(wire::TAG_DONE)) => {
             let mut rest = &frame[1 + 16..];
@@ -132,7 +151,11 @@ fn run_initializer(shared: &PoolShared, worker: &mut Worker, init: &super::Initi
         Ok(Some(wire::TAG_FAILED)) => Err(batch_failure(&frame).to_error(init.worker, None)),
         Ok(_) | Err(_) => {
             let reason = reap(&mut worker.child);
-            Err(Failure::Died { pid: worker.pid, reason }.to_error(init.worker, None))
+            Err(Failure::Died {
+                pid: worker.pid,
+                reason,
+            }
+            .to_error(init.worker, None))
         }
     }
 }
@@ -152,7 +175,9 @@ fn encode_run(buf: &mut Vec<u8>, batch: u64, worker: &str, payload: &[u8]) -> st
 
 fn batch_failure(frame: &[u8]) -> Failure {
     match frame.get(9..).map(postcard::from_bytes::<BatchFailure>) {
-        Some(Ok(BatchFailure::UnknownWorker { name, known })) => Failure::UnknownWorker { name, known },
+        Some(Ok(BatchFailure::UnknownWorker { name, known })) => {
+            Failure::UnknownWorker { name, known }
+        }
         Some(Ok(BatchFailure::Malformed(msg))) => Failure::Protocol(msg),
         _ => Failure::Protocol("undecodable failure report from a worker".to_owned()),
     }
@@ -165,7 +190,11 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
     let limit = shared.max_tasks_per_worker;
     loop {
         // Keep the child busy: up to PIPELINE_DEPTH batches in flight.
-        let depth = if worker.last_batch_ns < PIPELINE_BELOW_NS { PIPELINE_DEPTH } else { 1 };
+        let depth = if worker.last_batch_ns < PIPELINE_BELOW_NS {
+            PIPELINE_DEPTH
+        } else {
+            1
+        };
         while in_flight.len() < depth {
             let queued: u64 = in_flight.iter().map(|s| u64::from(s.job.count)).sum();
             if let Some(limit) = limit {
@@ -191,7 +220,8 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
             if in_flight.is_empty() {
                 runner.set_front(Some(batch));
             }
-            let sent = encode_run(&mut buf, batch, job.worker, &job.payload).and_then(|()| worker.writer.write_all(&buf));
+            let sent = encode_run(&mut buf, batch, job.worker, &job.payload)
+                .and_then(|()| worker.writer.write_all(&buf));
             if let Err(e) = sent {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     // Frame too large: this job alone fails.
@@ -239,7 +269,11 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
             worker.done += u64::from(front.job.count);
             worker.last_batch_ns = elapsed_ns;
             let data = std::mem::take(&mut frame);
-            front.job.deliver(Outcome::Done { data, start: 1 + 16, elapsed_ns });
+            front.job.deliver(Outcome::Done {
+                data,
+                start: 1 + 16,
+                elapsed_ns,
+            });
         } else {
             front.job.deliver(Outcome::Failed(batch_failure(&frame)));
         }
@@ -250,7 +284,9 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
 fn stop(runner: &Runner, mut worker: Worker) {
     let mut buf = Vec::new();
     wire::begin_frame(&mut buf, wire::TAG_SHUTDOWN);
-    let asked = wire::finish_frame(&mut buf).and_then(|()| worker.writer.write_all(&buf)).is_ok();
+    let asked = wire::finish_frame(&mut buf)
+        .and_then(|()| worker.writer.write_all(&buf))
+        .is_ok();
     drop(worker.writer);
     if !asked {
         runner.kill_if_running(None);
@@ -317,7 +353,10 @@ fn died(shared: &PoolShared, runner: &Runner, mut worker: Worker, in_flight: Vec
             if let Some(control) = &job.control {
                 control.finish();
             }
-            job.deliver(Outcome::Failed(Failure::Died { pid: worker.pid, reason }));
+            job.deliver(Outcome::Failed(Failure::Died {
+                pid: worker.pid,
+                reason,
+            }));
         } else {
             // Bisect: one of these items crashed the process. Each half runs
             // again; a half that crashes is split again, down to one item.

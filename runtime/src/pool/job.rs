@@ -52,12 +52,18 @@ impl Job {
 
     /// `true` if nobody waits for the result any more.
     pub(crate) fn is_dropped(&self) -> bool {
-        self.abandoned.as_ref().is_some_and(|a| a.load(Ordering::Relaxed))
+        self.abandoned
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Relaxed))
             || self.control.as_ref().is_some_and(|c| c.is_settled())
     }
 
     pub(crate) fn deliver(&self, outcome: Outcome) {
-        let reply = Reply { first_index: self.first_index, count: self.count, outcome };
+        let reply = Reply {
+            first_index: self.first_index,
+            count: self.count,
+            outcome,
+        };
         match &self.sink {
             Sink::Stream(tx) => {
                 let _ = tx.send(reply);
@@ -85,7 +91,11 @@ pub(crate) struct Reply {
 
 pub(crate) enum Outcome {
     /// The child ran the batch: framed result items start at `data[start..]`.
-    Done { data: Vec<u8>, start: usize, elapsed_ns: u64 },
+    Done {
+        data: Vec<u8>,
+        start: usize,
+        elapsed_ns: u64,
+    },
     /// Every item of the batch failed the same way.
     Failed(Failure),
     /// One item that failed in the parent before it was sent.
@@ -109,10 +119,22 @@ impl Failure {
     pub(crate) fn to_error(&self, worker: &str, index: Option<u64>) -> Error {
         let worker = worker.to_owned();
         Error::new(match self {
-            Failure::Died { pid, reason } => ErrorKind::WorkerDied { worker, index, pid: *pid, reason: *reason },
+            Failure::Died { pid, reason } => ErrorKind::WorkerDied {
+                worker,
+                index,
+                pid: *pid,
+                reason: *reason,
+            },
             Failure::Cancelled => ErrorKind::Cancelled { worker, index },
-            Failure::Timeout(after) => ErrorKind::Timeout { worker, index, after: *after },
-            Failure::UnknownWorker { name, known } => ErrorKind::UnknownWorker { name: name.clone(), known: known.clone() },
+            Failure::Timeout(after) => ErrorKind::Timeout {
+                worker,
+                index,
+                after: *after,
+            },
+            Failure::UnknownWorker { name, known } => ErrorKind::UnknownWorker {
+                name: name.clone(),
+                known: known.clone(),
+            },
             Failure::Protocol(msg) => ErrorKind::Protocol(msg.clone()),
             Failure::Closed => ErrorKind::PoolClosed,
             Failure::Spawn(msg) => ErrorKind::Spawn(std::io::Error::other(msg.clone())),
@@ -192,7 +214,12 @@ struct QueueState {
 impl Queue {
     pub(crate) fn new() -> Queue {
         Queue {
-            state: Mutex::new(QueueState { jobs: VecDeque::new(), closed: false, terminated: false, fatal: None }),
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                closed: false,
+                terminated: false,
+                fatal: None,
+            }),
             cond: Condvar::new(),
             batch_ids: AtomicU64::new(1),
         }
@@ -206,20 +233,23 @@ impl Queue {
         self.batch_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues a job, or hands it back with the reason the pool refuses it.
-    pub(crate) fn push(&self, job: Job) -> Result<(), (Job, Failure)> {
+    /// Queues a job; if the pool refuses it, the job fails at once with
+    /// the reason.
+    pub(crate) fn push(&self, job: Job) {
         let mut s = self.lock();
-        if let Some(f) = &s.fatal {
-            let f = f.clone();
-            return Err((job, f));
-        }
-        if s.closed || s.terminated {
-            return Err((job, Failure::Closed));
+        let refused = match &s.fatal {
+            Some(f) => Some(f.clone()),
+            None if s.closed || s.terminated => Some(Failure::Closed),
+            None => None,
+        };
+        if let Some(failure) = refused {
+            drop(s);
+            job.deliver(Outcome::Failed(failure));
+            return;
         }
         s.jobs.push_back(job);
         drop(s);
         self.cond.notify_one();
-        Ok(())
     }
 
     /// Puts jobs back at the front (after a crash), keeping their order.

@@ -88,7 +88,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("workers", &self.workers).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +106,13 @@ impl std::fmt::Debug for PoolBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolBuilder")
             .field("workers", &self.workers)
-            .field("initializer", &self.initializer.as_ref().map(|i| i.as_ref().map(|i| i.worker).ok()))
+            .field(
+                "initializer",
+                &self
+                    .initializer
+                    .as_ref()
+                    .map(|i| i.as_ref().map(|i| i.worker).ok()),
+            )
             .field("max_tasks_per_worker", &self.max_tasks_per_worker)
             .finish()
     }
@@ -135,7 +143,12 @@ where
 {
     let out: W::Output = stream::decode_item(worker, None, rest)?;
     out.into_outcome().map_err(|message| {
-        Error::new(ErrorKind::Panic { worker: worker.to_owned(), index: None, message, location: None })
+        Error::new(ErrorKind::Panic {
+            worker: worker.to_owned(),
+            index: None,
+            message,
+            location: None,
+        })
     })
 }
 
@@ -159,7 +172,11 @@ impl PoolBuilder {
         let _ = worker;
         let mut payload = Vec::new();
         let init = wire::put_item(&mut payload, &args)
-            .map(|()| Initializer { worker: W::NAME, payload, check: check_init::<W> })
+            .map(|()| Initializer {
+                worker: W::NAME,
+                payload,
+                check: check_init::<W>,
+            })
             .map_err(|message| {
                 Error::new(ErrorKind::Codec {
                     side: CodecSide::EncodeArgs,
@@ -225,14 +242,22 @@ impl PoolBuilder {
             match spawned {
                 Ok(handle) => drivers.push(handle),
                 Err(e) => {
-                    let pool = Pool { shared, drivers: Mutex::new(drivers), workers };
+                    let pool = Pool {
+                        shared,
+                        drivers: Mutex::new(drivers),
+                        workers,
+                    };
                     pool.terminate();
                     return Err(Error::new(ErrorKind::Spawn(e)));
                 }
             }
         }
         drop(ready_tx);
-        let pool = Pool { shared, drivers: Mutex::new(drivers), workers };
+        let pool = Pool {
+            shared,
+            drivers: Mutex::new(drivers),
+            workers,
+        };
         let mut first_error = None;
         for _ in 0..workers {
             match ready_rx.recv() {
@@ -241,7 +266,9 @@ impl PoolBuilder {
                     first_error.get_or_insert(e);
                 }
                 Err(_) => {
-                    first_error.get_or_insert(Error::new(ErrorKind::Protocol("a worker thread exited".to_owned())));
+                    first_error.get_or_insert(Error::new(ErrorKind::Protocol(
+                        "a worker thread exited".to_owned(),
+                    )));
                 }
             }
         }
@@ -265,7 +292,11 @@ impl Pool {
 
     /// A builder for a pool with options (initializer, worker recycling).
     pub fn builder() -> PoolBuilder {
-        PoolBuilder { workers: 0, initializer: None, max_tasks_per_worker: None }
+        PoolBuilder {
+            workers: 0,
+            initializer: None,
+            max_tasks_per_worker: None,
+        }
     }
 
     /// Number of worker processes.
@@ -275,8 +306,12 @@ impl Pool {
 
     fn cap_chunk(&self, chunking: Chunking) -> Chunking {
         match (self.shared.max_tasks_per_worker, chunking) {
-            (Some(k), Chunking::Fixed(n)) => Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX))),
-            (Some(k), Chunking::Adaptive(n)) => Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX))),
+            (Some(k), Chunking::Fixed(n)) => {
+                Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX)))
+            }
+            (Some(k), Chunking::Adaptive(n)) => {
+                Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX)))
+            }
             (None, c) => c,
         }
     }
@@ -312,12 +347,21 @@ impl Pool {
     /// # Errors
     ///
     /// As [`map`](Pool::map).
-    pub fn map_chunked<W, I>(&self, worker: W, items: I, chunk_size: usize) -> Result<Vec<W::Output>>
+    pub fn map_chunked<W, I>(
+        &self,
+        worker: W,
+        items: I,
+        chunk_size: usize,
+    ) -> Result<Vec<W::Output>>
     where
         W: Worker,
         I: IntoIterator<Item = W::Args>,
     {
-        self.collect(worker, items.into_iter(), Chunking::Fixed(chunk_size.max(1)))
+        self.collect(
+            worker,
+            items.into_iter(),
+            Chunking::Fixed(chunk_size.max(1)),
+        )
     }
 
     fn collect<W, I>(&self, _worker: W, items: I, chunking: Chunking) -> Result<Vec<W::Output>>
@@ -348,7 +392,12 @@ impl Pool {
         I: IntoIterator<Item = W::Args>,
     {
         let _ = worker;
-        Imap::new(Stream::new(self, items.into_iter(), self.cap_chunk(Chunking::Adaptive(1)), true))
+        Imap::new(Stream::new(
+            self,
+            items.into_iter(),
+            self.cap_chunk(Chunking::Adaptive(1)),
+            true,
+        ))
     }
 
     /// Like [`imap`](Pool::imap), but yields results in the order they
@@ -359,7 +408,12 @@ impl Pool {
         I: IntoIterator<Item = W::Args>,
     {
         let _ = worker;
-        ImapUnordered::new(Stream::new(self, items.into_iter(), self.cap_chunk(Chunking::Adaptive(1)), false))
+        ImapUnordered::new(Stream::new(
+            self,
+            items.into_iter(),
+            self.cap_chunk(Chunking::Adaptive(1)),
+            false,
+        ))
     }
 
     /// Runs one call in a worker process and waits for it: Python's
@@ -391,7 +445,11 @@ impl Pool {
                 type_name: std::any::type_name::<W::Args>(),
                 message,
             });
-            slot.fill(job::Reply { first_index: None, count: 1, outcome: Outcome::Local(Some(error)) });
+            slot.fill(job::Reply {
+                first_index: None,
+                count: 1,
+                outcome: Outcome::Local(Some(error)),
+            });
             return task;
         }
         let slot = Arc::new(TaskSlot::new());
@@ -405,10 +463,8 @@ impl Pool {
             control: Some(control.clone()),
             abandoned: None,
         };
-        match self.shared.queue.push(job) {
-            Ok(()) => Task::new(slot, control, W::NAME),
-            Err((_, failure)) => Task::failed(W::NAME, failure),
-        }
+        self.shared.queue.push(job);
+        Task::new(slot, control, W::NAME)
     }
 
     /// Stops taking new work; queued and running tasks still finish. New

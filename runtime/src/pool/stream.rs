@@ -38,7 +38,11 @@ pub(crate) fn decode_single<R: DeserializeOwned>(worker: &'static str, reply: Re
 }
 
 /// Decodes the next framed result item of a `DONE` body.
-pub(crate) fn decode_item<R: DeserializeOwned>(worker: &'static str, index: Option<u64>, rest: &mut &[u8]) -> Result<R> {
+pub(crate) fn decode_item<R: DeserializeOwned>(
+    worker: &'static str,
+    index: Option<u64>,
+    rest: &mut &[u8],
+) -> Result<R> {
     let Some((status, body, _)) = wire::next_item(rest) else {
         *rest = &[];
         return Err(Error::new(ErrorKind::Protocol(format!(
@@ -46,10 +50,17 @@ pub(crate) fn decode_item<R: DeserializeOwned>(worker: &'static str, index: Opti
         ))));
     };
     let codec = |side, type_name, message: String| {
-        Error::new(ErrorKind::Codec { side, worker: worker.to_owned(), index, type_name, message })
+        Error::new(ErrorKind::Codec {
+            side,
+            worker: worker.to_owned(),
+            index,
+            type_name,
+            message,
+        })
     };
     match status {
-        wire::ITEM_OK => wire::decode_exact::<R>(body).map_err(|m| codec(CodecSide::DecodeOutput, type_name::<R>(), m)),
+        wire::ITEM_OK => wire::decode_exact::<R>(body)
+            .map_err(|m| codec(CodecSide::DecodeOutput, type_name::<R>(), m)),
         wire::ITEM_PANIC => {
             let report: PanicReport = wire::decode_exact(body).unwrap_or(PanicReport {
                 message: "<the panic report could not be decoded>".to_owned(),
@@ -62,8 +73,16 @@ pub(crate) fn decode_item<R: DeserializeOwned>(worker: &'static str, index: Opti
                 location: report.location,
             }))
         }
-        wire::ITEM_ENCODE_ERROR => Err(codec(CodecSide::EncodeOutput, type_name::<R>(), String::from_utf8_lossy(body).into_owned())),
-        _ => Err(codec(CodecSide::DecodeArgs, "arguments", String::from_utf8_lossy(body).into_owned())),
+        wire::ITEM_ENCODE_ERROR => Err(codec(
+            CodecSide::EncodeOutput,
+            type_name::<R>(),
+            String::from_utf8_lossy(body).into_owned(),
+        )),
+        _ => Err(codec(
+            CodecSide::DecodeArgs,
+            "arguments",
+            String::from_utf8_lossy(body).into_owned(),
+        )),
     }
 }
 
@@ -142,7 +161,10 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             None => (in_flight, Some(in_flight)),
             Some(input) => {
                 let (lo, hi) = input.size_hint();
-                (lo.saturating_add(in_flight), hi.and_then(|h| h.checked_add(in_flight)))
+                (
+                    lo.saturating_add(in_flight),
+                    hi.and_then(|h| h.checked_add(in_flight)),
+                )
             }
         }
     }
@@ -150,7 +172,9 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
     /// Sends batches until the window is full or the input is exhausted.
     fn fill(&mut self) {
         while self.open.len() < self.window {
-            let Some(input) = self.input.as_mut() else { return };
+            let Some(input) = self.input.as_mut() else {
+                return;
+            };
             let limit = match self.chunking {
                 Chunking::Fixed(n) | Chunking::Adaptive(n) => n.max(1),
             };
@@ -193,9 +217,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 };
                 self.next_input += count as u64;
                 self.open.insert(first, (self.next_input, count as u64));
-                if let Err((job, failure)) = self.pool.shared.queue.push(job) {
-                    job.deliver(Outcome::Failed(failure));
-                }
+                self.pool.shared.queue.push(job);
             }
             if let Some(err) = encode_error {
                 // Give the failed item its own slot in the order.
@@ -224,7 +246,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
 
     fn insert_ready(&mut self, reply: Reply) {
         if self.ordered {
-            self.ready_ordered.insert(reply.first_index.unwrap_or(0), reply);
+            self.ready_ordered
+                .insert(reply.first_index.unwrap_or(0), reply);
         } else {
             self.ready_unordered.push_back(reply);
         }
@@ -243,11 +266,15 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 }
             }
         }
-        if let (Chunking::Adaptive(size), Outcome::Done { elapsed_ns, .. }) = (&mut self.chunking, &reply.outcome) {
+        if let (Chunking::Adaptive(size), Outcome::Done { elapsed_ns, .. }) =
+            (&mut self.chunking, &reply.outcome)
+        {
             if reply.count as usize >= *size / 2 {
                 let per_item = (*elapsed_ns / u64::from(reply.count.max(1))).max(1);
                 let ideal = usize::try_from(TARGET_BATCH_NS / per_item).unwrap_or(MAX_BATCH_ITEMS);
-                *size = ideal.clamp((*size / 2).max(1), size.saturating_mul(8)).min(MAX_BATCH_ITEMS);
+                *size = ideal
+                    .clamp((*size / 2).max(1), size.saturating_mul(8))
+                    .min(MAX_BATCH_ITEMS);
             }
         }
         self.insert_ready(reply);
@@ -297,7 +324,9 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                             cur.pos += before - rest.len();
                             r
                         }
-                        Outcome::Local(err) => Err(err.take().expect("a local error is yielded once")),
+                        Outcome::Local(err) => {
+                            Err(err.take().expect("a local error is yielded once"))
+                        }
                         Outcome::Failed(f) => Err(f.to_error(W::NAME, Some(index))),
                     };
                     if self.ordered {

@@ -29,7 +29,11 @@ pub(crate) struct Control {
 
 impl Control {
     pub(crate) fn new() -> Control {
-        Control { state: AtomicU8::new(QUEUED), batch: AtomicU64::new(0), runner: Mutex::new(None) }
+        Control {
+            state: AtomicU8::new(QUEUED),
+            batch: AtomicU64::new(0),
+            runner: Mutex::new(None),
+        }
     }
 
     /// Called by the driver when it sends the task; `false` if it was
@@ -37,18 +41,24 @@ impl Control {
     pub(crate) fn start(&self, batch: u64, runner: &Arc<Runner>) -> bool {
         self.batch.store(batch, Ordering::Relaxed);
         *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner.clone());
-        self.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Called by the driver when the child answered.
     pub(crate) fn finish(&self) {
-        let _ = self.state.compare_exchange(RUNNING, FINISHED, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .state
+            .compare_exchange(RUNNING, FINISHED, Ordering::AcqRel, Ordering::Acquire);
         *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Called after a crash to make the task runnable again.
     pub(crate) fn requeue(&self) {
-        let _ = self.state.compare_exchange(RUNNING, QUEUED, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .state
+            .compare_exchange(RUNNING, QUEUED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub(crate) fn is_settled(&self) -> bool {
@@ -63,13 +73,20 @@ impl Control {
             if cur == FINISHED || cur == SETTLED {
                 return false;
             }
-            match self.state.compare_exchange(cur, SETTLED, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .state
+                .compare_exchange(cur, SETTLED, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break,
                 Err(actual) => cur = actual,
             }
         }
         if cur == RUNNING {
-            let runner = self.runner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let runner = self
+                .runner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             if let Some(runner) = runner {
                 runner.kill_if_running(Some(self.batch.load(Ordering::Relaxed)));
             }
@@ -94,7 +111,10 @@ struct SlotState {
 
 impl TaskSlot {
     pub(crate) fn new() -> TaskSlot {
-        TaskSlot { state: Mutex::new(SlotState::default()), cond: Condvar::new() }
+        TaskSlot {
+            state: Mutex::new(SlotState::default()),
+            cond: Condvar::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -146,7 +166,11 @@ impl TaskSlot {
                     if now >= d {
                         return None;
                     }
-                    s = self.cond.wait_timeout(s, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                    s = self
+                        .cond
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
         }
@@ -182,16 +206,12 @@ impl<R> std::fmt::Debug for Task<R> {
 
 impl<R: DeserializeOwned> Task<R> {
     pub(crate) fn new(slot: Arc<TaskSlot>, control: Arc<Control>, worker: &'static str) -> Task<R> {
-        Task { slot, control, worker, _output: PhantomData }
-    }
-
-    /// A task that has already failed (for example on a closed pool).
-    pub(crate) fn failed(worker: &'static str, failure: Failure) -> Task<R> {
-        let slot = Arc::new(TaskSlot::new());
-        slot.fill(Reply { first_index: None, count: 1, outcome: Outcome::Failed(failure) });
-        let control = Arc::new(Control::new());
-        control.settle();
-        Task::new(slot, control, worker)
+        Task {
+            slot,
+            control,
+            worker,
+            _output: PhantomData,
+        }
     }
 
     /// Blocks until the call finishes and returns its result.
@@ -203,7 +223,10 @@ impl<R: DeserializeOwned> Task<R> {
     /// [`Cancelled`](crate::ErrorKind::Cancelled),
     /// [`Codec`](crate::ErrorKind::Codec), ...
     pub fn wait(self) -> Result<R> {
-        let reply = self.slot.wait_until(None).expect("a filled slot has a reply");
+        let reply = self
+            .slot
+            .wait_until(None)
+            .expect("a filled slot has a reply");
         decode_single(self.worker, reply)
     }
 
@@ -221,9 +244,16 @@ impl<R: DeserializeOwned> Task<R> {
             return decode_single(self.worker, reply);
         }
         if self.control.settle() {
-            self.slot.fill(Reply { first_index: None, count: 1, outcome: Outcome::Failed(Failure::Timeout(timeout)) });
+            self.slot.fill(Reply {
+                first_index: None,
+                count: 1,
+                outcome: Outcome::Failed(Failure::Timeout(timeout)),
+            });
         }
-        let reply = self.slot.wait_until(None).expect("a filled slot has a reply");
+        let reply = self
+            .slot
+            .wait_until(None)
+            .expect("a filled slot has a reply");
         decode_single(self.worker, reply)
     }
 
@@ -240,7 +270,11 @@ impl<R: DeserializeOwned> Task<R> {
     /// Returns `false` if the call had already finished.
     pub fn cancel(&self) -> bool {
         if self.control.settle() {
-            self.slot.fill(Reply { first_index: None, count: 1, outcome: Outcome::Failed(Failure::Cancelled) });
+            self.slot.fill(Reply {
+                first_index: None,
+                count: 1,
+                outcome: Outcome::Failed(Failure::Cancelled),
+            });
             true
         } else {
             false
@@ -290,7 +324,11 @@ where
             Some(t)
         })
         .collect();
-    AsCompleted { remaining: tasks.len(), tasks, rx }
+    AsCompleted {
+        remaining: tasks.len(),
+        tasks,
+        rx,
+    }
 }
 
 /// Iterator returned by [`as_completed`]: `(position, result)` in
@@ -303,7 +341,9 @@ pub struct AsCompleted<R> {
 
 impl<R> std::fmt::Debug for AsCompleted<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsCompleted").field("remaining", &self.remaining).finish()
+        f.debug_struct("AsCompleted")
+            .field("remaining", &self.remaining)
+            .finish()
     }
 }
 
