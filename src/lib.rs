@@ -1,4 +1,175 @@
-//! multiproc (docs to come)
+//! Python's `multiprocessing` and `concurrent.futures` for Rust: mark a
+//! function `#[worker]` and run it in a pool of child processes.
+//!
+//! Each worker process is your own program started again; a task travels to
+//! it as the function's name and its serde-encoded arguments, and the result
+//! comes back the same way. Because the work runs in another process, a
+//! segfault, an `abort()`, a leak or non-thread-safe C code in a task cannot
+//! take the caller down: the task fails with an [`Error`] that says what
+//! happened, the pool replaces the process and keeps going, and the other
+//! results are kept.
+//!
+//! Use threads ([rayon], `std::thread::scope`) when the work is trusted,
+//! thread-safe Rust: they are cheaper. Use this crate when a task may crash,
+//! leak or hang, when it calls a library that is not thread-safe or keeps
+//! global state, or when you want to kill a task that runs too long.
+//!
+//! [rayon]: https://docs.rs/rayon
+//!
+//! # Example
+//!
+//! ```no_run
+//! use multiproc::{Pool, entry, worker};
+//!
+//! /// Whether `n` is prime, by slow trial division.
+//! #[worker]
+//! fn is_prime(n: u64) -> bool {
+//!     n >= 2 && (2..=n.isqrt()).all(|i| n % i != 0)
+//! }
+//!
+//! /// Several arguments travel as a tuple.
+//! #[worker]
+//! fn add(a: u64, b: u64) -> u64 {
+//!     a + b
+//! }
+//!
+//! #[entry]
+//! fn main() -> Result<(), multiproc::Error> {
+//!     assert!(is_prime(7)); // still an ordinary call, in this process
+//!
+//!     let pool = Pool::new(0)?; // one worker process per CPU
+//!     let flags: Vec<bool> = pool.map(is_prime, 1_000_000..2_000_000)?;
+//!     println!("{} primes", flags.iter().filter(|&&p| p).count());
+//!
+//!     let sums = pool.map(add, vec![(1, 2), (3, 4)])?;
+//!     assert_eq!(sums, [3, 7]);
+//!
+//!     let task = pool.submit(add, (5, 6)); // runs while we do other things
+//!     assert_eq!(task.wait()?, 11);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `cargo run --release --example primes` runs a longer version of this and
+//! prints the speedup; `examples/futures.rs` shows [`Pool::submit`] with
+//! [`as_completed`].
+//!
+//! # Concepts
+//!
+//! ## Workers
+//!
+//! [`#[worker]`](macro@worker) on a free function (not a method or a
+//! closure) registers it under its path (`my_crate::is_prime`) in a table
+//! that every copy of the binary carries, and turns its name into a
+//! zero-sized value that implements [`Worker`]. The value still derefs to
+//! the function, so `is_prime(7)` calls it in-process as before, and
+//! `pool.map(is_prime, …)` sends it to worker processes.
+//!
+//! Arguments and results cross a process boundary, so they must be owned
+//! serde types: `Serialize + DeserializeOwned + Send + 'static` (`u64`,
+//! `String`, `Vec<T>`, your `#[derive(Serialize, Deserialize)]` structs).
+//! Anything else — a reference, an `Rc`, a generic or `async` function — is a
+//! compile error at the offending token, with the fix in the message. A
+//! worker with several arguments takes them as one tuple in the pool's
+//! methods; this replaces Python's `starmap`.
+//!
+//! ## The entry guard
+//!
+//! Worker processes run `main` again from the start, so `main` needs
+//! [`#[entry]`](macro@entry) — Rust's `if __name__ == "__main__":`. Its first
+//! statement asks whether this process is a worker; a worker serves tasks and
+//! exits without running any of your startup code. Without the guard,
+//! starting a pool fails with [`ErrorKind::GuardMissing`] instead of starting
+//! copies of your program recursively. With an async runtime, put
+//! `#[multiproc::entry]` above `#[tokio::main]` so that the guard runs first.
+//!
+//! ## Pools
+//!
+//! A [`Pool`] is a fixed set of worker processes (`Pool::new(0)`: one per
+//! available CPU; [`Pool::builder`] for an initializer or
+//! `max_tasks_per_worker`). [`map`](Pool::map) returns every result in input
+//! order; [`imap`](Pool::imap) and [`imap_unordered`](Pool::imap_unordered)
+//! yield them lazily, one `Result` per item, with a bounded look-ahead, so
+//! endless input works; [`apply`](Pool::apply) runs one call. Input is sent
+//! in batches to amortise the round trip; choose the size with
+//! [`map_chunked`](Pool::map_chunked) or [`Imap::chunk_size`]. A `Pool` is
+//! `Send + Sync`; dropping it finishes the queued work and reaps every
+//! process, [`terminate`](Pool::terminate) stops at once.
+//!
+//! ## Tasks
+//!
+//! [`Pool::submit`] starts one call and returns a [`Task`] at once:
+//! Python's `AsyncResult` and `concurrent.futures.Future`. Wait for it
+//! ([`wait`](Task::wait), [`wait_timeout`](Task::wait_timeout)), poll it
+//! ([`is_finished`](Task::is_finished)), [`cancel`](Task::cancel) it (a
+//! running task's process is killed and replaced), or `.await` it — a `Task`
+//! is a [`Future`] that does not block the executor.
+//! [`as_completed`] yields the results of many tasks as they finish.
+//!
+//! ## Errors
+//!
+//! Everything returns [`Result<T, Error>`](Result). Match
+//! [`Error::kind`] against [`ErrorKind`], or ask: [`Error::is_panic`],
+//! [`Error::is_worker_died`], [`Error::item_index`], [`Error::exit_reason`].
+//!
+//! ```no_run
+//! # use multiproc::{Pool, worker};
+//! # #[worker] fn risky(n: u64) -> u64 { n }
+//! # fn run(pool: &Pool) {
+//! for (i, result) in pool.imap(risky, 0..100).enumerate() {
+//!     match result {
+//!         Ok(value) => println!("{i}: {value}"),
+//!         Err(e) if e.is_panic() => eprintln!("{i} panicked: {}", e.panic_message().unwrap_or("")),
+//!         Err(e) if e.is_worker_died() => eprintln!("{i} crashed the worker: {e}"),
+//!         Err(e) => eprintln!("{i}: {e}"),
+//!     }
+//! }
+//! # }
+//! # fn main() {}
+//! ```
+//!
+//! A task that panics fails alone and its worker keeps serving. A worker
+//! process that dies fails only the item it was running; the items batched
+//! with it are run again, and the pool starts a new process. Nothing hangs.
+//!
+//! ## Testing
+//!
+//! A test binary has no `main` to put `#[entry]` on: use
+//! [`#[multiproc::test]`](macro@test) instead of `#[test]` for every test that
+//! starts a pool. Its worker processes are the test binary re-run for exactly
+//! that test, and the guard the attribute inserts turns them into workers.
+//!
+//! ```no_run
+//! use multiproc::{Pool, worker};
+//!
+//! #[worker]
+//! fn double(n: u64) -> u64 {
+//!     n * 2
+//! }
+//!
+//! #[multiproc::test]
+//! fn doubles_in_worker_processes() -> Result<(), multiproc::Error> {
+//!     let pool = Pool::new(2)?;
+//!     assert_eq!(pool.map(double, [1, 2, 3])?, [2, 4, 6]);
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! Run them with plain `cargo test`. Tests that only call a worker as a
+//! function (`assert_eq!(double(2), 4)`) need nothing special.
+//!
+//! # Platform support
+//!
+//! Unix only: Linux (x86-64, arm64) first, macOS best effort; other targets
+//! fail to compile with a message saying so. Worker processes are started by
+//! re-executing the program (`/proc/self/exe` on Linux), never by `fork` of
+//! a running process. Under `panic = "abort"` a panicking task kills its
+//! worker process, so it is reported as [`ErrorKind::WorkerDied`] (signal
+//! `SIGABRT`) rather than [`ErrorKind::Panic`].
+//!
+//! Processes, queues, pipes, shared memory and managers are planned; today
+//! the crate offers pools and tasks.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use multiproc_macros::{entry, test, worker};
