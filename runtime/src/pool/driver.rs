@@ -118,7 +118,8 @@ fn start(shared: &PoolShared) -> Result<Worker> {
         reader,
         pid,
         done: 0,
-        last_batch_ns: 0,
+        // Unknown until the first batch comes back: no read-ahead before that.
+        last_batch_ns: u64::MAX,
     };
     if let Some(init) = &shared.initializer {
         if let Err(e) = run_initializer(shared, &mut worker, init) {
