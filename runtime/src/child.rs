@@ -64,12 +64,16 @@ pub fn entry() {
 /// `path` is `module_path!()::test_name`; the crate name in front is dropped
 /// to get the name the test harness knows.
 pub fn test_entry(path: &'static str) {
+    let name = path.split_once("::").map_or(path, |(_, rest)| rest);
+    // Recorded first, also in a child: a worker that starts a pool of its
+    // own must re-run the test binary filtered to this test, not all tests.
+    TEST_NAMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((std::thread::current().id(), name.to_owned()));
     if let Some(marker) = std::env::var_os(MARKER) {
         become_child(marker);
     }
-    let name = path.split_once("::").map_or(path, |(_, rest)| rest);
-    let mut names = TEST_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    names.push((std::thread::current().id(), name.to_owned()));
     GUARD.store(true, Ordering::Release);
 }
 
