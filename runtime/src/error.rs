@@ -253,6 +253,21 @@ impl Error {
         }
     }
 
+    /// The name of the worker function the failed task belonged to.
+    pub fn worker_name(&self) -> Option<&str> {
+        match &*self.kind {
+            ErrorKind::Panic { worker, .. }
+            | ErrorKind::WorkerDied { worker, .. }
+            | ErrorKind::Timeout { worker, .. }
+            | ErrorKind::Cancelled { worker, .. }
+            | ErrorKind::Codec { worker, .. } => Some(worker),
+            ErrorKind::UnknownWorker { name, .. } | ErrorKind::DuplicateWorker { name } => {
+                Some(name)
+            }
+            _ => None,
+        }
+    }
+
     /// The pid of the worker process that died, for [`ErrorKind::WorkerDied`].
     pub fn pid(&self) -> Option<u32> {
         match &*self.kind {
