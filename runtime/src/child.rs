@@ -12,11 +12,12 @@ use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::PanicHookInfo;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::registry;
+use crate::shm::Progress;
 use crate::wire::{self, BatchFailure, PanicReport};
 
 /// Environment variable that marks a process as a worker child.
@@ -82,8 +83,8 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     // function, in a test binary filtered to that one test), before user code
     // has started threads that could read the environment concurrently.
     unsafe { std::env::remove_var(MARKER) };
-    let fd = match parse_marker(&marker.to_string_lossy()) {
-        Ok(fd) => fd,
+    let (fd, progress_fd) = match parse_marker(&marker.to_string_lossy()) {
+        Ok(fds) => fds,
         Err(msg) => bad_marker(&msg),
     };
     // SAFETY: `fcntl` and `fstat` only inspect the descriptor; a closed or
@@ -101,6 +102,19 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     // SAFETY: the parent handed this descriptor to us alone; nothing else in
     // this process owns it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: as above; `from_inherited` checks that it is a progress page.
+    match unsafe { Progress::from_inherited(progress_fd) } {
+        Ok(progress) => {
+            // SAFETY: fcntl on the descriptor the mapping keeps open.
+            unsafe { libc::fcntl(progress.raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            let _ = PROGRESS.set(progress);
+        }
+        Err(e) => bad_marker(&format!("fd {progress_fd} is not a progress page: {e}")),
+    }
+    // Ctrl-C goes to the whole process group: the parent decides what
+    // happens (if it dies, so do we); workers do not print or die on it.
+    // SAFETY: setting a signal disposition to SIG_IGN.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     GUARD.store(true, Ordering::Release);
     install_panic_hook();
     let code = match serve(stream) {
@@ -116,18 +130,38 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     std::process::exit(code)
 }
 
-fn parse_marker(marker: &str) -> Result<RawFd, String> {
-    let (version, fd) = marker
-        .split_once(':')
-        .ok_or_else(|| format!("malformed value {marker:?}"))?;
+fn parse_marker(marker: &str) -> Result<(RawFd, RawFd), String> {
+    let mut parts = marker.split(':');
+    let (Some(version), Some(fd), Some(progress), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("malformed value {marker:?}"));
+    };
     if version != wire::PROTOCOL_VERSION.to_string() {
         return Err(format!(
             "protocol {version} from the parent, this binary speaks {}",
             wire::PROTOCOL_VERSION
         ));
     }
-    fd.parse()
-        .map_err(|_| format!("malformed value {marker:?}"))
+    let parse = |s: &str| {
+        s.parse::<RawFd>()
+            .map_err(|_| format!("malformed value {marker:?}"))
+    };
+    Ok((parse(fd)?, parse(progress)?))
+}
+
+static PROGRESS: OnceLock<Progress> = OnceLock::new();
+
+thread_local! {
+    static TIMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records in the progress page that item `index` of the batch starts.
+#[inline]
+pub(crate) fn item_started(index: u64) {
+    if let Some(p) = PROGRESS.get() {
+        p.begin_item(index, TIMED.with(Cell::get));
+    }
 }
 
 fn bad_marker(why: &str) -> ! {
@@ -240,9 +274,15 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let timing_at = out.len();
                 out.extend_from_slice(&0u64.to_le_bytes());
                 let started = Instant::now();
+                if let Some(p) = PROGRESS.get() {
+                    TIMED.with(|t| t.set(p.begin_batch(batch)));
+                }
                 IN_TASK.with(|t| t.set(true));
                 let result = (entry.invoke())(payload, &mut out);
                 IN_TASK.with(|t| t.set(false));
+                if let Some(p) = PROGRESS.get() {
+                    p.end_batch();
+                }
                 let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 match result {
                     Ok(()) => {

@@ -15,6 +15,7 @@ mod child;
 mod error;
 mod pool;
 mod registry;
+mod shm;
 mod spawn;
 mod wire;
 mod worker;

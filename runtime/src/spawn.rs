@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::child::MARKER;
+use crate::shm::Progress;
 use crate::wire;
 
 /// How long a new child may take to say hello. A child that dies is noticed
@@ -52,15 +53,19 @@ fn exe() -> &'static (PathBuf, Option<OsString>) {
 ///
 /// The io error if the process cannot be started, or if it dies or stays
 /// silent before it says hello.
-pub(crate) fn spawn_worker(test: Option<&str>) -> io::Result<Spawned> {
+pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Result<Spawned> {
     let (parent_end, child_end) = UnixStream::pair()?;
     let child_fd = child_end.as_raw_fd();
+    let progress_fd = progress.raw_fd();
     let (path, arg0) = exe();
     let mut cmd = Command::new(path);
     if let Some(arg0) = arg0 {
         cmd.arg0(arg0);
     }
-    cmd.env(MARKER, format!("{}:{child_fd}", wire::PROTOCOL_VERSION));
+    cmd.env(
+        MARKER,
+        format!("{}:{child_fd}:{progress_fd}", wire::PROTOCOL_VERSION),
+    );
     cmd.stdin(Stdio::null());
     if let Some(name) = test {
         // libtest prints its own banner on stdout; keep the test output clean.
@@ -82,10 +87,12 @@ pub(crate) fn spawn_worker(test: Option<&str>) -> io::Result<Spawned> {
     // nothing and takes no locks.
     unsafe {
         cmd.pre_exec(move || {
-            // Let exactly this descriptor survive exec.
-            let flags = libc::fcntl(child_fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(io::Error::last_os_error());
+            // Let exactly these descriptors survive exec.
+            for fd in [child_fd, progress_fd] {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             #[cfg(target_os = "linux")]
             {
@@ -156,4 +163,37 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Waits until `fd` has data (or EOF) to read, for at most `timeout`.
+/// Returns `false` on timeout.
+pub(crate) fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis())
+        .unwrap_or(libc::c_int::MAX)
+        .max(1);
+    loop {
+        // SAFETY: poll on one valid pollfd that lives across the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Resident memory of process `pid` in bytes, if it can be read.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).unwrap_or(4096))
 }

@@ -162,7 +162,10 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, String
 /// Runs every item of a `RUN` body through worker `W` and appends one result
 /// item per argument item to `out`. Runs in the child.
 pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut index = 0u64;
     while !input.is_empty() {
+        crate::child::item_started(index);
+        index += 1;
         let Some((status, body, _)) = next_item(&mut input) else {
             return Err("truncated argument item".to_owned());
         };

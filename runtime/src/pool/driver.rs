@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
@@ -17,6 +18,8 @@ use std::time::Duration;
 use super::PoolShared;
 use super::job::{Failure, Job, Outcome, Runner};
 use crate::error::{Error, ErrorKind, ExitReason, Result};
+use crate::shm::Progress;
+use crate::shm::progress_clock as monotonic_ns;
 use crate::spawn::{self, Spawned};
 use crate::wire::{self, BatchFailure};
 
@@ -44,6 +47,8 @@ struct Worker {
     done: u64,
     /// How long the child took for its last batch.
     last_batch_ns: u64,
+    /// Over its memory limit: finish what is in flight, then retire.
+    retiring: bool,
 }
 
 enum End {
@@ -56,13 +61,22 @@ enum End {
 }
 
 pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<()>>) {
+    let progress = match Progress::create() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(Error::new(ErrorKind::Spawn(e))));
+            return;
+        }
+    };
+    progress.set_want_time(shared.task_timeout.is_some());
     let mut ready = Some(ready);
     let mut failures = 0;
     loop {
         if shared.queue.is_terminated() {
             break;
         }
-        let mut worker = match start(&shared) {
+        progress.reset();
+        let mut worker = match start(&shared, &progress) {
             Ok(w) => w,
             Err(e) => {
                 if let Some(ready) = ready.take() {
@@ -82,7 +96,8 @@ pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Re
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         }
-        match serve(&shared, &runner, &mut worker) {
+        let mut timed_out = None;
+        match serve(&shared, &runner, &progress, &mut worker, &mut timed_out) {
             End::Shutdown => {
                 stop(&runner, worker);
                 break;
@@ -95,15 +110,15 @@ pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Re
                 if worker.done > 0 {
                     failures = 0;
                 }
-                died(&shared, &runner, worker, in_flight);
+                died(&shared, &runner, &progress, timed_out, worker, in_flight);
             }
         }
     }
 }
 
 /// Starts a worker process and runs the pool's initializer in it.
-fn start(shared: &PoolShared) -> Result<Worker> {
-    let Spawned { child, stream } = spawn::spawn_worker(shared.test_name.as_deref())
+fn start(shared: &PoolShared, progress: &Progress) -> Result<Worker> {
+    let Spawned { child, stream } = spawn::spawn_worker(shared.test_name.as_deref(), progress)
         .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
     let pid = child.id();
     let reader = BufReader::with_capacity(
@@ -120,6 +135,7 @@ fn start(shared: &PoolShared) -> Result<Worker> {
         done: 0,
         // Unknown until the first batch comes back: no read-ahead before that.
         last_batch_ns: u64::MAX,
+        retiring: false,
     };
     if let Some(init) = &shared.initializer {
         if let Err(e) = run_initializer(shared, &mut worker, init) {
@@ -184,7 +200,13 @@ fn batch_failure(frame: &[u8]) -> Failure {
     }
 }
 
-fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End {
+fn serve(
+    shared: &PoolShared,
+    runner: &Arc<Runner>,
+    progress: &Progress,
+    worker: &mut Worker,
+    timed_out: &mut Option<(u64, u64)>,
+) -> End {
     let mut in_flight: VecDeque<Sent> = VecDeque::with_capacity(PIPELINE_DEPTH);
     let mut buf = Vec::new();
     let mut frame = Vec::new();
@@ -197,6 +219,12 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
             1
         };
         while in_flight.len() < depth {
+            if worker.retiring {
+                if in_flight.is_empty() {
+                    return End::Retire;
+                }
+                break;
+            }
             let queued: u64 = in_flight.iter().map(|s| u64::from(s.job.count)).sum();
             if let Some(limit) = limit {
                 if worker.done + queued >= limit {
@@ -245,7 +273,9 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
             buf = Vec::new();
         }
 
-        let tag = match wire::read_frame(&mut worker.reader, &mut frame) {
+        let tag = match read_reply(
+            shared, runner, progress, worker, &in_flight, &mut frame, timed_out,
+        ) {
             Ok(Some(tag)) => tag,
             Ok(None) | Err(_) => return End::Died(in_flight),
         };
@@ -269,6 +299,9 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
             let elapsed_ns = cur.u64().unwrap_or(0);
             worker.done += u64::from(front.job.count);
             worker.last_batch_ns = elapsed_ns;
+            if let Some(limit) = shared.max_worker_rss {
+                worker.retiring = spawn::rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
+            }
             let data = std::mem::take(&mut frame);
             front.job.deliver(Outcome::Done {
                 data,
@@ -279,6 +312,40 @@ fn serve(shared: &PoolShared, runner: &Arc<Runner>, worker: &mut Worker) -> End 
             front.job.deliver(Outcome::Failed(batch_failure(&frame)));
         }
     }
+}
+
+/// Reads the next frame from the child. With a task time limit, watches the
+/// progress page while waiting and kills the child when its running item
+/// overstays (the caller then sees EOF, and `timed_out` says which item).
+fn read_reply(
+    shared: &PoolShared,
+    runner: &Runner,
+    progress: &Progress,
+    worker: &mut Worker,
+    in_flight: &VecDeque<Sent>,
+    frame: &mut Vec<u8>,
+    timed_out: &mut Option<(u64, u64)>,
+) -> std::io::Result<Option<u8>> {
+    if let Some(limit) = shared.task_timeout {
+        let tick = (limit / 8).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        let fd = worker.reader.get_ref().as_raw_fd();
+        while worker.reader.buffer().is_empty() && !spawn::wait_readable(fd, tick)? {
+            let Some(front) = in_flight.front() else {
+                break;
+            };
+            if timed_out.is_some() {
+                continue; // killed; waiting for the EOF
+            }
+            if let Some((item, started)) = progress.running(front.batch) {
+                if started != 0 && monotonic_ns().saturating_sub(started) > limit_ns {
+                    *timed_out = Some((front.batch, item));
+                    runner.kill_if_running(None);
+                }
+            }
+        }
+    }
+    wire::read_frame(&mut worker.reader, frame)
 }
 
 /// Asks a worker to exit and reaps it.
@@ -327,14 +394,32 @@ fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
     }
 }
 
-/// Accounts for a dead worker: blames the batch it was running (splitting it
-/// to find the guilty item), and puts the innocent batches back in the queue.
-fn died(shared: &PoolShared, runner: &Runner, mut worker: Worker, in_flight: VecDeque<Sent>) {
-    let killed_on_purpose = runner.was_killed();
+/// Accounts for a dead worker: blames the item it was running (from its
+/// progress page, or by splitting the batch when the page cannot tell), and
+/// puts every innocent item back in the queue.
+fn died(
+    shared: &PoolShared,
+    runner: &Runner,
+    progress: &Progress,
+    timed_out: Option<(u64, u64)>,
+    mut worker: Worker,
+    in_flight: VecDeque<Sent>,
+) {
+    let killed_on_purpose = runner.was_killed() && timed_out.is_none();
+    let running = in_flight.front().and_then(|s| match timed_out {
+        Some((batch, item)) if batch == s.batch => Some((item, true)),
+        _ => progress.running(s.batch).map(|(item, _)| (item, false)),
+    });
     runner.set_pid(None);
     let reason = reap(&mut worker.child);
     let terminated = shared.queue.is_terminated();
     let mut requeue = Vec::new();
+    let requeue_job = |job: Job, requeue: &mut Vec<Job>| {
+        if let Some(control) = &job.control {
+            control.requeue();
+        }
+        requeue.push(job);
+    };
     for (i, sent) in in_flight.into_iter().enumerate() {
         let job = sent.job;
         if terminated {
@@ -342,31 +427,79 @@ fn died(shared: &PoolShared, runner: &Runner, mut worker: Worker, in_flight: Vec
             continue;
         }
         if job.control.as_ref().is_some_and(|c| c.is_settled()) {
-            continue; // cancelled or timed out: already answered
+            continue; // cancelled or timed out by its Task: already answered
         }
         if i > 0 || killed_on_purpose {
             // Never started, or an innocent bystander of a kill.
-            if let Some(control) = &job.control {
-                control.requeue();
+            requeue_job(job, &mut requeue);
+            continue;
+        }
+        let culprit = match running {
+            Some((k, _)) if k < u64::from(job.count) => {
+                let k = k as u32;
+                let (before, rest) = if k > 0 {
+                    split(job, k)
+                } else {
+                    (None, Some(job))
+                };
+                let rest = rest.expect("k < count leaves the running item");
+                let (culprit, after) = if rest.count > 1 {
+                    split(rest, 1)
+                } else {
+                    (Some(rest), None)
+                };
+                // Items before it finished (their results died with the
+                // process); items after it never started.
+                for job in before.into_iter().chain(after) {
+                    requeue_job(job, &mut requeue);
+                }
+                culprit.expect("split keeps the first item")
             }
-            requeue.push(job);
-        } else if job.count == 1 {
-            if let Some(control) = &job.control {
+            _ if job.count == 1 => job,
+            _ => {
+                // The page cannot tell: bisect. Each half runs again; a half
+                // that crashes is split again, down to one item.
+                let half = job.count / 2;
+                let (a, b) = job.split_at(half);
+                requeue_job(a, &mut requeue);
+                requeue_job(b, &mut requeue);
+                continue;
+            }
+        };
+        let timed = matches!(running, Some((_, true)));
+        if timed {
+            let limit = shared.task_timeout.unwrap_or_default();
+            if let Some(control) = &culprit.control {
                 control.finish();
             }
-            job.deliver(Outcome::Failed(Failure::Died {
+            culprit.deliver(Outcome::Failed(Failure::Timeout(limit)));
+        } else if culprit.retries > 0 {
+            let mut culprit = culprit;
+            culprit.retries -= 1;
+            requeue_job(culprit, &mut requeue);
+        } else {
+            if let Some(control) = &culprit.control {
+                control.finish();
+            }
+            culprit.deliver(Outcome::Failed(Failure::Died {
                 pid: worker.pid,
                 reason,
             }));
-        } else {
-            // Bisect: one of these items crashed the process. Each half runs
-            // again; a half that crashes is split again, down to one item.
-            let (a, b) = job.split();
-            requeue.push(a);
-            requeue.push(b);
         }
     }
     if !requeue.is_empty() {
         shared.queue.requeue_front(requeue);
+    }
+}
+
+/// `split_at` that tolerates the edges.
+fn split(job: Job, n: u32) -> (Option<Job>, Option<Job>) {
+    if n == 0 {
+        (None, Some(job))
+    } else if n >= job.count {
+        (Some(job), None)
+    } else {
+        let (a, b) = job.split_at(n);
+        (Some(a), Some(b))
     }
 }

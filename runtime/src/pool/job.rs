@@ -23,30 +23,32 @@ pub(crate) struct Job {
     pub(crate) control: Option<Arc<Control>>,
     /// Set when the `imap` iterator that made this job was dropped.
     pub(crate) abandoned: Option<Arc<AtomicBool>>,
+    /// How many more times an item may be re-run after crashing its worker.
+    pub(crate) retries: u32,
 }
 
 impl Job {
-    /// Splits a batch into two halves (for pinning the blame after a crash).
-    pub(crate) fn split(self) -> (Job, Job) {
-        debug_assert!(self.count >= 2);
-        let half = self.count / 2;
+    /// Splits a batch after its first `n` items (`0 < n < count`).
+    pub(crate) fn split_at(self, n: u32) -> (Job, Job) {
+        debug_assert!(n > 0 && n < self.count);
         let mut rest = &self.payload[..];
-        for _ in 0..half {
+        for _ in 0..n {
             wire::next_item(&mut rest).expect("the parent framed this payload itself");
         }
         let cut = self.payload.len() - rest.len();
         let second = Job {
             worker: self.worker,
             payload: self.payload[cut..].to_vec(),
-            count: self.count - half,
-            first_index: self.first_index.map(|i| i + u64::from(half)),
+            count: self.count - n,
+            first_index: self.first_index.map(|i| i + u64::from(n)),
             sink: self.sink.clone(),
             control: None,
             abandoned: self.abandoned.clone(),
+            retries: self.retries,
         };
         let mut first = self;
         first.payload.truncate(cut);
-        first.count = half;
+        first.count = n;
         (first, second)
     }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -39,6 +40,9 @@ pub(crate) struct PoolShared {
     pub(crate) initializer: Option<Initializer>,
     pub(crate) max_tasks_per_worker: Option<u64>,
     pub(crate) test_name: Option<String>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) max_worker_rss: Option<u64>,
     runners: Vec<Arc<Runner>>,
     slots_alive: AtomicUsize,
 }
@@ -100,6 +104,9 @@ pub struct PoolBuilder {
     workers: usize,
     initializer: Option<Result<Initializer>>,
     max_tasks_per_worker: Option<u64>,
+    task_timeout: Option<Duration>,
+    retries: u32,
+    max_worker_rss: Option<u64>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -114,6 +121,9 @@ impl std::fmt::Debug for PoolBuilder {
                     .map(|i| i.as_ref().map(|i| i.worker).ok()),
             )
             .field("max_tasks_per_worker", &self.max_tasks_per_worker)
+            .field("task_timeout", &self.task_timeout)
+            .field("retries", &self.retries)
+            .field("max_worker_rss", &self.max_worker_rss)
             .finish()
     }
 }
@@ -203,6 +213,33 @@ impl PoolBuilder {
         self
     }
 
+    /// Limits how long one task (one item of a `map`, or one `submit`) may
+    /// run. When a task overstays, the worker process running it is killed
+    /// and replaced; that item fails with [`Timeout`](ErrorKind::Timeout),
+    /// and the other items of its batch are re-run. Checked about every
+    /// `limit / 8` (at least every 100 ms).
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Re-runs a task whose worker process crashed (abort, segfault, signal,
+    /// `exit`) up to `n` more times, on whichever worker is free, before
+    /// reporting [`WorkerDied`](ErrorKind::WorkerDied). Panics and timeouts
+    /// are never retried. Default: `0`.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Replaces a worker process whose resident memory exceeds `bytes`
+    /// after a batch (a guard against leaks, like loky's): the worker
+    /// finishes its batch, exits, and a fresh one takes its place.
+    pub fn max_worker_memory(mut self, bytes: u64) -> Self {
+        self.max_worker_rss = Some(bytes);
+        self
+    }
+
     /// Starts the worker processes (concurrently) and waits until each has
     /// started and run the initializer.
     ///
@@ -228,6 +265,9 @@ impl PoolBuilder {
             initializer,
             max_tasks_per_worker: self.max_tasks_per_worker,
             test_name: child::current_test(),
+            task_timeout: self.task_timeout,
+            retries: self.retries,
+            max_worker_rss: self.max_worker_rss,
             runners: runners.clone(),
             slots_alive: AtomicUsize::new(workers),
         });
@@ -296,6 +336,9 @@ impl Pool {
             workers: 0,
             initializer: None,
             max_tasks_per_worker: None,
+            task_timeout: None,
+            retries: 0,
+            max_worker_rss: None,
         }
     }
 
@@ -462,6 +505,7 @@ impl Pool {
             sink: Sink::Task(slot.clone()),
             control: Some(control.clone()),
             abandoned: None,
+            retries: self.shared.retries,
         };
         self.shared.queue.push(job);
         Task::new(slot, control, W::NAME)

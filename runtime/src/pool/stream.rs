@@ -214,6 +214,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     sink: Sink::Stream(self.tx.clone()),
                     control: None,
                     abandoned: Some(self.abandoned.clone()),
+                    retries: self.pool.shared.retries,
                 };
                 self.next_input += count as u64;
                 self.open.insert(first, (self.next_input, count as u64));

@@ -1,0 +1,206 @@
+//! A worker's progress page: which item of which batch the child is running
+//! and since when. The child writes it before each item; the parent reads it
+//! when the child dies or a task overstays its time limit, so that exactly
+//! the item that was running is blamed and every other item is re-run.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Sentinel: no item is running.
+pub(crate) const IDLE: u64 = u64::MAX;
+
+#[repr(C)]
+struct Page {
+    /// Batch id being run, or 0.
+    batch: AtomicU64,
+    /// Index of the running item within the batch, or [`IDLE`].
+    item: AtomicU64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the item started (0 when the
+    /// parent has not asked for timing).
+    started_ns: AtomicU64,
+    /// Non-zero when the parent wants `started_ns` kept up to date.
+    want_time: AtomicU64,
+}
+
+const SIZE: usize = 4096;
+
+/// A mapping of one worker's progress page.
+pub(crate) struct Progress {
+    page: NonNull<Page>,
+    fd: OwnedFd,
+}
+
+// SAFETY: the page is only accessed through atomics.
+unsafe impl Send for Progress {}
+// SAFETY: the page is only accessed through atomics.
+unsafe impl Sync for Progress {}
+
+impl Progress {
+    /// Creates a new zeroed page (close-on-exec; the spawner lets exactly one
+    /// child inherit it).
+    pub(crate) fn create() -> io::Result<Progress> {
+        // SAFETY: memfd_create with a static NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"multiproc-progress".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: plain ftruncate on our descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), SIZE as libc::off_t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Progress::map(fd)
+    }
+
+    /// Maps a page inherited from the parent.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be a progress memfd created by [`Progress::create`] and
+    /// owned by the caller.
+    pub(crate) unsafe fn from_inherited(fd: RawFd) -> io::Result<Progress> {
+        // SAFETY: the caller passes ownership of a valid descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fstat only inspects the descriptor.
+        let size = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            st.st_size
+        };
+        if size != SIZE as libc::off_t {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a progress page",
+            ));
+        }
+        Progress::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> io::Result<Progress> {
+        // SAFETY: a fresh shared mapping of a SIZE-byte file we own; checked
+        // for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let page = NonNull::new(ptr.cast::<Page>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Progress { page, fd })
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn page(&self) -> &Page {
+        // SAFETY: the mapping is page-aligned, SIZE bytes, lives as long as
+        // `self`, and holds only atomics (zero is a valid value for each).
+        unsafe { self.page.as_ref() }
+    }
+
+    /// Parent: ask the child to timestamp each item (for task timeouts).
+    pub(crate) fn set_want_time(&self, on: bool) {
+        self.page()
+            .want_time
+            .store(u64::from(on), Ordering::Relaxed);
+    }
+
+    /// Parent: forget what the previous child wrote.
+    pub(crate) fn reset(&self) {
+        let p = self.page();
+        p.batch.store(0, Ordering::Relaxed);
+        p.item.store(IDLE, Ordering::Relaxed);
+        p.started_ns.store(0, Ordering::Relaxed);
+    }
+
+    /// Child: a batch starts. Returns whether items should be timestamped.
+    pub(crate) fn begin_batch(&self, batch: u64) -> bool {
+        let p = self.page();
+        p.item.store(IDLE, Ordering::Relaxed);
+        p.batch.store(batch, Ordering::Release);
+        p.want_time.load(Ordering::Relaxed) != 0
+    }
+
+    /// Child: item `index` of the current batch starts now.
+    #[inline]
+    pub(crate) fn begin_item(&self, index: u64, timed: bool) {
+        let p = self.page();
+        if timed {
+            p.started_ns.store(monotonic_ns(), Ordering::Relaxed);
+        }
+        p.item.store(index, Ordering::Release);
+    }
+
+    /// Child: the batch is done.
+    pub(crate) fn end_batch(&self) {
+        self.page().item.store(IDLE, Ordering::Release);
+    }
+
+    /// Parent: the item of `batch` that is running, and since when (ns on
+    /// the monotonic clock, 0 if not timed).
+    pub(crate) fn running(&self, batch: u64) -> Option<(u64, u64)> {
+        let p = self.page();
+        let item = p.item.load(Ordering::Acquire);
+        if item == IDLE || p.batch.load(Ordering::Acquire) != batch {
+            return None;
+        }
+        Some((item, p.started_ns.load(Ordering::Relaxed)))
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `map`, once.
+        unsafe { libc::munmap(self.page.as_ptr().cast(), SIZE) };
+    }
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC`, which all processes share.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_sees_what_the_child_side_writes() {
+        let parent = Progress::create().unwrap();
+        // SAFETY: dup gives a second descriptor to the same memfd.
+        let dup = unsafe { libc::dup(parent.raw_fd()) };
+        // SAFETY: `dup` is a fresh descriptor of a progress memfd.
+        let child = unsafe { Progress::from_inherited(dup) }.unwrap();
+        parent.reset();
+        parent.set_want_time(true);
+        assert!(child.begin_batch(7));
+        child.begin_item(3, true);
+        let (item, started) = parent.running(7).unwrap();
+        assert_eq!(item, 3);
+        assert!(started > 0 && started <= monotonic_ns());
+        assert_eq!(parent.running(8), None);
+        child.end_batch();
+        assert_eq!(parent.running(7), None);
+    }
+}
