@@ -1,0 +1,292 @@
+//! Failures inside workers: a panic fails only its item and names it; a
+//! worker process that dies (abort, exit, SIGSEGV, SIGKILL) fails only the
+//! item it was running, with pid and exit reason, and is replaced.
+
+use multiproc::{ErrorKind, ExitReason, Pool, Worker, worker};
+
+/// Returns `x`, but panics on `bad`.
+#[worker]
+fn panic_on(x: u64, bad: u64) -> u64 {
+    assert!(x != bad, "item {x} is bad");
+    x
+}
+
+/// How a worker process should die.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug)]
+enum Death {
+    Abort,
+    Exit3,
+    Segfault,
+    SigKill,
+}
+
+/// Returns `2 * x`, but kills its own process on `bad`.
+#[worker]
+fn die_on(x: u64, bad: u64, how: Death) -> u64 {
+    if x == bad {
+        die(how);
+    }
+    2 * x
+}
+
+#[worker]
+fn die_now(how: Death) -> u64 {
+    die(how)
+}
+
+fn die(how: Death) -> ! {
+    match how {
+        Death::Abort => std::process::abort(),
+        Death::Exit3 => std::process::exit(3),
+        Death::Segfault => {
+            // A write to an unmapped address: the kernel delivers SIGSEGV.
+            // (std's stack-overflow handler sees a fault outside any guard
+            // page, restores the default action, and the write faults again.)
+            let unmapped = std::ptr::without_provenance_mut::<u8>(8);
+            // SAFETY: deliberately invalid; this process is meant to die.
+            unsafe { unmapped.write_volatile(1) };
+            unreachable!("the write to address 8 did not fault")
+        }
+        Death::SigKill => {
+            // SAFETY: getpid and kill have no memory-safety preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("SIGKILL did not kill")
+        }
+    }
+}
+
+#[worker]
+fn pid_of(_item: u64) -> u32 {
+    std::process::id()
+}
+
+#[multiproc::test]
+fn panic_error_names_message_location_worker_and_item() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(u64, u64)> = (0..50).map(|x| (x, 17)).collect();
+    let err = pool.map(panic_on, items).unwrap_err();
+    assert!(err.is_panic(), "{err:?}");
+    assert_eq!(err.panic_message(), Some("item 17 is bad"));
+    assert_eq!(err.item_index(), Some(17));
+    assert_eq!(err.worker_name(), Some(<panic_on as Worker>::NAME));
+    assert_eq!(<panic_on as Worker>::NAME, "errors::panic_on");
+    match err.kind() {
+        ErrorKind::Panic {
+            worker,
+            index,
+            message,
+            location,
+        } => {
+            assert_eq!(worker, "errors::panic_on");
+            assert_eq!(*index, Some(17));
+            assert_eq!(message, "item 17 is bad");
+            let location = location.as_deref().expect("a panic location");
+            assert!(
+                location.starts_with(&format!("{}:", file!())),
+                "location {location:?} is not in {}",
+                file!()
+            );
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    let text = err.to_string();
+    for part in ["#17", "errors::panic_on", "item 17 is bad", file!()] {
+        assert!(text.contains(part), "{text:?} lacks {part:?}");
+    }
+}
+
+#[multiproc::test]
+fn panic_fails_only_its_item() {
+    let pool = Pool::new(2).unwrap();
+    let before: Vec<u32> = pool.map(pid_of, 0..20).unwrap();
+    let items: Vec<(u64, u64)> = (0..100).map(|x| (x, 42)).collect();
+    let results: Vec<_> = pool.imap(panic_on, items.clone()).chunk_size(16).collect();
+    assert_eq!(results.len(), 100);
+    for (i, r) in results.iter().enumerate() {
+        if i == 42 {
+            let err = r.as_ref().unwrap_err();
+            assert!(err.is_panic(), "{err:?}");
+            assert_eq!(err.item_index(), Some(42));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+    let mut unordered: Vec<_> = pool.imap_unordered(panic_on, items).collect();
+    let failed: Vec<_> = unordered
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| e.item_index())
+        .collect();
+    assert_eq!(failed, vec![Some(42)]);
+    unordered.retain(Result::is_ok);
+    assert_eq!(unordered.len(), 99);
+
+    // The panic did not cost a process: same workers as before.
+    let after: Vec<u32> = pool.map(pid_of, 0..20).unwrap();
+    for pid in after {
+        assert!(before.contains(&pid), "worker {pid} is new after a panic");
+    }
+}
+
+#[multiproc::test]
+fn panic_in_a_submitted_task() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool.apply(panic_on, (3, 3)).unwrap_err();
+    assert!(err.is_panic(), "{err:?}");
+    assert_eq!(err.panic_message(), Some("item 3 is bad"));
+    assert_eq!(err.item_index(), None);
+    assert_eq!(pool.apply(panic_on, (4, 3)).unwrap(), 4);
+}
+
+/// Checks one crash of `die_on`: exactly `bad` failed, as `reason`.
+fn assert_only_item_died(results: &[multiproc::Result<u64>], bad: usize, reason: ExitReason) {
+    for (i, r) in results.iter().enumerate() {
+        if i == bad {
+            let err = r.as_ref().unwrap_err();
+            assert!(err.is_worker_died(), "item {i}: {err:?}");
+            assert_eq!(err.item_index(), Some(bad as u64));
+            assert_eq!(err.exit_reason(), Some(reason), "{err}");
+            let pid = err.pid().expect("the dead worker's pid");
+            assert_ne!(pid, std::process::id());
+            assert_eq!(err.worker_name(), Some(<die_on as Worker>::NAME));
+        } else {
+            match r {
+                Ok(v) => assert_eq!(*v, 2 * i as u64, "item {i}"),
+                Err(e) => panic!("item {i} failed with the crash of item {bad}: {e}"),
+            }
+        }
+    }
+}
+
+#[multiproc::test]
+fn abort_in_a_batched_imap_fails_exactly_that_item() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(u64, u64, Death)> = (0..100).map(|x| (x, 37, Death::Abort)).collect();
+    let results: Vec<_> = pool.imap(die_on, items).chunk_size(16).collect();
+    assert_eq!(results.len(), 100);
+    assert_only_item_died(&results, 37, ExitReason::Signal(libc::SIGABRT));
+    // The pool replaced the worker and keeps working.
+    let ok: Vec<u64> = pool
+        .map(die_on, (0..50).map(|x| (x, 1000, Death::Abort)))
+        .unwrap();
+    assert_eq!(ok, (0..50).map(|x| 2 * x).collect::<Vec<_>>());
+}
+
+#[multiproc::test]
+fn abort_in_a_batched_map_chunked_fails_with_that_item() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(u64, u64, Death)> = (0..100).map(|x| (x, 61, Death::Abort)).collect();
+    let err = pool.map_chunked(die_on, items, 16).unwrap_err();
+    assert!(err.is_worker_died(), "{err:?}");
+    assert_eq!(err.item_index(), Some(61));
+    assert_eq!(err.exit_reason(), Some(ExitReason::Signal(libc::SIGABRT)));
+    assert!(err.pid().is_some());
+    let text = err.to_string();
+    assert!(text.contains("#61") && text.contains("SIGABRT"), "{text}");
+    // The pool works afterwards, with the same chunking.
+    let items: Vec<(u64, u64, Death)> = (0..100).map(|x| (x, 1000, Death::Abort)).collect();
+    let ok = pool.map_chunked(die_on, items, 16).unwrap();
+    assert_eq!(ok, (0..100).map(|x| 2 * x).collect::<Vec<_>>());
+}
+
+#[multiproc::test]
+fn crash_in_imap_unordered_fails_exactly_that_item() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(u64, u64, Death)> = (0..100).map(|x| (x, 5, Death::Abort)).collect();
+    let results: Vec<_> = pool.imap_unordered(die_on, items).chunk_size(16).collect();
+    assert_eq!(results.len(), 100);
+    let mut ok: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    ok.sort_unstable();
+    let expected: Vec<u64> = (0..100).filter(|&x| x != 5).map(|x| 2 * x).collect();
+    assert_eq!(ok, expected);
+    let errs: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].is_worker_died());
+    assert_eq!(errs[0].item_index(), Some(5));
+}
+
+#[multiproc::test]
+fn exit_code_is_reported() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(u64, u64, Death)> = (0..40).map(|x| (x, 9, Death::Exit3)).collect();
+    let results: Vec<_> = pool.imap(die_on, items).chunk_size(8).collect();
+    assert_only_item_died(&results, 9, ExitReason::Code(3));
+
+    let err = pool.apply(die_now, Death::Exit3).unwrap_err();
+    assert!(err.is_worker_died(), "{err:?}");
+    assert_eq!(err.exit_reason(), Some(ExitReason::Code(3)));
+    assert_eq!(err.item_index(), None);
+    assert!(err.to_string().contains("exit code 3"), "{err}");
+    assert_eq!(pool.apply(die_on, (4, 0, Death::Exit3)).unwrap(), 8);
+}
+
+#[multiproc::test]
+fn segfault_is_reported() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(u64, u64, Death)> = (0..40).map(|x| (x, 30, Death::Segfault)).collect();
+    let results: Vec<_> = pool.imap(die_on, items).chunk_size(8).collect();
+    assert_only_item_died(&results, 30, ExitReason::Signal(libc::SIGSEGV));
+
+    let err = pool.apply(die_now, Death::Segfault).unwrap_err();
+    assert_eq!(err.exit_reason(), Some(ExitReason::Signal(libc::SIGSEGV)));
+    assert!(err.to_string().contains("SIGSEGV"), "{err}");
+    assert_eq!(pool.apply(die_on, (4, 0, Death::Segfault)).unwrap(), 8);
+}
+
+#[multiproc::test]
+fn sigkill_is_reported() {
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(u64, u64, Death)> = (0..40).map(|x| (x, 0, Death::SigKill)).collect();
+    let results: Vec<_> = pool.imap(die_on, items).chunk_size(8).collect();
+    assert_only_item_died(&results, 0, ExitReason::Signal(libc::SIGKILL));
+
+    let task = pool.submit(die_now, Death::SigKill);
+    let err = task.wait().unwrap_err();
+    assert_eq!(err.exit_reason(), Some(ExitReason::Signal(libc::SIGKILL)));
+    assert_eq!(pool.apply(die_on, (4, 0, Death::SigKill)).unwrap(), 8);
+}
+
+#[multiproc::test]
+fn several_crashes_in_one_map() {
+    let pool = Pool::new(2).unwrap();
+    // Three items die, in different batches and ways; all others survive.
+    #[worker]
+    fn die_on_some(x: u64) -> u64 {
+        match x {
+            3 => std::process::abort(),
+            50 => std::process::exit(3),
+            51 => std::process::abort(),
+            _ => x + 1,
+        }
+    }
+    let results: Vec<_> = pool.imap(die_on_some, 0..80).chunk_size(16).collect();
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            3 | 51 => assert_eq!(
+                r.as_ref().unwrap_err().exit_reason(),
+                Some(ExitReason::Signal(libc::SIGABRT)),
+                "item {i}"
+            ),
+            50 => assert_eq!(
+                r.as_ref().unwrap_err().exit_reason(),
+                Some(ExitReason::Code(3))
+            ),
+            _ => assert_eq!(*r.as_ref().unwrap(), i as u64 + 1),
+        }
+    }
+}
+
+#[multiproc::test]
+fn dead_worker_is_reaped() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool.apply(die_now, Death::Abort).unwrap_err();
+    let pid = err.pid().unwrap();
+    // The pool already started a replacement; the dead one must not linger
+    // as a zombie, even while the pool is alive.
+    assert_eq!(pool.apply(die_on, (1, 0, Death::Abort)).unwrap(), 2);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+    assert!(stat.is_err(), "dead worker {pid} still exists: {stat:?}");
+}

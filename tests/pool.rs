@@ -1,0 +1,544 @@
+//! Every `Pool` method through real worker processes: map, map_chunked,
+//! imap, imap_unordered, apply, the builder options, close/join/terminate,
+//! sharing a pool between threads, nested pools, and reaping on drop.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use multiproc::{ErrorKind, Pool, Worker, worker};
+use serde::{Deserialize, Serialize};
+
+#[worker]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[worker]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[worker]
+fn answer() -> u32 {
+    42
+}
+
+#[worker]
+fn pid_of(_item: u64) -> u32 {
+    std::process::id()
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+struct Word {
+    text: String,
+    repeat: usize,
+}
+
+#[worker]
+fn expand(word: Word) -> String {
+    word.text.repeat(word.repeat)
+}
+
+static INIT_VALUE: AtomicU64 = AtomicU64::new(0);
+
+#[worker]
+fn init_set(value: u64) {
+    INIT_VALUE.store(value, Ordering::SeqCst);
+}
+
+#[worker]
+fn init_read() -> u64 {
+    INIT_VALUE.load(Ordering::SeqCst)
+}
+
+#[worker]
+fn init_panics() {
+    panic!("initializer exploded");
+}
+
+#[worker]
+fn init_fails(code: u32) -> Result<(), String> {
+    Err(format!("cannot open database #{code}"))
+}
+
+#[worker]
+fn sum_of_squares_in_a_pool(n: u64) -> u64 {
+    let pool = Pool::new(2).expect("a worker can start its own pool");
+    pool.map(square, 0..n)
+        .expect("the nested map succeeds")
+        .into_iter()
+        .sum()
+}
+
+fn squares(n: u64) -> Vec<u64> {
+    (0..n).map(|x| x * x).collect()
+}
+
+#[multiproc::test]
+fn map_returns_results_in_input_order() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.workers(), 2);
+    assert_eq!(pool.map(square, 0..1000).unwrap(), squares(1000));
+    assert_eq!(pool.map(square, vec![5, 3, 9]).unwrap(), vec![25, 9, 81]);
+}
+
+#[multiproc::test]
+fn map_accepts_unsized_input() {
+    let pool = Pool::new(2).unwrap();
+    // `filter` makes the size hint inexact, so map batches adaptively.
+    let evens = (0..300u64).filter(|x| x % 2 == 0);
+    assert_eq!(evens.size_hint(), (0, Some(300)));
+    let expected: Vec<u64> = (0..300u64).filter(|x| x % 2 == 0).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, evens).unwrap(), expected);
+
+    let mut n = 0;
+    let counter = std::iter::from_fn(move || {
+        n += 1;
+        (n <= 50).then_some(n)
+    });
+    let expected: Vec<u64> = (1..=50).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, counter).unwrap(), expected);
+}
+
+#[multiproc::test]
+fn map_takes_tuples_for_several_arguments() {
+    let pool = Pool::new(2).unwrap();
+    let pairs: Vec<(u64, u64)> = (0..100).map(|i| (i, 1000 * i)).collect();
+    let expected: Vec<u64> = (0..100).map(|i| 1001 * i).collect();
+    assert_eq!(pool.map(add, pairs).unwrap(), expected);
+}
+
+#[multiproc::test]
+fn map_of_a_zero_argument_worker_takes_unit_items() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(answer, vec![(); 7]).unwrap(), vec![42; 7]);
+}
+
+#[multiproc::test]
+fn map_of_empty_input_is_empty() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(
+        pool.map(square, Vec::<u64>::new()).unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        pool.map_chunked(square, 0..0, 8).unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(pool.imap(square, 0..0).count(), 0);
+    assert_eq!(pool.imap_unordered(square, 0..0).count(), 0);
+    // And the pool still works.
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+}
+
+#[multiproc::test]
+fn map_carries_structs_and_strings() {
+    let pool = Pool::new(2).unwrap();
+    let words = vec![
+        Word {
+            text: "ab".to_owned(),
+            repeat: 3,
+        },
+        Word {
+            text: "é".to_owned(),
+            repeat: 2,
+        },
+        Word {
+            text: String::new(),
+            repeat: 9,
+        },
+    ];
+    assert_eq!(
+        pool.map(expand, words).unwrap(),
+        vec!["ababab".to_owned(), "éé".to_owned(), String::new()]
+    );
+}
+
+#[multiproc::test]
+fn map_chunked_returns_results_in_input_order() {
+    let pool = Pool::new(2).unwrap();
+    for chunk in [1, 7, 16, 1000] {
+        assert_eq!(
+            pool.map_chunked(square, 0..200, chunk).unwrap(),
+            squares(200),
+            "chunk size {chunk}"
+        );
+    }
+    // A chunk size of 0 is treated as 1 rather than hanging.
+    assert_eq!(pool.map_chunked(square, 0..10, 0).unwrap(), squares(10));
+}
+
+#[multiproc::test]
+fn imap_yields_in_input_order() {
+    let pool = Pool::new(2).unwrap();
+    let got: Vec<u64> = pool.imap(square, 0..500).map(Result::unwrap).collect();
+    assert_eq!(got, squares(500));
+}
+
+#[multiproc::test]
+fn imap_works_on_endless_input() {
+    let pool = Pool::new(2).unwrap();
+    let got: Vec<u64> = pool
+        .imap(square, 0u64..)
+        .take(300)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, squares(300));
+    // Dropping the endless iterator left the pool usable.
+    assert_eq!(pool.apply(square, 11).unwrap(), 121);
+}
+
+#[multiproc::test]
+fn imap_is_exact_size_for_sized_input() {
+    let pool = Pool::new(2).unwrap();
+    // `Range<u64>` is not an `ExactSizeIterator`; a `Vec`'s iterator is.
+    let mut it = pool.imap(square, (0..10u64).collect::<Vec<_>>());
+    assert_eq!(it.len(), 10);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    assert_eq!(it.len(), 9);
+    let rest: Vec<u64> = it.by_ref().map(Result::unwrap).collect();
+    assert_eq!(rest, squares(10)[1..]);
+    assert_eq!(it.len(), 0);
+    assert!(it.next().is_none());
+
+    let mut unordered = pool.imap_unordered(square, vec![1u64, 2, 3]);
+    assert_eq!(unordered.len(), 3);
+    unordered.next().unwrap().unwrap();
+    assert_eq!(unordered.len(), 2);
+}
+
+#[multiproc::test]
+fn imap_with_chunk_size() {
+    let pool = Pool::new(2).unwrap();
+    for chunk in [1, 5, 64] {
+        let got: Vec<u64> = pool
+            .imap(square, 0..150)
+            .chunk_size(chunk)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got, squares(150), "chunk size {chunk}");
+    }
+    let mut got: Vec<u64> = pool
+        .imap_unordered(square, 0..150)
+        .chunk_size(1)
+        .map(Result::unwrap)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, squares(150));
+}
+
+#[multiproc::test]
+fn imap_unordered_yields_every_item_once() {
+    let pool = Pool::new(2).unwrap();
+    let mut got: Vec<u64> = pool
+        .imap_unordered(square, 0..500)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got.len(), 500);
+    got.sort_unstable();
+    assert_eq!(got, squares(500));
+
+    let first: Vec<u64> = pool
+        .imap_unordered(square, 0u64..)
+        .take(20)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first.len(), 20);
+    assert_eq!(first.iter().collect::<HashSet<_>>().len(), 20);
+}
+
+#[multiproc::test]
+fn apply_runs_one_call_in_a_worker() {
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);
+    assert_eq!(pool.apply(answer, ()).unwrap(), 42);
+    let worker_pid = pool.apply(pid_of, 0).unwrap();
+    assert_ne!(worker_pid, std::process::id(), "apply ran in-process");
+}
+
+#[multiproc::test]
+fn builder_initializer_runs_in_every_worker() {
+    let pool = Pool::builder()
+        .workers(2)
+        .initializer(init_set, 1234)
+        .build()
+        .unwrap();
+    // Every item reads the value the initializer set in its own process.
+    assert_eq!(pool.map(init_read, vec![(); 40]).unwrap(), vec![1234; 40]);
+    // Not set in this process: the initializer ran in the children only.
+    assert_eq!(INIT_VALUE.load(Ordering::SeqCst), 0);
+
+    let plain = Pool::new(1).unwrap();
+    assert_eq!(plain.apply(init_read, ()).unwrap(), 0);
+}
+
+#[multiproc::test]
+fn builder_initializer_that_panics_fails_build() {
+    let started = std::time::Instant::now();
+    let err = Pool::builder()
+        .workers(2)
+        .initializer(init_panics, ())
+        .build()
+        .expect_err("a panicking initializer must fail build()");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "build() did not fail fast: {:?}",
+        started.elapsed()
+    );
+    let ErrorKind::Initializer(inner) = err.kind() else {
+        panic!("expected ErrorKind::Initializer, got {err:?}");
+    };
+    assert_eq!(inner.panic_message(), Some("initializer exploded"));
+    assert!(
+        err.to_string().contains("initializer exploded"),
+        "message lost: {err}"
+    );
+}
+
+#[multiproc::test]
+fn builder_initializer_that_returns_err_fails_build() {
+    let err = Pool::builder()
+        .workers(2)
+        .initializer(init_fails, 7)
+        .build()
+        .expect_err("an initializer returning Err must fail build()");
+    assert!(
+        matches!(err.kind(), ErrorKind::Initializer(_)),
+        "expected ErrorKind::Initializer, got {err:?}"
+    );
+    assert!(
+        err.to_string().contains("cannot open database #7"),
+        "message lost: {err}"
+    );
+}
+
+#[multiproc::test]
+fn max_tasks_per_worker_replaces_the_process() {
+    let pool = Pool::builder()
+        .workers(1)
+        .max_tasks_per_worker(2)
+        .build()
+        .unwrap();
+    let pids = pool.map(pid_of, 0..10).unwrap();
+    let mut per_pid: BTreeMap<u32, usize> = BTreeMap::new();
+    for pid in &pids {
+        *per_pid.entry(*pid).or_default() += 1;
+    }
+    assert_eq!(per_pid.len(), 5, "pids: {pids:?}");
+    assert!(per_pid.values().all(|&n| n == 2), "pids: {pids:?}");
+    // One worker, so each process ran two consecutive items.
+    for pair in pids.chunks(2) {
+        assert_eq!(pair[0], pair[1], "pids: {pids:?}");
+    }
+    assert!(!per_pid.contains_key(&std::process::id()));
+}
+
+#[multiproc::test]
+fn max_tasks_per_worker_applies_to_imap_and_submit() {
+    let pool = Pool::builder()
+        .workers(1)
+        .max_tasks_per_worker(3)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = pool.imap(pid_of, 0..9).map(Result::unwrap).collect();
+    assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3, "{pids:?}");
+    let submitted: Vec<u32> = (0..3).map(|i| pool.apply(pid_of, i).unwrap()).collect();
+    assert_eq!(
+        submitted.iter().collect::<HashSet<_>>().len(),
+        1,
+        "{submitted:?}"
+    );
+    assert!(!pids.contains(&submitted[0]), "a spent worker was reused");
+    assert_ne!(
+        pool.apply(pid_of, 0).unwrap(),
+        submitted[0],
+        "the worker ran a 4th task"
+    );
+}
+
+#[multiproc::test]
+fn max_tasks_per_worker_caps_an_explicit_chunk_size() {
+    let pool = Pool::builder()
+        .workers(1)
+        .max_tasks_per_worker(3)
+        .build()
+        .unwrap();
+    let pids = pool.map_chunked(pid_of, 0..9, 100).unwrap();
+    assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3, "{pids:?}");
+    let pids: Vec<u32> = pool
+        .imap(pid_of, 0..9)
+        .chunk_size(100)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3, "{pids:?}");
+}
+
+#[multiproc::test]
+fn workers_zero_means_available_parallelism() {
+    let expected = std::thread::available_parallelism().unwrap().get();
+    let pool = Pool::new(0).unwrap();
+    assert_eq!(pool.workers(), expected);
+    let built = Pool::builder().build().unwrap();
+    assert_eq!(built.workers(), expected);
+    assert_eq!(pool.map(square, 0..20).unwrap(), squares(20));
+}
+
+#[multiproc::test]
+fn pool_is_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let pool = Pool::new(2).unwrap();
+    assert_send_sync(&pool);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    let items: Vec<u64> = (t * 100..t * 100 + 100).collect();
+                    let expected: Vec<u64> = items.iter().map(|x| x * x).collect();
+                    (pool.map(square, items).unwrap(), expected)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (got, expected) = h.join().unwrap();
+            assert_eq!(got, expected);
+        }
+    });
+    // And moved into a thread behind an Arc.
+    let shared = std::sync::Arc::new(pool);
+    let other = shared.clone();
+    let sum = std::thread::spawn(move || other.map(add, vec![(1, 2), (3, 4)]).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(sum, vec![3, 7]);
+    assert_eq!(shared.apply(square, 3).unwrap(), 9);
+}
+
+#[multiproc::test]
+fn close_refuses_new_work_but_finishes_queued_work() {
+    let pool = Pool::new(1).unwrap();
+    let before = pool.submit(square, 6);
+    pool.close();
+    let after = pool.submit(square, 7);
+    assert!(
+        matches!(after.wait().unwrap_err().kind(), ErrorKind::PoolClosed),
+        "submit after close must fail with PoolClosed"
+    );
+    let err = pool.apply(square, 8).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::PoolClosed), "{err:?}");
+    let err = pool.map(square, 0..3).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::PoolClosed), "{err:?}");
+    assert_eq!(before.wait().unwrap(), 36);
+}
+
+#[multiproc::test]
+fn join_waits_for_queued_tasks() {
+    let pool = Pool::new(2).unwrap();
+    let tasks: Vec<_> = (0..20).map(|i| pool.submit(square, i)).collect();
+    pool.join();
+    assert!(tasks.iter().all(multiproc::Task::is_finished));
+    let got: Vec<u64> = tasks.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(got, squares(20));
+    let err = pool.apply(square, 1).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::PoolClosed), "{err:?}");
+    // Joining twice, and dropping after join, is fine.
+    pool.join();
+}
+
+#[multiproc::test]
+fn worker_can_use_a_pool_of_its_own() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(sum_of_squares_in_a_pool, 10).unwrap(), 285);
+    // Two nested pools at once.
+    assert_eq!(
+        pool.map(sum_of_squares_in_a_pool, vec![3, 4]).unwrap(),
+        vec![5, 14]
+    );
+}
+
+/// Direct children of this process whose command line names `test`: the
+/// workers of pools created by that test (a test child re-runs the binary
+/// filtered to its test).
+fn children_running(test: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, ...
+        let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let ppid: Option<u32> = after_comm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        if ppid != Some(me) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|arg| arg == test.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// `None` if the process is gone, else its state letter (`Z` = zombie).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+#[multiproc::test]
+fn drop_reaps_every_worker_process() {
+    let pool = Pool::new(3).unwrap();
+    assert_eq!(pool.map(square, 0..30).unwrap(), squares(30));
+    let children = children_running("drop_reaps_every_worker_process");
+    assert_eq!(children.len(), 3, "children: {children:?}");
+    let mut from_workers: Vec<u32> = pool.map(pid_of, 0..300).unwrap();
+    from_workers.sort_unstable();
+    from_workers.dedup();
+    assert!(
+        from_workers.iter().all(|pid| children.contains(pid)),
+        "workers {from_workers:?} are not the children {children:?}"
+    );
+    drop(pool);
+    for pid in &children {
+        assert_eq!(process_state(*pid), None, "worker {pid} outlived its pool");
+    }
+    assert_eq!(children_running("drop_reaps_every_worker_process"), vec![]);
+}
+
+#[multiproc::test]
+fn terminate_reaps_every_worker_process() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    let children = children_running("terminate_reaps_every_worker_process");
+    assert_eq!(children.len(), 2, "children: {children:?}");
+    pool.terminate();
+    for pid in &children {
+        assert_eq!(process_state(*pid), None, "worker {pid} outlived terminate");
+    }
+    let err = pool.apply(square, 2).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::PoolClosed), "{err:?}");
+}
+
+#[test]
+fn worker_names_are_module_paths() {
+    assert_eq!(<square as Worker>::NAME, "pool::square");
+    assert_eq!(<add as Worker>::NAME, "pool::add");
+}
