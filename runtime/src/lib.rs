@@ -14,6 +14,7 @@ compile_error!(
 mod child;
 mod error;
 mod pool;
+mod process;
 mod registry;
 mod shm;
 mod spawn;
@@ -24,6 +25,7 @@ pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
 pub use pool::{
     AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed,
 };
+pub use process::Process;
 pub use worker::Worker;
 
 // Not public API. Used by generated code.

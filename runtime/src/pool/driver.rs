@@ -181,7 +181,12 @@ fn io_protocol(e: std::io::Error) -> Error {
     Error::new(ErrorKind::Protocol(e.to_string()))
 }
 
-fn encode_run(buf: &mut Vec<u8>, batch: u64, worker: &str, payload: &[u8]) -> std::io::Result<()> {
+pub(crate) fn encode_run(
+    buf: &mut Vec<u8>,
+    batch: u64,
+    worker: &str,
+    payload: &[u8],
+) -> std::io::Result<()> {
     wire::begin_frame(buf, wire::TAG_RUN);
     buf.extend_from_slice(&batch.to_le_bytes());
     buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
@@ -190,7 +195,7 @@ fn encode_run(buf: &mut Vec<u8>, batch: u64, worker: &str, payload: &[u8]) -> st
     wire::finish_frame(buf)
 }
 
-fn batch_failure(frame: &[u8]) -> Failure {
+pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
     match frame.get(9..).map(postcard::from_bytes::<BatchFailure>) {
         Some(Ok(BatchFailure::UnknownWorker { name, known })) => {
             Failure::UnknownWorker { name, known }
@@ -373,7 +378,7 @@ fn stop(runner: &Runner, mut worker: Worker) {
 }
 
 /// Waits for a child that is exiting and says how it ended.
-fn reap(child: &mut Child) -> ExitReason {
+pub(crate) fn reap(child: &mut Child) -> ExitReason {
     // It closed its socket, so it is on its way out; do not trust it blindly.
     for _ in 0..400 {
         match child.try_wait() {
@@ -386,7 +391,7 @@ fn reap(child: &mut Child) -> ExitReason {
     child.wait().map(exit_reason).unwrap_or(ExitReason::Unknown)
 }
 
-fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
+pub(crate) fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
     match (status.code(), status.signal()) {
         (Some(code), _) => ExitReason::Code(code),
         (None, Some(sig)) => ExitReason::Signal(sig),

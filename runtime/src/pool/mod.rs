@@ -1,9 +1,9 @@
 //! [`Pool`]: a fixed set of worker processes that run `#[worker]` functions.
 
-mod driver;
-mod job;
-mod stream;
-mod task;
+pub(crate) mod driver;
+pub(crate) mod job;
+pub(crate) mod stream;
+pub(crate) mod task;
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -140,7 +140,7 @@ impl TaskSlot {
         }
     }
 
-    fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.lock().done
     }
 
@@ -153,7 +153,7 @@ impl TaskSlot {
         }
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> Option<Reply> {
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Reply> {
         let mut s = self.lock();
         loop {
             if s.done {
@@ -223,10 +223,7 @@ impl<R: DeserializeOwned> Task<R> {
     /// [`Cancelled`](crate::ErrorKind::Cancelled),
     /// [`Codec`](crate::ErrorKind::Codec), ...
     pub fn wait(self) -> Result<R> {
-        let reply = self
-            .slot
-            .wait_until(None)
-            .expect("a filled slot has a reply");
+        let reply = self.slot.wait(None).expect("a filled slot has a reply");
         decode_single(self.worker, reply)
     }
 
@@ -240,7 +237,7 @@ impl<R: DeserializeOwned> Task<R> {
     /// As [`wait`](Task::wait), plus `Timeout`.
     pub fn wait_timeout(self, timeout: Duration) -> Result<R> {
         let deadline = Instant::now().checked_add(timeout);
-        if let Some(reply) = self.slot.wait_until(deadline) {
+        if let Some(reply) = self.slot.wait(deadline) {
             return decode_single(self.worker, reply);
         }
         if self.control.settle() {
@@ -250,10 +247,7 @@ impl<R: DeserializeOwned> Task<R> {
                 outcome: Outcome::Failed(Failure::Timeout(timeout)),
             });
         }
-        let reply = self
-            .slot
-            .wait_until(None)
-            .expect("a filled slot has a reply");
+        let reply = self.slot.wait(None).expect("a filled slot has a reply");
         decode_single(self.worker, reply)
     }
 
