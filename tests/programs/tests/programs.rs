@@ -1,0 +1,168 @@
+//! Runs the helper programs in `src/bin` as real processes: `main` runs once,
+//! a missing `#[entry]` is an error, `#[entry]` works over `#[tokio::main]`,
+//! a forged child marker is refused, and pools leave no processes behind.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a helper program did.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` to completion, killing it if it takes longer than 30 s (a
+/// hang or a runaway spawn loop must fail the test, not stall it).
+fn run(mut cmd: Command) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the helper program");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).map(|_| s)
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status,
+        stdout: out.join().unwrap().unwrap(),
+        stderr: err.join().unwrap().unwrap(),
+    }
+}
+
+/// A fresh path for a log file, unique to `name`.
+fn log_file(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn lines(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn entry_main_runs_once() {
+    let log = log_file("main-once");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_main_once"));
+    cmd.arg(&log);
+    let run = run(cmd);
+    assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
+    // Σ x² for x in 0..100.
+    assert_eq!(run.stdout.trim(), "sum of squares: 328350");
+    let lines = lines(&log);
+    assert_eq!(lines.len(), 1, "main ran more than once: {lines:?}");
+    assert!(lines[0].starts_with("main ran in "), "{lines:?}");
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn pool_without_entry_is_guard_missing() {
+    let log = log_file("no-entry");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_no_entry"));
+    cmd.arg(&log);
+    let run = run(cmd);
+    assert_eq!(run.status.code(), Some(2), "stderr: {}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        "error: multiproc needs #[multiproc::entry] on `main` (or #[multiproc::test] on \
+         the test) before it can start worker processes"
+    );
+    assert_eq!(run.stdout.trim(), "children: 0");
+    assert_eq!(lines(&log).len(), 1, "a child ran main: {:?}", lines(&log));
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn entry_over_tokio_main_awaits_tasks() {
+    let run = run(Command::new(env!("CARGO_BIN_EXE_tokio_entry")));
+    assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "awaited: 49",
+            "runtime ticked while waiting: true",
+            "last completed: 0=1",
+            "completed: 0=1 1=4 2=9",
+        ],
+        "stderr: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn forged_child_marker_is_refused() {
+    for marker in ["1:99", "1:0", "garbage", "999:3"] {
+        let log = log_file("forged-marker");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_main_once"));
+        cmd.arg(&log).env("MULTIPROC_CHILD", marker);
+        let run = run(cmd);
+        assert_eq!(
+            run.status.code(),
+            Some(97),
+            "MULTIPROC_CHILD={marker}: {:?}\nstdout: {}\nstderr: {}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("MULTIPROC_CHILD"),
+            "MULTIPROC_CHILD={marker}: the error does not name the variable: {}",
+            run.stderr
+        );
+        assert_eq!(run.stdout, "", "MULTIPROC_CHILD={marker}: main ran");
+        assert!(!log.exists(), "MULTIPROC_CHILD={marker}: main ran");
+    }
+}
+
+#[test]
+fn pools_leave_no_processes_behind() {
+    let run = run(Command::new(env!("CARGO_BIN_EXE_reap_check")));
+    assert!(
+        run.status.success(),
+        "{:?}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "three children after Pool::new(3): ok",
+            "tasks ran in those children: ok",
+            "children gone after drop: ok",
+            "no children left after drop: ok",
+            "children gone after terminate: ok",
+            "crashed child reaped while the pool lives: ok",
+            "replacement is the only child: ok",
+            "no children left at the end: ok",
+        ]
+    );
+}
