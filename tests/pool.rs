@@ -23,6 +23,13 @@ fn answer() -> u32 {
     42
 }
 
+/// Sleeps `ms` milliseconds, then returns it.
+#[worker]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    ms
+}
+
 #[worker]
 fn pid_of(_item: u64) -> u32 {
     std::process::id()
@@ -200,11 +207,23 @@ fn imap_is_exact_size_for_sized_input() {
     assert_eq!(rest, squares(10)[1..]);
     assert_eq!(it.len(), 0);
     assert!(it.next().is_none());
+}
 
-    let mut unordered = pool.imap_unordered(square, vec![1u64, 2, 3]);
-    assert_eq!(unordered.len(), 3);
-    unordered.next().unwrap().unwrap();
-    assert_eq!(unordered.len(), 2);
+#[multiproc::test]
+fn imap_unordered_len_counts_items_not_yet_yielded() {
+    let pool = Pool::new(2).unwrap();
+    // Item 0 is slow, so items 1 and 2 come out first.
+    let mut it = pool
+        .imap_unordered(sleep_ms, vec![400u64, 0, 0])
+        .chunk_size(1);
+    assert_eq!(it.len(), 3);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    assert_eq!(it.len(), 2, "after one of three items");
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    assert_eq!(it.len(), 1, "after two of three items");
+    assert_eq!(it.next().unwrap().unwrap(), 400);
+    assert_eq!(it.len(), 0);
+    assert!(it.next().is_none());
 }
 
 #[multiproc::test]
