@@ -98,7 +98,6 @@ fn panic_error_names_message_location_worker_and_item() {
 #[multiproc::test]
 fn panic_fails_only_its_item() {
     let pool = Pool::new(2).unwrap();
-    let before: Vec<u32> = pool.map(pid_of, 0..20).unwrap();
     let items: Vec<(u64, u64)> = (0..100).map(|x| (x, 42)).collect();
     let results: Vec<_> = pool.imap(panic_on, items.clone()).chunk_size(16).collect();
     assert_eq!(results.len(), 100);
@@ -120,22 +119,24 @@ fn panic_fails_only_its_item() {
     assert_eq!(failed, vec![Some(42)]);
     unordered.retain(Result::is_ok);
     assert_eq!(unordered.len(), 99);
-
-    // The panic did not cost a process: same workers as before.
-    let after: Vec<u32> = pool.map(pid_of, 0..20).unwrap();
-    for pid in after {
-        assert!(before.contains(&pid), "worker {pid} is new after a panic");
-    }
 }
 
 #[multiproc::test]
 fn panic_in_a_submitted_task() {
     let pool = Pool::new(1).unwrap();
+    let before = pool.apply(pid_of, 0).unwrap();
     let err = pool.apply(panic_on, (3, 3)).unwrap_err();
     assert!(err.is_panic(), "{err:?}");
     assert_eq!(err.panic_message(), Some("item 3 is bad"));
     assert_eq!(err.item_index(), None);
     assert_eq!(pool.apply(panic_on, (4, 3)).unwrap(), 4);
+    let failed = pool
+        .imap(panic_on, (0..10).map(|x| (x, x - x % 3)))
+        .filter(Result::is_err)
+        .count();
+    assert_eq!(failed, 4, "items 0, 3, 6, 9 panic");
+    // Panics did not cost the worker its process.
+    assert_eq!(pool.apply(pid_of, 0).unwrap(), before);
 }
 
 /// Checks one crash of `die_on`: exactly `bad` failed, as `reason`.
@@ -289,4 +290,173 @@ fn dead_worker_is_reaped() {
     assert_eq!(pool.apply(die_on, (1, 0, Death::Abort)).unwrap(), 2);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
     assert!(stat.is_err(), "dead worker {pid} still exists: {stat:?}");
+}
+
+/// Serialises like a `u64`, except that 13 refuses to be encoded.
+#[derive(Debug, PartialEq)]
+struct NoThirteen(u64);
+
+impl serde::Serialize for NoThirteen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("13 is unlucky"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NoThirteen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u64::deserialize(d).map(NoThirteen)
+    }
+}
+
+/// Deserialises like a `u64`, except that 7 refuses to be decoded.
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct NoSeven(u64);
+
+impl<'de> serde::Deserialize<'de> for NoSeven {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        if n == 7 {
+            return Err(serde::de::Error::custom("7 is not welcome"));
+        }
+        Ok(NoSeven(n))
+    }
+}
+
+#[worker]
+fn take_no_thirteen(x: NoThirteen) -> u64 {
+    x.0
+}
+
+#[worker]
+fn give_no_thirteen(x: u64) -> NoThirteen {
+    NoThirteen(x)
+}
+
+#[worker]
+fn take_no_seven(x: NoSeven) -> u64 {
+    x.0
+}
+
+#[worker]
+fn give_no_seven(x: u64) -> NoSeven {
+    NoSeven(x)
+}
+
+/// Checks that exactly item `bad` failed with a codec error on `side`.
+fn assert_only_codec_error<T: std::fmt::Debug>(
+    results: &[multiproc::Result<T>],
+    bad: usize,
+    side: multiproc::CodecSide,
+    ok: impl Fn(usize, &T),
+) {
+    assert_eq!(results.len(), 20);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) if i != bad => ok(i, v),
+            Err(e) if i == bad => match e.kind() {
+                ErrorKind::Codec {
+                    side: got,
+                    index,
+                    message,
+                    ..
+                } => {
+                    assert_eq!(*got, side, "{e}");
+                    assert_eq!(*index, Some(bad as u64), "{e}");
+                    assert!(!message.is_empty(), "{e}");
+                }
+                other => panic!("item {i}: expected a codec error, got {other:?}"),
+            },
+            other => panic!("item {i}: unexpected {other:?}"),
+        }
+    }
+}
+
+#[multiproc::test]
+fn codec_errors_fail_only_their_item() {
+    use multiproc::CodecSide;
+    let pool = Pool::new(2).unwrap();
+
+    let results: Vec<_> = pool
+        .imap(take_no_thirteen, (0..20).map(NoThirteen))
+        .chunk_size(8)
+        .collect();
+    assert_only_codec_error(&results, 13, CodecSide::EncodeArgs, |i, v| {
+        assert_eq!(*v, i as u64);
+    });
+
+    let results: Vec<_> = pool
+        .imap(take_no_seven, (0..20).map(NoSeven))
+        .chunk_size(8)
+        .collect();
+    assert_only_codec_error(&results, 7, CodecSide::DecodeArgs, |i, v| {
+        assert_eq!(*v, i as u64);
+    });
+
+    let results: Vec<_> = pool.imap(give_no_thirteen, 0..20).chunk_size(8).collect();
+    assert_only_codec_error(&results, 13, CodecSide::EncodeOutput, |i, v| {
+        assert_eq!(*v, NoThirteen(i as u64));
+    });
+
+    let results: Vec<_> = pool.imap(give_no_seven, 0..20).chunk_size(8).collect();
+    assert_only_codec_error(&results, 7, CodecSide::DecodeOutput, |i, v| {
+        assert_eq!(*v, NoSeven(i as u64));
+    });
+
+    let err = pool.apply(take_no_thirteen, NoThirteen(13)).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::Codec {
+                side: CodecSide::EncodeArgs,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = pool.map(give_no_seven, 0..20).unwrap_err();
+    assert_eq!(err.item_index(), Some(7), "{err}");
+    assert_eq!(pool.apply(give_no_seven, 8).unwrap(), NoSeven(8));
+}
+
+#[worker]
+fn panic_with_a_number(x: u64) -> u64 {
+    std::panic::panic_any(x)
+}
+
+#[multiproc::test]
+fn panic_with_a_non_string_payload() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool.apply(panic_with_a_number, 5).unwrap_err();
+    assert!(err.is_panic(), "{err:?}");
+    assert_eq!(err.panic_message(), Some("Box<dyn Any>"));
+    assert_eq!(pool.apply(panic_on, (1, 0)).unwrap(), 1);
+}
+
+#[worker]
+fn big_vec(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[worker]
+fn byte_sum(bytes: Vec<u8>) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[multiproc::test]
+fn large_payloads_both_ways() {
+    let pool = Pool::new(2).unwrap();
+    // 2 MiB results (far above the socket buffers), several in flight.
+    let sizes = vec![2 << 20; 4];
+    for (got, &len) in pool.imap(big_vec, sizes.clone()).zip(&sizes) {
+        let got = got.unwrap();
+        assert_eq!(got.len(), len);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    }
+    // 2 MiB arguments.
+    let input: Vec<Vec<u8>> = (0..4u8).map(|k| vec![k; 2 << 20]).collect();
+    let expected: Vec<u64> = (0..4u64).map(|k| k * (2 << 20)).collect();
+    assert_eq!(pool.map(byte_sum, input).unwrap(), expected);
 }
