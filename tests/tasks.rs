@@ -246,3 +246,47 @@ fn drop_waits_for_submitted_tasks() {
     assert!(task.is_finished());
     assert_eq!(task.wait().unwrap(), 100);
 }
+
+#[multiproc::test]
+fn wait_timeout_on_a_queued_task_removes_it() {
+    let pool = Pool::new(1).unwrap();
+    let ahead = pool.submit(sleep_ms, 400);
+    let queued = pool.submit(square, 3);
+    let err = queued.wait_timeout(Duration::from_millis(50)).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    // The running task was not disturbed by its neighbour's timeout.
+    assert_eq!(ahead.wait().unwrap(), 400);
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+}
+
+#[multiproc::test]
+fn terminate_while_another_thread_maps() {
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|s| {
+        let mapping = s.spawn(|| pool.map(sleep_ms, vec![FOREVER_MS; 4]));
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        pool.terminate();
+        let result = mapping.join().unwrap();
+        assert!(started.elapsed() < PROMPTLY, "{:?}", started.elapsed());
+        let err = result.unwrap_err();
+        assert!(err.is_cancelled(), "{err:?}");
+    });
+}
+
+#[multiproc::test]
+fn dropping_an_imap_midway_leaves_the_pool_usable() {
+    let pool = Pool::new(2).unwrap();
+    let mut it = pool.imap(sleep_ms, vec![200; 40]).chunk_size(1);
+    assert_eq!(it.next().unwrap().unwrap(), 200);
+    drop(it);
+    let started = Instant::now();
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    // Running all 39 abandoned 200 ms items would take about 4 s on two
+    // workers; only those already sent may still run.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "abandoned items were run: {:?}",
+        started.elapsed()
+    );
+}
