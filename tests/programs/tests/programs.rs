@@ -166,3 +166,18 @@ fn pools_leave_no_processes_behind() {
         ]
     );
 }
+
+#[test]
+fn duplicate_worker_names_are_refused() {
+    let run = run(Command::new(env!("CARGO_BIN_EXE_duplicate_worker")));
+    assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "duplicate: twice",
+            "error: two #[worker] functions are registered as `twice`; give one of them \
+             #[worker(name = \"...\")]",
+            "children: 0",
+        ]
+    );
+}
