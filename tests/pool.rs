@@ -69,6 +69,11 @@ fn init_fails(code: u32) -> Result<(), String> {
 }
 
 #[worker]
+fn init_aborts() {
+    std::process::abort();
+}
+
+#[worker]
 fn sum_of_squares_in_a_pool(n: u64) -> u64 {
     let pool = Pool::new(2).expect("a worker can start its own pool");
     pool.map(square, 0..n)
@@ -329,6 +334,42 @@ fn builder_initializer_that_returns_err_fails_build() {
         err.to_string().contains("cannot open database #7"),
         "message lost: {err}"
     );
+}
+
+#[multiproc::test]
+fn builder_initializer_that_crashes_fails_build() {
+    let started = std::time::Instant::now();
+    let err = Pool::builder()
+        .workers(2)
+        .initializer(init_aborts, ())
+        .build()
+        .expect_err("an initializer that aborts must fail build()");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "build() did not fail fast: {:?}",
+        started.elapsed()
+    );
+    let ErrorKind::Initializer(inner) = err.kind() else {
+        panic!("expected ErrorKind::Initializer, got {err:?}");
+    };
+    assert_eq!(
+        inner.exit_reason(),
+        Some(multiproc::ExitReason::Signal(libc::SIGABRT)),
+        "{err}"
+    );
+}
+
+#[multiproc::test]
+fn builder_initializer_runs_again_in_replacement_workers() {
+    let pool = Pool::builder()
+        .workers(1)
+        .initializer(init_set, 77)
+        .max_tasks_per_worker(1)
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(init_read, vec![(); 6]).unwrap(), vec![77; 6]);
+    let pids = pool.map(pid_of, 0..4).unwrap();
+    assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 4, "{pids:?}");
 }
 
 #[multiproc::test]
