@@ -290,3 +290,55 @@ fn dropping_an_imap_midway_leaves_the_pool_usable() {
         started.elapsed()
     );
 }
+
+#[multiproc::test]
+fn dropped_tasks_do_not_disturb_the_pool() {
+    let pool = Pool::new(1).unwrap();
+    drop(pool.submit(sleep_ms, 100));
+    drop(pool.submit(square, 2));
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+#[multiproc::test]
+fn as_completed_over_tasks_already_finished() {
+    let pool = Pool::new(2).unwrap();
+    let tasks: Vec<_> = (0..5).map(|i| pool.submit(square, i)).collect();
+    pool.join();
+    let mut got: Vec<(usize, u64)> = as_completed(tasks).map(|(i, r)| (i, r.unwrap())).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 0), (1, 1), (2, 4), (3, 9), (4, 16)]);
+}
+
+#[multiproc::test]
+#[tokio::test(flavor = "current_thread")]
+async fn awaiting_a_cancelled_task_gives_cancelled() {
+    let pool = Pool::new(1).unwrap();
+    let task = pool.submit(sleep_ms, FOREVER_MS);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(task.cancel());
+    let err = tokio::time::timeout(PROMPTLY, task)
+        .await
+        .expect("a cancelled task resolves at once")
+        .unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(pool.submit(square, 5).await.unwrap(), 25);
+}
+
+#[multiproc::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_wakes_an_awaiting_task() {
+    let pool = std::sync::Arc::new(Pool::new(1).unwrap());
+    let awaiting = tokio::spawn(pool.submit(sleep_ms, FOREVER_MS));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!awaiting.is_finished());
+    let for_terminate = pool.clone();
+    tokio::task::spawn_blocking(move || for_terminate.terminate())
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(PROMPTLY, awaiting)
+        .await
+        .expect("terminate woke the awaiting task")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+}
