@@ -215,8 +215,6 @@ fn imap_is_exact_size_for_sized_input() {
 }
 
 #[multiproc::test]
-#[ignore = "runtime bug: Stream::remaining_exact counts from next_yield, which \
-            imap_unordered moves past items that finish out of order"]
 fn imap_unordered_len_counts_items_not_yet_yielded() {
     let pool = Pool::new(2).unwrap();
     // Item 0 is slow, so items 1 and 2 come out first.
@@ -419,8 +417,6 @@ fn max_tasks_per_worker_applies_to_imap_and_submit() {
 }
 
 #[multiproc::test]
-#[ignore = "runtime bug: Imap::chunk_size bypasses the max_tasks_per_worker cap \
-            (Stream::set_chunk_size skips Pool::cap_chunk)"]
 fn max_tasks_per_worker_caps_an_explicit_chunk_size() {
     let pool = Pool::builder()
         .workers(1)

@@ -347,7 +347,7 @@ impl Pool {
         self.workers
     }
 
-    fn cap_chunk(&self, chunking: Chunking) -> Chunking {
+    pub(crate) fn cap_chunk(&self, chunking: Chunking) -> Chunking {
         match (self.shared.max_tasks_per_worker, chunking) {
             (Some(k), Chunking::Fixed(n)) => {
                 Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX)))

@@ -118,6 +118,8 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     ready_unordered: VecDeque<Reply>,
     current: Option<Current>,
     next_yield: u64,
+    /// Items yielded so far.
+    yielded: u64,
     /// Items that failed to encode, waiting for their turn.
     pending_errors: VecDeque<Error>,
     abandoned: Arc<AtomicBool>,
@@ -143,6 +145,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             ready_unordered: VecDeque::new(),
             current: None,
             next_yield: 0,
+            yielded: 0,
             pending_errors: VecDeque::new(),
             abandoned: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
@@ -151,12 +154,12 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
     }
 
     pub(crate) fn set_chunk_size(&mut self, size: usize) {
-        self.chunking = Chunking::Fixed(size.max(1));
+        self.chunking = self.pool.cap_chunk(Chunking::Fixed(size.max(1)));
     }
 
     /// Items not yet yielded, if the input knows its length.
     pub(crate) fn remaining_exact(&self) -> (usize, Option<usize>) {
-        let in_flight = usize::try_from(self.next_input - self.next_yield).unwrap_or(usize::MAX);
+        let in_flight = usize::try_from(self.next_input - self.yielded).unwrap_or(usize::MAX);
         match &self.input {
             None => (in_flight, Some(in_flight)),
             Some(input) => {
@@ -316,7 +319,6 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     cur.left -= 1;
                     let index = cur.next_index;
                     cur.next_index += 1;
-                    self.next_yield = self.next_yield.max(index + 1);
                     let result = match &mut cur.reply.outcome {
                         Outcome::Done { data, .. } => {
                             let mut rest = &data[cur.pos..];
@@ -333,6 +335,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     if self.ordered {
                         self.next_yield = index + 1;
                     }
+                    self.yielded += 1;
                     return Some((index, result));
                 }
                 self.current = None;
