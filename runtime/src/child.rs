@@ -9,13 +9,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{BufReader, BufWriter, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::PanicHookInfo;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::fdpass::FdReader;
 use crate::registry;
 use crate::shm::Progress;
 use crate::wire::{self, BatchFailure, PanicReport};
@@ -217,20 +218,31 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     // A reader thread drains the socket into memory, so that the parent can
     // always finish writing its next batch while this thread writes a large
     // result: without it, both sides could block on full socket buffers.
-    let (frames_tx, frames) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    let (frames_tx, frames) =
+        std::sync::mpsc::sync_channel::<std::io::Result<(Vec<u8>, Vec<OwnedFd>)>>(4);
     let read_half = stream.try_clone()?;
     std::thread::Builder::new()
         .name("multiproc-reader".to_owned())
         .spawn(move || {
-            let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+            let mut reader = BufReader::with_capacity(64 * 1024, FdReader::new(read_half));
             loop {
                 let mut frame = Vec::new();
                 let next = match wire::read_frame(&mut reader, &mut frame) {
-                    Ok(Some(_)) => Ok(frame),
-                    Ok(None) => Ok(Vec::new()),
+                    Ok(Some(wire::TAG_RUN)) => {
+                        // The handles in the arguments came with the frame.
+                        let n = frame
+                            .get(9..13)
+                            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                        reader
+                            .get_mut()
+                            .take_fds(n as usize)
+                            .map(|fds| (frame, fds))
+                    }
+                    Ok(Some(_)) => Ok((frame, Vec::new())),
+                    Ok(None) => Ok((Vec::new(), Vec::new())),
                     Err(e) => Err(e),
                 };
-                let end = !matches!(&next, Ok(f) if !f.is_empty());
+                let end = !matches!(&next, Ok((f, _)) if !f.is_empty());
                 if frames_tx.send(next).is_err() || end {
                     return;
                 }
@@ -247,7 +259,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     writer.flush()?;
 
     loop {
-        let frame = match frames.recv() {
+        let (frame, fds) = match frames.recv() {
             Ok(frame) => frame?,
             Err(_) => return Ok(()),
         };
@@ -258,6 +270,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
             wire::TAG_RUN => {
                 let mut cur = wire::Cursor(&frame[1..]);
                 let batch = cur.u64()?;
+                let _fds = cur.u32()?;
                 let name_len = cur.u32()? as usize;
                 let name = std::str::from_utf8(cur.take(name_len)?).unwrap_or("<invalid utf-8>");
                 let payload = cur.rest();
@@ -278,7 +291,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     TIMED.with(|t| t.set(p.begin_batch(batch)));
                 }
                 IN_TASK.with(|t| t.set(true));
-                let result = (entry.invoke())(payload, &mut out);
+                let result = crate::fdpass::with_table(fds, || (entry.invoke())(payload, &mut out));
                 IN_TASK.with(|t| t.set(false));
                 if let Some(p) = PROGRESS.get() {
                     p.end_batch();

@@ -13,6 +13,7 @@ compile_error!(
 
 mod child;
 mod error;
+mod fdpass;
 mod pool;
 mod process;
 mod registry;

@@ -70,7 +70,8 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
         }
         registry::validate()?;
         let mut payload = Vec::new();
-        wire::put_item(&mut payload, &args).map_err(|message| {
+        let (encoded, fds) = crate::fdpass::capture(|| wire::put_item(&mut payload, &args));
+        encoded.map_err(|message| {
             Error::new(ErrorKind::Codec {
                 side: CodecSide::EncodeArgs,
                 worker: W::NAME.to_owned(),
@@ -91,7 +92,7 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
             .spawn(move || {
                 supervise(
                     W::NAME,
-                    payload,
+                    (payload, fds),
                     test,
                     &thread_slot,
                     &thread_runner,
@@ -172,7 +173,7 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
 /// for the answer or its death, reap it.
 fn supervise(
     worker: &'static str,
-    payload: Vec<u8>,
+    (payload, fds): (Vec<u8>, Vec<std::os::fd::OwnedFd>),
     test: Option<String>,
     slot: &TaskSlot,
     runner: &Runner,
@@ -197,8 +198,8 @@ fn supervise(
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
     let mut frame = Vec::new();
-    let answer = encode_run(&mut buf, 1, worker, &payload)
-        .and_then(|()| spawned.stream.write_all(&buf))
+    let answer = encode_run(&mut buf, 1, worker, &payload, fds.len())
+        .and_then(|()| crate::fdpass::write_with_fds(&mut spawned.stream, &buf, &fds))
         .and_then(|()| wire::read_frame(&mut reader, &mut frame));
     match answer {
         Ok(Some(wire::TAG_DONE)) => {

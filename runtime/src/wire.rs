@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 // Parent → child.
 pub(crate) const TAG_RUN: u8 = 1;

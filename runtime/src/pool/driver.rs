@@ -154,11 +154,9 @@ fn run_initializer(
 ) -> Result<()> {
     let batch = shared.queue.next_batch_id();
     let mut buf = Vec::new();
-    encode_run(&mut buf, batch, init.worker, &init.payload).map_err(io_protocol)?;
+    encode_run(&mut buf, batch, init.worker, &init.payload, init.fds.len()).map_err(io_protocol)?;
     let mut frame = Vec::new();
-    let answer = worker
-        .writer
-        .write_all(&buf)
+    let answer = crate::fdpass::write_with_fds(&mut worker.writer, &buf, &init.fds)
         .and_then(|()| wire::read_frame(&mut worker.reader, &mut frame));
     match answer {
         Ok(Some(wire::TAG_DONE)) => {
@@ -186,9 +184,11 @@ pub(crate) fn encode_run(
     batch: u64,
     worker: &str,
     payload: &[u8],
+    fds: usize,
 ) -> std::io::Result<()> {
     wire::begin_frame(buf, wire::TAG_RUN);
     buf.extend_from_slice(&batch.to_le_bytes());
+    buf.extend_from_slice(&(fds as u32).to_le_bytes());
     buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
     buf.extend_from_slice(worker.as_bytes());
     buf.extend_from_slice(payload);
@@ -254,8 +254,8 @@ fn serve(
             if in_flight.is_empty() {
                 runner.set_front(Some(batch));
             }
-            let sent = encode_run(&mut buf, batch, job.worker, &job.payload)
-                .and_then(|()| worker.writer.write_all(&buf));
+            let sent = encode_run(&mut buf, batch, job.worker, &job.payload, job.fds().len())
+                .and_then(|()| crate::fdpass::write_with_fds(&mut worker.writer, &buf, job.fds()));
             if let Err(e) = sent {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     // Frame too large: this job alone fails.

@@ -2,6 +2,7 @@
 //! per-worker drivers take them from.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,6 +26,9 @@ pub(crate) struct Job {
     pub(crate) abandoned: Option<Arc<AtomicBool>>,
     /// How many more times an item may be re-run after crashing its worker.
     pub(crate) retries: u32,
+    /// Descriptors that handles in the arguments refer to (shared by the
+    /// parts of a split batch, whose indices stay valid).
+    pub(crate) fds: Option<Arc<Vec<OwnedFd>>>,
 }
 
 impl Job {
@@ -45,11 +49,22 @@ impl Job {
             control: None,
             abandoned: self.abandoned.clone(),
             retries: self.retries,
+            fds: self.fds.clone(),
         };
         let mut first = self;
         first.payload.truncate(cut);
         first.count = n;
         (first, second)
+    }
+
+    /// The descriptor table for a job, `None` when there is none.
+    pub(crate) fn fd_table(fds: Vec<OwnedFd>) -> Option<Arc<Vec<OwnedFd>>> {
+        (!fds.is_empty()).then(|| Arc::new(fds))
+    }
+
+    /// The descriptors to send with this job.
+    pub(crate) fn fds(&self) -> &[OwnedFd] {
+        self.fds.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// `true` if nobody waits for the result any more.

@@ -31,6 +31,7 @@ type InitCheck = fn(&'static str, &mut &[u8]) -> Result<()>;
 pub(crate) struct Initializer {
     worker: &'static str,
     payload: Vec<u8>,
+    fds: Vec<std::os::fd::OwnedFd>,
     check: InitCheck,
 }
 
@@ -181,10 +182,12 @@ impl PoolBuilder {
     {
         let _ = worker;
         let mut payload = Vec::new();
-        let init = wire::put_item(&mut payload, &args)
+        let (encoded, fds) = crate::fdpass::capture(|| wire::put_item(&mut payload, &args));
+        let init = encoded
             .map(|()| Initializer {
                 worker: W::NAME,
                 payload,
+                fds,
                 check: check_init::<W>,
             })
             .map_err(|message| {
@@ -478,7 +481,8 @@ impl Pool {
     pub fn submit<W: Worker>(&self, worker: W, args: W::Args) -> Task<W::Output> {
         let _ = worker;
         let mut payload = Vec::new();
-        if let Err(message) = wire::put_item(&mut payload, &args) {
+        let (encoded, fds) = crate::fdpass::capture(|| wire::put_item(&mut payload, &args));
+        if let Err(message) = encoded {
             let slot = Arc::new(TaskSlot::new());
             let task = Task::new(slot.clone(), Arc::new(Control::new()), W::NAME);
             let error = Error::new(ErrorKind::Codec {
@@ -506,6 +510,7 @@ impl Pool {
             control: Some(control.clone()),
             abandoned: None,
             retries: self.shared.retries,
+            fds: Job::fd_table(fds),
         };
         self.shared.queue.push(job);
         Task::new(slot, control, W::NAME)

@@ -184,27 +184,30 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let mut payload = std::mem::take(&mut self.buf);
             payload.clear();
             let first = self.next_input;
-            let mut count = 0usize;
-            let mut encode_error = None;
-            let mut exhausted = false;
-            while count < limit && payload.len() < MAX_BATCH_BYTES {
-                let Some(args) = input.next() else {
-                    exhausted = true;
-                    break;
-                };
-                if let Err(message) = wire::put_item(&mut payload, &args) {
-                    // This item fails alone; the batch goes on without it.
-                    encode_error = Some(Error::new(ErrorKind::Codec {
-                        side: CodecSide::EncodeArgs,
-                        worker: W::NAME.to_owned(),
-                        index: Some(first + count as u64),
-                        type_name: type_name::<W::Args>(),
-                        message,
-                    }));
-                    break;
+            let ((count, encode_error, exhausted), fds) = crate::fdpass::capture(|| {
+                let mut count = 0usize;
+                let mut encode_error = None;
+                let mut exhausted = false;
+                while count < limit && payload.len() < MAX_BATCH_BYTES {
+                    let Some(args) = input.next() else {
+                        exhausted = true;
+                        break;
+                    };
+                    if let Err(message) = wire::put_item(&mut payload, &args) {
+                        // This item fails alone; the batch goes on without it.
+                        encode_error = Some(Error::new(ErrorKind::Codec {
+                            side: CodecSide::EncodeArgs,
+                            worker: W::NAME.to_owned(),
+                            index: Some(first + count as u64),
+                            type_name: type_name::<W::Args>(),
+                            message,
+                        }));
+                        break;
+                    }
+                    count += 1;
                 }
-                count += 1;
-            }
+                (count, encode_error, exhausted)
+            });
             if exhausted {
                 self.input = None;
             }
@@ -218,6 +221,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     control: None,
                     abandoned: Some(self.abandoned.clone()),
                     retries: self.pool.shared.retries,
+                    fds: Job::fd_table(fds),
                 };
                 self.next_input += count as u64;
                 self.open.insert(first, (self.next_input, count as u64));
