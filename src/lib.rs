@@ -174,8 +174,8 @@
 
 pub use multiproc_macros::{entry, test, worker};
 pub use multiproc_runtime::{
-    AsCompleted, CodecSide, Error, ErrorKind, ExitReason, Imap, ImapUnordered, InitOutcome, Pool,
-    PoolBuilder, Result, Task, Worker, as_completed,
+    AsCompleted, CodecSide, Error, ErrorKind, ExitReason, Imap, ImapUnordered, InitOutcome,
+    PipeEnd, Pool, PoolBuilder, Process, Result, Task, Worker, as_completed, pipe,
 };
 
 // Not public API. Used by generated code.

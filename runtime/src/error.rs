@@ -182,6 +182,34 @@ pub enum ErrorKind {
     /// The pool was closed or terminated and takes no more work.
     #[error("the pool is closed and accepts no more tasks")]
     PoolClosed,
+    /// The other end of a pipe or queue is gone (closed, or its process
+    /// died).
+    #[error("the other end of the {what} is closed or its process died")]
+    Disconnected {
+        /// `"pipe"` or `"queue"`.
+        what: &'static str,
+    },
+    /// A message on a pipe or queue could not be encoded or decoded.
+    #[error("could not {} a message of type `{type_name}` on a {what}: {message}", if *.encode { "encode" } else { "decode" })]
+    MessageCodec {
+        /// `"pipe"` or `"queue"`.
+        what: &'static str,
+        /// `true` when sending, `false` when receiving.
+        encode: bool,
+        /// The Rust type of the message.
+        type_name: &'static str,
+        /// What serde or postcard said.
+        message: String,
+    },
+    /// An operating-system error on a pipe, queue or shared object.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The control channel to a worker broke in an unexpected way (a bug or a
     /// foreign process writing to it).
     #[error("protocol error on the control channel: {0}")]

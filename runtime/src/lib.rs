@@ -14,6 +14,7 @@ compile_error!(
 mod child;
 mod error;
 mod fdpass;
+mod pipe;
 mod pool;
 mod process;
 mod registry;
@@ -23,6 +24,7 @@ mod wire;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
+pub use pipe::{PipeEnd, pipe};
 pub use pool::{
     AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed,
 };
