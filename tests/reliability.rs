@@ -1,0 +1,687 @@
+//! The fault matrix of RELIABILITY.md, the faults a process can inject into
+//! itself: crash retries, per-task timeouts, an unknown worker name, the
+//! memory guard, the control channel's shape, and a stress run with panics
+//! and random SIGKILLs. (Faults that need a whole program — the parent
+//! SIGKILLed, Ctrl-C, resource hygiene, bounded memory — are in
+//! `tests/programs/tests/reliability.rs`.)
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use multiproc::{ErrorKind, ExitReason, Pool, Worker, worker};
+// The facade does not re-export `Process` yet.
+use multiproc_runtime::Process;
+use serde::{Deserialize, Serialize};
+
+/// What `faulty` does when it meets the bad item.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL its own process, the first time only.
+    KillFirstTime,
+    /// SIGKILL its own process, every time.
+    KillAlways,
+    /// Panic, the first time only.
+    PanicFirstTime,
+    /// Sleep for [`FOREVER`].
+    Hang,
+}
+
+/// Long enough that a test would time out rather than pass by waiting, short
+/// enough that a failing test still ends.
+const FOREVER: Duration = Duration::from_secs(60);
+
+/// Returns `(2 * x, pid)`; on `x == bad`, first records the run in `dir`
+/// (one file per run, holding the pid) and then does `fault`.
+#[worker]
+fn faulty(dir: String, x: u64, bad: u64, fault: Fault) -> (u64, u32) {
+    if x == bad {
+        let run = record_run(Path::new(&dir), x);
+        match fault {
+            Fault::KillFirstTime if run == 0 => kill_self(),
+            Fault::KillAlways => kill_self(),
+            Fault::PanicFirstTime if run == 0 => panic!("item {x} panics on its first run"),
+            Fault::Hang => std::thread::sleep(FOREVER),
+            _ => {}
+        }
+    }
+    (2 * x, std::process::id())
+}
+
+fn kill_self() -> ! {
+    // SAFETY: getpid and kill have no memory-safety preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    unreachable!("SIGKILL did not kill")
+}
+
+/// Creates `dir/<x>.<n>` for the first free `n`, writes this pid into it,
+/// and returns `n`: the number of earlier runs of item `x`.
+fn record_run(dir: &Path, x: u64) -> u32 {
+    for n in 0.. {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(format!("{x}.{n}")));
+        match file {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(std::process::id().to_string().as_bytes())
+                    .expect("write the run file");
+                return n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("cannot record a run in {}: {e}", dir.display()),
+        }
+    }
+    unreachable!()
+}
+
+/// The pids of the recorded runs of item `x`, in order.
+fn runs(dir: &Path, x: u64) -> Vec<u32> {
+    (0..)
+        .map_while(|n| std::fs::read_to_string(dir.join(format!("{x}.{n}"))).ok())
+        .map(|pid| pid.parse().expect("a pid"))
+        .collect()
+}
+
+/// A fresh, empty directory for the run files of one test.
+fn fresh_dir(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("reliability-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the run directory");
+    dir
+}
+
+fn items(dir: &Path, n: u64, bad: u64, fault: Fault) -> Vec<(String, u64, u64, Fault)> {
+    let dir = dir.to_str().expect("a UTF-8 path").to_owned();
+    (0..n).map(|x| (dir.clone(), x, bad, fault)).collect()
+}
+
+#[worker]
+fn pid_of(_item: u64) -> u32 {
+    std::process::id()
+}
+
+/// `None` if the process is gone, else its state letter (`Z` = zombie).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+// ---------------------------------------------------------------------------
+// retries(n)
+
+#[multiproc::test]
+fn retries_rerun_a_crashed_task_in_a_new_process() {
+    let dir = fresh_dir("retries-rerun");
+    let pool = Pool::builder().workers(2).retries(1).build().unwrap();
+    let results: Vec<_> = pool
+        .imap(faulty, items(&dir, 30, 13, Fault::KillFirstTime))
+        .chunk_size(5)
+        .collect();
+    assert_eq!(results.len(), 30);
+    let mut served_13 = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        let (value, pid) = r.unwrap_or_else(|e| panic!("item {i} failed despite retries(1): {e}"));
+        assert_eq!(value, 2 * i as u64, "item {i}");
+        if i == 13 {
+            served_13 = pid;
+        }
+    }
+    let ran = runs(&dir, 13);
+    assert_eq!(ran.len(), 2, "item 13 ran {} times, expected 2", ran.len());
+    assert_eq!(ran[1], served_13, "the second run returned the result");
+    assert_ne!(
+        ran[0], ran[1],
+        "the retry ran in the process that was killed"
+    );
+    assert_eq!(
+        process_state(ran[0]),
+        None,
+        "the killed worker was not reaped"
+    );
+
+    // A submitted task is retried too.
+    let (value, pid) = pool
+        .apply(
+            faulty,
+            items(&dir, 100, 99, Fault::KillFirstTime).remove(99),
+        )
+        .unwrap();
+    assert_eq!(value, 198);
+    let ran = runs(&dir, 99);
+    assert_eq!(ran.len(), 2, "submitted item ran {} times", ran.len());
+    assert_eq!(ran[1], pid);
+    assert_ne!(ran[0], pid);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[multiproc::test]
+fn retries_are_bounded() {
+    let dir = fresh_dir("retries-bounded");
+    let pool = Pool::builder().workers(2).retries(2).build().unwrap();
+    let started = Instant::now();
+    let results: Vec<_> = pool
+        .imap(faulty, items(&dir, 20, 5, Fault::KillAlways))
+        .chunk_size(4)
+        .collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    for (i, r) in results.iter().enumerate() {
+        if i == 5 {
+            let err = r.as_ref().unwrap_err();
+            assert!(err.is_worker_died(), "{err:?}");
+            assert_eq!(err.item_index(), Some(5));
+            assert_eq!(err.exit_reason(), Some(ExitReason::Signal(libc::SIGKILL)));
+        } else {
+            assert_eq!(r.as_ref().unwrap().0, 2 * i as u64, "item {i}");
+        }
+    }
+    let ran = runs(&dir, 5);
+    assert_eq!(ran.len(), 3, "1 run + 2 retries, got {ran:?}");
+    let distinct: HashSet<_> = ran.iter().collect();
+    assert_eq!(distinct.len(), 3, "each run in a fresh process: {ran:?}");
+    // The error names the last process that died.
+    assert_eq!(results[5].as_ref().unwrap_err().pid(), Some(ran[2]));
+    assert_eq!(pool.map(pid_of, 0..4).unwrap().len(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[multiproc::test]
+fn without_retries_a_crash_fails_worker_died() {
+    let dir = fresh_dir("retries-zero");
+    let pool = Pool::builder().workers(2).retries(0).build().unwrap();
+    let results: Vec<_> = pool
+        .imap(faulty, items(&dir, 30, 13, Fault::KillFirstTime))
+        .chunk_size(5)
+        .collect();
+    let err = results[13].as_ref().unwrap_err();
+    assert!(err.is_worker_died(), "{err:?}");
+    assert_eq!(err.item_index(), Some(13));
+    assert_eq!(err.exit_reason(), Some(ExitReason::Signal(libc::SIGKILL)));
+    let ran = runs(&dir, 13);
+    assert_eq!(ran.len(), 1, "retried without retries: {ran:?}");
+    assert_eq!(err.pid(), Some(ran[0]));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 29, "innocent items of the batch were lost");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[multiproc::test]
+fn panics_are_not_retried() {
+    let dir = fresh_dir("retries-panic");
+    let pool = Pool::builder().workers(2).retries(3).build().unwrap();
+    let results: Vec<_> = pool
+        .imap(faulty, items(&dir, 30, 13, Fault::PanicFirstTime))
+        .chunk_size(5)
+        .collect();
+    let err = results[13].as_ref().unwrap_err();
+    assert!(err.is_panic(), "{err:?}");
+    assert_eq!(err.panic_message(), Some("item 13 panics on its first run"));
+    assert_eq!(err.item_index(), Some(13));
+    assert_eq!(runs(&dir, 13).len(), 1, "a panic was retried");
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 29);
+    let err = pool
+        .apply(
+            faulty,
+            items(&dir, 100, 99, Fault::PanicFirstTime).remove(99),
+        )
+        .unwrap_err();
+    assert!(err.is_panic(), "{err:?}");
+    assert_eq!(runs(&dir, 99).len(), 1, "a submitted panic was retried");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
+// task_timeout(d)
+
+const LIMIT: Duration = Duration::from_millis(300);
+
+#[multiproc::test]
+fn task_timeout_fails_only_the_item_that_overstays() {
+    let dir = fresh_dir("timeout-batch");
+    // retries(2): a timeout is never retried.
+    let pool = Pool::builder()
+        .workers(2)
+        .task_timeout(LIMIT)
+        .retries(2)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let results: Vec<_> = pool
+        .imap(faulty, items(&dir, 50, 23, Fault::Hang))
+        .chunk_size(10)
+        .collect();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(took >= LIMIT, "timed out before the limit: {took:?}");
+    assert_eq!(results.len(), 50);
+    for (i, r) in results.iter().enumerate() {
+        if i == 23 {
+            let err = r.as_ref().unwrap_err();
+            assert!(err.is_timeout(), "{err:?}");
+            assert_eq!(err.item_index(), Some(23));
+            match err.kind() {
+                ErrorKind::Timeout { after, worker, .. } => {
+                    assert_eq!(*after, LIMIT);
+                    assert_eq!(worker, <faulty as Worker>::NAME);
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            match r {
+                Ok((v, _)) => assert_eq!(*v, 2 * i as u64, "item {i}"),
+                Err(e) => panic!("item {i} failed with the timeout of item 23: {e}"),
+            }
+        }
+    }
+    let ran = runs(&dir, 23);
+    assert_eq!(ran.len(), 1, "a timed-out item was retried: {ran:?}");
+    assert_eq!(
+        process_state(ran[0]),
+        None,
+        "the overstaying worker lives on"
+    );
+
+    // map_chunked: the timeout is its error; then the pool still works.
+    let started = Instant::now();
+    let err = pool
+        .map_chunked(faulty, items(&dir, 50, 41, Fault::Hang), 10)
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.item_index(), Some(41));
+    let again = pool
+        .map(faulty, items(&dir, 50, 1000, Fault::Hang))
+        .unwrap();
+    let values: Vec<u64> = again.into_iter().map(|(v, _)| v).collect();
+    assert_eq!(values, (0..50).map(|x| 2 * x).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sleeps `ms` milliseconds, then returns it.
+#[worker]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[multiproc::test]
+fn task_timeout_applies_to_a_submitted_task() {
+    let dir = fresh_dir("timeout-submit");
+    let pool = Pool::builder()
+        .workers(1)
+        .task_timeout(LIMIT)
+        .build()
+        .unwrap();
+    let before = pool.apply(pid_of, 0).unwrap();
+    // Under the limit: untouched.
+    assert_eq!(pool.apply(nap, 50).unwrap(), 50);
+    assert_eq!(pool.apply(pid_of, 0).unwrap(), before);
+
+    let started = Instant::now();
+    let task = pool.submit(faulty, items(&dir, 8, 7, Fault::Hang).remove(7));
+    let err = task.wait().unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.item_index(), None);
+    assert!(took >= LIMIT && took < Duration::from_secs(5), "{took:?}");
+    // The worker that ran it was killed and replaced.
+    let after = pool.apply(pid_of, 0).unwrap();
+    assert_ne!(after, before);
+    assert_eq!(process_state(before), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
+// A worker the child does not know
+
+/// A `Worker` written by hand, without `#[worker]`: it is not in the table
+/// that children look names up in.
+#[derive(Clone, Copy)]
+struct Unregistered;
+
+impl Worker for Unregistered {
+    type Args = u64;
+    type Output = u64;
+    const NAME: &'static str = "reliability::unregistered";
+    fn call(x: u64) -> u64 {
+        x
+    }
+}
+
+fn assert_unknown(err: &multiproc::Error) {
+    match err.kind() {
+        ErrorKind::UnknownWorker { name, known } => {
+            assert_eq!(name, "reliability::unregistered");
+            for expected in [<faulty as Worker>::NAME, <pid_of as Worker>::NAME] {
+                assert!(
+                    known.iter().any(|k| k == expected),
+                    "{expected} not in {known:?}"
+                );
+            }
+            assert!(!known.iter().any(|k| k == name), "{known:?}");
+            let mut sorted = known.clone();
+            sorted.sort();
+            assert_eq!(*known, sorted, "the names are not sorted");
+            let text = err.to_string();
+            assert!(
+                text.contains("reliability::unregistered") && text.contains("reliability::pid_of"),
+                "{text}"
+            );
+        }
+        other => panic!("expected UnknownWorker, got {other:?}"),
+    }
+}
+
+#[multiproc::test]
+fn unknown_worker_is_an_error_that_lists_the_known_ones() {
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.apply(pid_of, 0).unwrap();
+    assert_unknown(&pool.apply(Unregistered, 5).unwrap_err());
+    let results: Vec<_> = pool.imap(Unregistered, 0..10).chunk_size(3).collect();
+    assert_eq!(results.len(), 10);
+    for r in &results {
+        assert_unknown(r.as_ref().unwrap_err());
+    }
+    // The worker answered; it did not die.
+    assert_eq!(pool.apply(pid_of, 0).unwrap(), pid);
+    assert_eq!(pool.map(nap, [1, 2]).unwrap(), [1, 2]);
+
+    let process = Process::spawn(Unregistered, 5).unwrap();
+    assert_unknown(&process.join().unwrap_err());
+}
+
+// ---------------------------------------------------------------------------
+// max_worker_memory(bytes)
+
+const LEAK: usize = 8 << 20;
+const MEMORY_LIMIT: u64 = 64 << 20;
+
+/// Leaks 8 MiB of touched memory, returns the pid.
+#[worker]
+fn leak(_item: u64) -> u32 {
+    // `vec![1; n]` writes every byte, so the pages are resident.
+    std::mem::forget(vec![1u8; LEAK]);
+    std::process::id()
+}
+
+#[multiproc::test]
+fn max_worker_memory_replaces_a_leaking_worker() {
+    let pool = Pool::builder()
+        .workers(2)
+        .max_worker_memory(MEMORY_LIMIT)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = pool.map_chunked(leak, 0..40, 1).unwrap();
+    let mut served: HashMap<u32, usize> = HashMap::new();
+    for pid in &pids {
+        *served.entry(*pid).or_default() += 1;
+    }
+    // 40 × 8 MiB = 320 MiB leaked; no process may hold more than 64 MiB
+    // plus what it had in flight when it crossed the limit.
+    assert!(
+        served.len() >= 5,
+        "only {} processes: {served:?}",
+        served.len()
+    );
+    let most = MEMORY_LIMIT as usize / LEAK + 2;
+    for (pid, n) in &served {
+        assert!(
+            *n <= most,
+            "pid {pid} ran {n} leaking items (at most {most})"
+        );
+    }
+    // Retired workers are reaped.
+    let live = pool.map(pid_of, 0..4).unwrap();
+    for pid in served.keys().filter(|p| !live.contains(p)) {
+        assert_eq!(process_state(*pid), None, "retired worker {pid} lingers");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rendezvous: the control channel
+
+/// `/proc/net/unix` by inode: (flags, state, path).
+fn unix_sockets() -> HashMap<u64, (u32, u32, Option<String>)> {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let mut sockets = HashMap::new();
+    // Num RefCount Protocol Flags Type St Inode [Path]
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let hex = |s: &str| u32::from_str_radix(s, 16).unwrap();
+        let inode: u64 = fields[6].parse().unwrap();
+        let path = fields.get(7).map(|p| (*p).to_owned());
+        sockets.insert(inode, (hex(fields[3]), hex(fields[5]), path));
+    }
+    sockets
+}
+
+/// Inodes of the sockets process `pid` has open.
+fn socket_inodes(pid: &str) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
+            inodes.push(inode.parse().unwrap());
+        }
+    }
+    inodes
+}
+
+/// `__SO_ACCEPTCON`: the socket is listening.
+const SO_ACCEPTCON: u32 = 1 << 16;
+/// `SS_CONNECTED`.
+const CONNECTED: u32 = 3;
+
+#[multiproc::test]
+fn control_channel_is_an_unnamed_connected_socket_pair() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.apply(pid_of, 0).unwrap();
+    let in_child = socket_inodes(&worker.to_string());
+    assert!(!in_child.is_empty(), "the worker has no socket");
+    let table = unix_sockets();
+    for inode in &in_child {
+        let (flags, state, path) = table
+            .get(inode)
+            .unwrap_or_else(|| panic!("socket {inode} is not a Unix socket"));
+        assert_eq!(path, &None, "the control socket has an address");
+        assert_eq!(
+            flags & SO_ACCEPTCON,
+            0,
+            "the worker's socket {inode} listens"
+        );
+        assert_eq!(*state, CONNECTED, "socket {inode} is not connected");
+    }
+    // Nor does the parent listen anywhere.
+    for inode in socket_inodes("self") {
+        if let Some((flags, _, path)) = table.get(&inode) {
+            assert_eq!(flags & SO_ACCEPTCON, 0, "the parent listens on {path:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stress: panics and random SIGKILLs
+
+/// Returns `(i, i * 3 + 1)`; panics when `i % 100 == 0`.
+#[worker]
+fn stress_item(i: u64) -> (u64, u64) {
+    assert!(i % 100 != 0, "item {i} panics");
+    (i, i * 3 + 1)
+}
+
+/// Workers of the pool of test `test`: children of this process whose
+/// command line names that test (a test child re-runs the binary filtered
+/// to its test; other tests' pools have other names).
+fn workers_of(test: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let mut after = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace();
+        let (state, ppid) = (
+            after.next(),
+            after.next().and_then(|p| p.parse::<u32>().ok()),
+        );
+        if ppid != Some(me) || state == Some("Z") {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|arg| arg == test.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Runs `n` items through `imap_unordered` on 2 workers while a side thread
+/// SIGKILLs a random worker `kills` times, spread evenly over the run: at
+/// each due point the consumer asks for a kill and waits until it is sent
+/// (a kill must land during the run, not after it), while the workers go on
+/// with the batches in flight.
+fn stress(test: &str, n: u64, kills: u64) {
+    let pool = Pool::new(2).unwrap();
+    let (ask, asked) = std::sync::mpsc::channel::<()>();
+    let (sent, is_sent) = std::sync::mpsc::channel::<u32>();
+    let killer = {
+        let test = test.to_owned();
+        std::thread::spawn(move || {
+            let mut rng = u64::from(std::process::id()) | 1;
+            for () in asked {
+                let pid = loop {
+                    let workers = workers_of(&test);
+                    if workers.is_empty() {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let pid = workers[(rng % workers.len() as u64) as usize];
+                    // SAFETY: kill has no memory-safety preconditions; the
+                    // pid is a live, unreaped child of this process, so it
+                    // has not been reused.
+                    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                        break pid;
+                    }
+                };
+                if sent.send(pid).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut killed = Vec::new();
+    let mut consumed = 0u64;
+    let started = Instant::now();
+    let mut seen = vec![false; n as usize];
+    let (mut ok, mut panics) = (0u64, 0u64);
+    let mut died: Vec<u64> = Vec::new();
+    for r in pool.imap_unordered(stress_item, 0..n) {
+        consumed += 1;
+        let due = (killed.len() as u64 + 1) * n / (kills + 1);
+        if killed.len() < kills as usize && consumed >= due {
+            ask.send(()).unwrap();
+            killed.push(is_sent.recv().unwrap());
+        }
+        let index = match r {
+            Ok((i, value)) => {
+                assert_eq!(value, i * 3 + 1, "wrong result for item {i}");
+                assert!(i % 100 != 0, "item {i} should have panicked");
+                ok += 1;
+                i
+            }
+            Err(e) if e.is_panic() => {
+                let i = e.item_index().expect("a panic names its item");
+                assert_eq!(e.panic_message(), Some(format!("item {i} panics").as_str()));
+                panics += 1;
+                i
+            }
+            Err(e) if e.is_worker_died() => {
+                let i = e.item_index().expect("a crash names its item");
+                assert_eq!(
+                    e.exit_reason(),
+                    Some(ExitReason::Signal(libc::SIGKILL)),
+                    "{e}"
+                );
+                died.push(i);
+                i
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        };
+        assert!(
+            !std::mem::replace(&mut seen[index as usize], true),
+            "item {index} twice"
+        );
+    }
+    drop(ask);
+    killer.join().unwrap();
+    let took = started.elapsed();
+    eprintln!(
+        "stress {n}: {took:?}, {ok} ok, {panics} panics, {} killed items, {} kills",
+        died.len(),
+        killed.len()
+    );
+    let missing: Vec<usize> = (0..seen.len()).filter(|&i| !seen[i]).take(10).collect();
+    assert!(missing.is_empty(), "items never reported: {missing:?}…");
+    assert_eq!(killed.len() as u64, kills, "the killer did not get to kill");
+    assert!(
+        died.len() as u64 <= kills,
+        "{} WorkerDied for {kills} kills",
+        died.len()
+    );
+    let distinct: HashSet<_> = died.iter().collect();
+    assert_eq!(distinct.len(), died.len(), "an item died twice: {died:?}");
+    // Every multiple of 100 panicked, unless a kill caught it running.
+    let killed_panickers = died.iter().filter(|&&i| i % 100 == 0).count() as u64;
+    assert_eq!(panics + killed_panickers, n / 100);
+    assert_eq!(ok + panics + died.len() as u64, n);
+    // Killed workers were replaced and reaped.
+    assert_eq!(pool.map(pid_of, 0..10).unwrap().len(), 10);
+    for pid in killed {
+        assert_eq!(
+            process_state(pid),
+            None,
+            "killed worker {pid} was not reaped"
+        );
+    }
+}
+
+/// A million items in well under a second in a debug build (batches of
+/// thousands): fast enough to run every time.
+#[multiproc::test]
+fn stress_one_million_with_panics_and_kills() {
+    stress("stress_one_million_with_panics_and_kills", 1_000_000, 10);
+}
