@@ -1,7 +1,916 @@
-//! Comparison bench (being written): sequential Rust, rayon, multiproc and
-//! Python's multiprocessing on the same workloads.
+//! The comparison bench of issue 5: each workload on sequential Rust, rayon,
+//! multiproc and — when `python3` is on the machine — Python's
+//! `multiprocessing`, in one run, printed as one markdown table with the
+//! ratios and a ✓/✗ per target.
+//!
+//! ```text
+//! cargo bench --bench compare                          # the full run (~3 min)
+//! MULTIPROC_BENCH_QUICK=1 cargo bench --bench compare  # sizes ÷ 10, fewer repeats
+//! PYTHON=python3.12 cargo bench --bench compare        # another interpreter
+//! MULTIPROC_BENCH_ONLY=primes,apply cargo bench --bench compare
+//!     # some rows: primes apply map imap start bytes queue futures memory
+//! ```
+//!
+//! Each measurement is repeated and the median reported; the contenders of a
+//! workload are interleaved round by round. The Python side is
+//! `benches/python/compare.py`, run once per workload between the Rust
+//! rounds; it prints JSON on stdout.
+//!
+//! The bench binary plays two more roles, chosen by the environment variable
+//! `MULTIPROC_BENCH_ROLE` (checked right after the `#[entry]` guard): `echo`,
+//! the far end of the socketpair ping-pong that is the floor for `apply`, and
+//! `peak-map`, a fresh process that maps over 10 M `u64` and reports its peak
+//! resident memory.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use multiproc::{Pool, as_completed, worker};
+use rayon::prelude::*;
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Worker processes in every pool of the bench (the targets are for 2).
+const WORKERS: usize = 2;
+const ROLE: &str = "MULTIPROC_BENCH_ROLE";
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/compare.py");
+
+/// `x + 1`: the tiny task.
+#[worker]
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+/// Whether `n` is prime, by trial division with every `i` up to √n (the
+/// algorithm of `examples/primes.rs` and of the Python script).
+#[worker]
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    for i in 2..=n.isqrt() {
+        if n % i == 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Returns its argument: a large payload's round trip.
+#[worker]
+fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
 
 #[multiproc::entry]
-fn main() {
-    println!("the comparison bench is not written yet");
+fn main() -> ExitCode {
+    let result = match std::env::var(ROLE).as_deref() {
+        Ok("echo") => echo_child(),
+        Ok("peak-map") => peak_map_child(),
+        _ => run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---- sizes ------------------------------------------------------------------
+
+struct Sizes {
+    quick: bool,
+    primes: u64,
+    map: u64,
+    imap: u64,
+    growth: [u64; 4],
+    apply_calls: usize,
+    ping_pongs: usize,
+    payload: usize,
+    futures: u64,
+    rounds: usize,
+    slow_rounds: usize,
+}
+
+impl Sizes {
+    fn new() -> Sizes {
+        let quick = std::env::var_os("MULTIPROC_BENCH_QUICK").is_some_and(|v| v != "0");
+        let d = if quick { 10 } else { 1 };
+        Sizes {
+            quick,
+            primes: 3_000_000 / d,
+            map: 10_000_000 / d,
+            imap: 10_000_000 / d,
+            growth: [1_000, 10_000, 100_000, 1_000_000].map(|s| s * 10 / d),
+            apply_calls: 10_000 / d as usize,
+            ping_pongs: 50_000 / d as usize,
+            payload: 64 << 20,
+            futures: 20_000 / d,
+            rounds: if quick { 3 } else { 7 },
+            slow_rounds: if quick { 3 } else { 5 },
+        }
+    }
+}
+
+// ---- measuring --------------------------------------------------------------
+
+fn seconds<T>(f: impl FnOnce() -> T) -> f64 {
+    let t = Instant::now();
+    black_box(f());
+    t.elapsed().as_secs_f64()
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("compare: {what}");
+}
+
+/// The Python side of one workload: median seconds and the item count.
+struct PyResult {
+    median: f64,
+    items: f64,
+}
+
+struct Python {
+    program: String,
+    version: Option<String>,
+    quick: bool,
+}
+
+impl Python {
+    fn new(quick: bool) -> Python {
+        let program = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let version = Command::new(&program)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .trim_start_matches("Python ")
+                    .to_owned()
+            });
+        Python {
+            program,
+            version,
+            quick,
+        }
+    }
+
+    /// Runs the script for one workload; `None` without Python or on failure.
+    fn run(&self, name: &str) -> Option<PyResult> {
+        self.version.as_ref()?;
+        progress(&format!("python {name}"));
+        let mut cmd = Command::new(&self.program);
+        cmd.arg(SCRIPT).arg(format!("--only={name}"));
+        if self.quick {
+            cmd.arg("--quick");
+        }
+        let out = match cmd.stderr(Stdio::inherit()).output() {
+            Ok(out) if out.status.success() => out,
+            Ok(out) => {
+                eprintln!(
+                    "compare: the python script failed on {name}: {}",
+                    out.status
+                );
+                return None;
+            }
+            Err(e) => {
+                eprintln!("compare: cannot run the python script: {e}");
+                return None;
+            }
+        };
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| eprintln!("compare: bad JSON from the python script: {e}"))
+            .ok()?;
+        let entry = &json["results"][name];
+        let secs: Vec<f64> = entry["seconds"]
+            .as_array()?
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        Some(PyResult {
+            median: median(&secs),
+            items: entry["items"].as_f64()?,
+        })
+    }
+}
+
+// ---- formatting -------------------------------------------------------------
+
+fn fmt_time(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 1e-3 {
+        format!("{:.2} ms", s * 1e3)
+    } else if s >= 1e-6 {
+        format!("{:.1} µs", s * 1e6)
+    } else {
+        format!("{:.1} ns", s * 1e9)
+    }
+}
+
+fn fmt_rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.1} M/s", per_s / 1e6)
+    } else {
+        format!("{:.0} k/s", per_s / 1e3)
+    }
+}
+
+fn fmt_count(n: f64) -> String {
+    if n >= 1e6 {
+        format!("{}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{}k", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / f64::from(1 << 20))
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "✓" } else { "✗" }
+}
+
+const NO_PY: &str = "— (no python3)";
+
+struct Row {
+    workload: String,
+    sequential: String,
+    rayon: String,
+    multiproc: String,
+    python: String,
+    ratio: String,
+    target: String,
+    ok: String,
+}
+
+// ---- the run ----------------------------------------------------------------
+
+fn run() -> Result<(), BoxError> {
+    let sizes = Sizes::new();
+    let python = Python::new(sizes.quick);
+    let load_before = loadavg();
+    let started = Instant::now();
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(WORKERS)
+        .build()?;
+    let pool = Pool::new(WORKERS)?;
+    pool.apply(inc, 0)?; // warm
+
+    let only = std::env::var("MULTIPROC_BENCH_ONLY").ok();
+    let want = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|w| w == name))
+    };
+    let mut rows = Vec::new();
+    // Memory first, while the workers are fresh and idle.
+    let idle_rss = idle_worker_rss();
+    if want("primes") {
+        rows.push(primes(&sizes, &python, &pool, &threads)?);
+    }
+    if want("apply") {
+        rows.push(apply(&sizes, &python, &pool)?);
+    }
+    let mut growth_row = None;
+    if want("map") {
+        let (map_row, growth) = map_and_growth(&sizes, &python, &pool, &threads)?;
+        rows.push(map_row);
+        growth_row = Some(growth);
+    }
+    if want("imap") {
+        rows.push(imap(&sizes, &python, &pool)?);
+    }
+    if want("start") {
+        rows.push(start(&python)?);
+    }
+    if want("bytes") {
+        rows.push(payload(&sizes, &python, &pool)?);
+    }
+    if want("queue") {
+        rows.push(queue(&python));
+    }
+    if want("futures") {
+        rows.push(futures(&sizes, &python, &pool)?);
+    }
+    rows.extend(growth_row);
+    drop(pool);
+    if want("memory") {
+        rows.push(memory(&sizes, &python, idle_rss)?);
+    }
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let load_after = loadavg();
+    print_report(&sizes, &python, &rows, elapsed, &load_before, &load_after);
+    Ok(())
+}
+
+fn print_report(
+    sizes: &Sizes,
+    python: &Python,
+    rows: &[Row],
+    elapsed: f64,
+    load_before: &str,
+    load_after: &str,
+) {
+    let mut out = String::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = writeln!(
+        out,
+        "multiproc compare bench{} — {cpus} CPUs ({}), {WORKERS} workers, python {}; \
+         load average {load_before} before, {load_after} after; {:.0} s",
+        if sizes.quick {
+            " (QUICK: sizes ÷ 10)"
+        } else {
+            ""
+        },
+        cpu_model(),
+        python.version.as_deref().unwrap_or("not found"),
+        elapsed,
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| workload | sequential / floor | rayon | multiproc | Python | ratio | target | |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.workload, r.sequential, r.rayon, r.multiproc, r.python, r.ratio, r.target, r.ok
+        );
+    }
+    print!("{out}");
+}
+
+fn primes(
+    sizes: &Sizes,
+    python: &Python,
+    pool: &Pool,
+    threads: &rayon::ThreadPool,
+) -> Result<Row, BoxError> {
+    let n = sizes.primes;
+    progress(&format!("primes below {n}"));
+    let (mut seq, mut ray, mut mp) = (Vec::new(), Vec::new(), Vec::new());
+    let mut counts = Vec::new();
+    for _ in 0..sizes.slow_rounds {
+        seq.push(seconds(|| {
+            counts.push((0..black_box(n)).filter(|&k| is_prime(k)).count());
+        }));
+        ray.push(seconds(|| {
+            counts.push(threads.install(|| {
+                (0..black_box(n))
+                    .into_par_iter()
+                    .filter(|&k| is_prime(k))
+                    .count()
+            }));
+        }));
+        let mut r = Ok(());
+        mp.push(seconds(|| match pool.map(is_prime, 0..black_box(n)) {
+            Ok(flags) => counts.push(flags.iter().filter(|&&p| p).count()),
+            Err(e) => r = Err(e),
+        }));
+        r?;
+    }
+    if counts.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!("the prime counts differ: {counts:?}").into());
+    }
+    let py = python.run("primes");
+    let (seq, ray, mp) = (median(&seq), median(&ray), median(&mp));
+    let ratio = ray / mp;
+    Ok(Row {
+        workload: format!("CPU-bound: count primes below {}", fmt_count(n as f64)),
+        sequential: fmt_time(seq),
+        rayon: fmt_time(ray),
+        multiproc: fmt_time(mp),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| fmt_time(p.median)),
+        ratio: format!(
+            "{ratio:.3}× rayon throughput{}",
+            py.as_ref()
+                .map_or(String::new(), |p| format!("; {:.1}× Python", p.median / mp))
+        ),
+        target: "≥ 0.97× rayon".to_owned(),
+        ok: mark(ratio >= 0.97).to_owned(),
+    })
+}
+
+/// The far end of the ping-pong floor: echoes 8-byte messages on the socket
+/// it was given as stdin until EOF.
+fn echo_child() -> Result<(), BoxError> {
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let mut s = UnixStream::from(fd);
+    let mut msg = [0u8; 8];
+    loop {
+        match s.read_exact(&mut msg) {
+            Ok(()) => s.write_all(&msg)?,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A child process echoing 8-byte messages over a `UnixStream::pair`.
+struct Echo {
+    child: std::process::Child,
+    stream: UnixStream,
+}
+
+impl Echo {
+    fn start() -> Result<Echo, BoxError> {
+        let (mine, theirs) = UnixStream::pair()?;
+        let child = Command::new(std::env::current_exe()?)
+            .env(ROLE, "echo")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Echo {
+            child,
+            stream: mine,
+        })
+    }
+
+    /// Seconds for `n` ping-pongs.
+    fn ping_pongs(&mut self, n: usize) -> Result<f64, BoxError> {
+        let mut msg = [0u8; 8];
+        let t = Instant::now();
+        for i in 0..n as u64 {
+            self.stream.write_all(&i.to_le_bytes())?;
+            self.stream.read_exact(&mut msg)?;
+            if u64::from_le_bytes(msg) != i {
+                return Err("the echo child answered out of step".into());
+            }
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    fn stop(self) -> Result<(), BoxError> {
+        let Echo { mut child, stream } = self;
+        drop(stream);
+        child.wait()?;
+        Ok(())
+    }
+}
+
+fn apply(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
+    progress("apply round trip vs socketpair ping-pong");
+    let mut echo = Echo::start()?;
+    echo.ping_pongs(1000)?; // warm
+    let (mut floor, mut mp) = (Vec::new(), Vec::new());
+    for _ in 0..sizes.rounds {
+        floor.push(echo.ping_pongs(sizes.ping_pongs)? / sizes.ping_pongs as f64);
+        let t = Instant::now();
+        for i in 0..sizes.apply_calls as u64 {
+            black_box(pool.apply(inc, black_box(i))?);
+        }
+        mp.push(t.elapsed().as_secs_f64() / sizes.apply_calls as f64);
+    }
+    echo.stop()?;
+    let py = python.run("apply");
+    let (floor, mp) = (median(&floor), median(&mp));
+    let ratio = mp / floor;
+    Ok(Row {
+        workload: "`apply` round trip, one tiny task at a time".to_owned(),
+        sequential: format!("socketpair ping-pong {}", fmt_time(floor)),
+        rayon: "—".to_owned(),
+        multiproc: fmt_time(mp),
+        python: py
+            .as_ref()
+            .map_or(NO_PY.to_owned(), |p| fmt_time(p.median / p.items)),
+        ratio: format!(
+            "{ratio:.2}× floor{}",
+            py.as_ref().map_or(String::new(), |p| format!(
+                "; {:.1}× faster than Python",
+                p.median / p.items / mp
+            ))
+        ),
+        target: "≤ 1.5× floor".to_owned(),
+        ok: mark(ratio <= 1.5).to_owned(),
+    })
+}
+
+/// `map(x + 1)` over 10 M `u64` (with sequential and rayon beside it), and
+/// the cost growth of the same map from 10 k to 10 M items.
+fn map_and_growth(
+    sizes: &Sizes,
+    python: &Python,
+    pool: &Pool,
+    threads: &rayon::ThreadPool,
+) -> Result<(Row, Row), BoxError> {
+    progress("map(x + 1) and its cost growth");
+    let n = sizes.map;
+    let (mut seq, mut ray) = (Vec::new(), Vec::new());
+    let mut growth: Vec<Vec<f64>> = vec![Vec::new(); sizes.growth.len()];
+    for _ in 0..sizes.slow_rounds {
+        seq.push(seconds(|| {
+            (0..black_box(n)).map(*inc).collect::<Vec<u64>>()
+        }));
+        ray.push(seconds(|| {
+            threads.install(|| {
+                (0..black_box(n))
+                    .into_par_iter()
+                    .map(*inc)
+                    .collect::<Vec<u64>>()
+            })
+        }));
+        for (i, &size) in sizes.growth.iter().enumerate() {
+            let t = Instant::now();
+            let out = pool.map(inc, 0..black_box(size))?;
+            growth[i].push(t.elapsed().as_secs_f64());
+            if out.len() as u64 != size || out.last() != Some(&size) {
+                return Err("map(x + 1) returned wrong results".into());
+            }
+            drop(black_box(out));
+        }
+    }
+    let py = python.run("map");
+    let medians: Vec<f64> = growth.iter().map(|g| median(g)).collect();
+    let mp = medians[sizes.growth.iter().position(|&s| s == n).unwrap_or(3)];
+    let mp_rate = n as f64 / mp;
+    let (ratio_text, ok) = match &py {
+        Some(p) => {
+            let ratio = mp_rate / (p.items / p.median);
+            (format!("{ratio:.2}× Python per item"), mark(ratio >= 10.0))
+        }
+        None => ("—".to_owned(), "?"),
+    };
+    let map_row = Row {
+        workload: format!("`map(x + 1)` over {} u64", fmt_count(n as f64)),
+        sequential: fmt_time(median(&seq)),
+        rayon: fmt_time(median(&ray)),
+        multiproc: format!("{} ({})", fmt_time(mp), fmt_rate(mp_rate)),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!(
+                "{} items: {} ({})",
+                fmt_count(p.items),
+                fmt_time(p.median),
+                fmt_rate(p.items / p.median)
+            )
+        }),
+        ratio: ratio_text,
+        target: "≥ 10× Python per item".to_owned(),
+        ok: ok.to_owned(),
+    };
+
+    let per_item: Vec<f64> = medians
+        .iter()
+        .zip(&sizes.growth)
+        .map(|(t, &s)| t / s as f64)
+        .collect();
+    let after_first = &per_item[1..];
+    let mid = median(after_first);
+    let spread = after_first
+        .iter()
+        .map(|p| (p / mid - 1.0).abs())
+        .fold(0.0, f64::max);
+    let growth_row = Row {
+        workload: format!(
+            "cost growth: `map(x + 1)` at {}",
+            sizes
+                .growth
+                .iter()
+                .map(|&s| fmt_count(s as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: per_item
+            .iter()
+            .map(|p| fmt_time(*p))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " per item",
+        python: "—".to_owned(),
+        ratio: format!("±{:.0}% around the median after the first", spread * 100.0),
+        target: "within ±25% after the first".to_owned(),
+        ok: mark(spread <= 0.25).to_owned(),
+    };
+    Ok((map_row, growth_row))
+}
+
+fn imap(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
+    let n = sizes.imap;
+    progress(&format!("imap over an unsized iterator of {n} items"));
+    let mut mp = Vec::new();
+    for _ in 0..sizes.slow_rounds {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        // `filter` hides the length: the unsized, adaptive-batch path.
+        for r in pool.imap(inc, (0..black_box(n)).filter(|_| true)) {
+            sum = sum.wrapping_add(r?);
+        }
+        mp.push(t.elapsed().as_secs_f64());
+        if sum != n * (n + 1) / 2 {
+            return Err("imap(x + 1) returned wrong results".into());
+        }
+    }
+    let py = python.run("imap");
+    let mp = median(&mp);
+    let rate = n as f64 / mp;
+    let py_ratio = py.as_ref().map(|p| rate / (p.items / p.median));
+    Ok(Row {
+        workload: format!(
+            "`imap` over an unsized iterator of {} tiny tasks",
+            fmt_count(n as f64)
+        ),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: format!("{} ({})", fmt_time(mp), fmt_rate(rate)),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!(
+                "{} items: {} ({})",
+                fmt_count(p.items),
+                fmt_time(p.median),
+                fmt_rate(p.items / p.median)
+            )
+        }),
+        ratio: py_ratio.map_or("—".to_owned(), |r| format!("{r:.0}× Python per item")),
+        target: "≥ 20 M/s, ≥ 100× Python".to_owned(),
+        ok: mark(rate >= 20e6 && py_ratio.is_none_or(|r| r >= 100.0)).to_owned(),
+    })
+}
+
+fn start(python: &Python) -> Result<Row, BoxError> {
+    progress("pool of 2: start, one task, shut down");
+    // Spawning forks this process: its size at the time matters.
+    let parent_rss = status_field("self", "VmRSS").unwrap_or(0);
+    let (mut mp, mut phases) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let pool = Pool::new(WORKERS)?;
+        let t1 = Instant::now();
+        black_box(pool.apply(inc, black_box(1))?);
+        let t2 = Instant::now();
+        drop(pool);
+        let t3 = Instant::now();
+        mp.push((t3 - t0).as_secs_f64());
+        for (phase, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+            phase.push(d.as_secs_f64());
+        }
+    }
+    let py = python.run("start");
+    let mp = median(&mp);
+    let py_ratio = py.as_ref().map(|p| mp / p.median);
+    Ok(Row {
+        workload: "pool of 2: start, one task, shut down".to_owned(),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: format!(
+            "{} (start {}, task {}, shut down {}; parent RSS {})",
+            fmt_time(mp),
+            fmt_time(median(&phases[0])),
+            fmt_time(median(&phases[1])),
+            fmt_time(median(&phases[2])),
+            mib(parent_rss as f64),
+        ),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!("{} (fork context)", fmt_time(p.median))
+        }),
+        ratio: py_ratio.map_or("—".to_owned(), |r| format!("{r:.2}× Python")),
+        target: "≤ 0.5× Python; ≤ 3 ms".to_owned(),
+        ok: mark(mp <= 3e-3 && py_ratio.is_none_or(|r| r <= 0.5)).to_owned(),
+    })
+}
+
+fn payload(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
+    let len = sizes.payload;
+    progress(&format!("{} Vec<u8> argument round trip", mib(len as f64)));
+    let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let mut mp = Vec::new();
+    for _ in 0..sizes.slow_rounds {
+        let arg = bytes.clone();
+        let t = Instant::now();
+        let back = pool.apply(echo_bytes, arg)?;
+        mp.push(t.elapsed().as_secs_f64());
+        if back != bytes {
+            return Err("the payload came back changed".into());
+        }
+    }
+    let py = python.run("bytes");
+    let mp = median(&mp);
+    let gib_s = len as f64 / f64::from(1 << 30) / mp;
+    let py_ratio = py.as_ref().map(|p| p.median / mp);
+    Ok(Row {
+        workload: format!("{} `Vec<u8>` argument, round trip", mib(len as f64)),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: format!("{} ({gib_s:.2} GiB/s)", fmt_time(mp)),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!(
+                "{} ({:.2} GiB/s)",
+                fmt_time(p.median),
+                p.items / f64::from(1 << 30) / p.median
+            )
+        }),
+        ratio: py_ratio.map_or("—".to_owned(), |r| format!("{r:.1}× Python")),
+        target: "≥ 10× Python; ≥ 2 GiB/s".to_owned(),
+        ok: mark(gib_s >= 2.0 && py_ratio.is_none_or(|r| r >= 10.0)).to_owned(),
+    })
+}
+
+fn queue(python: &Python) -> Row {
+    let py = python.run("queue");
+    Row {
+        workload: "Queue, 1 producer → 1 consumer, u64 messages".to_owned(),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: "n/a (needs the ipc issue)".to_owned(),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!(
+                "{} items: {} ({})",
+                fmt_count(p.items),
+                fmt_time(p.median),
+                fmt_rate(p.items / p.median)
+            )
+        }),
+        ratio: "—".to_owned(),
+        target: "≥ 4× Python".to_owned(),
+        ok: "n/a".to_owned(),
+    }
+}
+
+fn futures(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
+    let n = sizes.futures;
+    progress(&format!("submit + as_completed, {n} tiny tasks"));
+    let mut mp = Vec::new();
+    for _ in 0..sizes.rounds {
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..n).map(|i| pool.submit(inc, i)).collect();
+        let mut sum = 0u64;
+        for (_, r) in as_completed(tasks) {
+            sum += r?;
+        }
+        mp.push(t.elapsed().as_secs_f64());
+        if sum != n * (n + 1) / 2 {
+            return Err("submit(x + 1) returned wrong results".into());
+        }
+    }
+    let py = python.run("futures");
+    let mp = median(&mp);
+    let py_ratio = py.as_ref().map(|p| p.median / p.items / (mp / n as f64));
+    Ok(Row {
+        workload: format!(
+            "`submit` + `as_completed`, {} tiny tasks",
+            fmt_count(n as f64)
+        ),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: format!("{} ({})", fmt_time(mp), fmt_rate(n as f64 / mp)),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!(
+                "{} ({}, ProcessPoolExecutor)",
+                fmt_time(p.median),
+                fmt_rate(p.items / p.median)
+            )
+        }),
+        ratio: py_ratio.map_or("—".to_owned(), |r| format!("{r:.1}× Python")),
+        target: "≥ 10× Python".to_owned(),
+        ok: mark(py_ratio.is_none_or(|r| r >= 10.0)).to_owned(),
+    })
+}
+
+// ---- memory -----------------------------------------------------------------
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn status_field(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// Resident memory of every child process of this one (the pool's workers).
+fn idle_worker_rss() -> Vec<u64> {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut rss = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let is_child = status
+            .lines()
+            .any(|l| l.strip_prefix("PPid:").is_some_and(|p| p.trim() == me));
+        if is_child {
+            if let Some(r) = status_field(pid, "VmRSS") {
+                rss.push(r);
+            }
+        }
+    }
+    rss
+}
+
+/// In a fresh process: maps `x + 1` over a `Vec` of 10 M `u64` and prints
+/// the peak resident memory (`VmHWM`) and the resident memory before.
+fn peak_map_child() -> Result<(), BoxError> {
+    let n: u64 = std::env::var("MULTIPROC_BENCH_N")?.parse()?;
+    let pool = Pool::new(WORKERS)?;
+    let input: Vec<u64> = (0..n).collect();
+    let before = status_field("self", "VmRSS").unwrap_or(0);
+    let out = pool.map(inc, input)?;
+    black_box(&out);
+    let peak = status_field("self", "VmHWM").ok_or("no VmHWM in /proc/self/status")?;
+    println!("{peak} {before}");
+    Ok(())
+}
+
+fn memory(sizes: &Sizes, python: &Python, idle: Vec<u64>) -> Result<Row, BoxError> {
+    progress("peak memory of map over 10M u64");
+    let n = sizes.map;
+    let out = Command::new(std::env::current_exe()?)
+        .env(ROLE, "peak-map")
+        .env("MULTIPROC_BENCH_N", n.to_string())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("the peak-map process failed: {}", out.status).into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(peak)), Some(Ok(before))) = (fields.next(), fields.next()) else {
+        return Err(format!("unexpected output from the peak-map process: {text:?}").into());
+    };
+    let py = python.run("rss");
+    let worker = idle.iter().copied().max().unwrap_or(0);
+    let limit = 2 * (2 * 8 * n); // 2 × (input + output)
+    let ok = !idle.is_empty() && worker <= 4 << 20 && peak <= limit;
+    Ok(Row {
+        workload: format!(
+            "memory: idle worker RSS; parent peak RSS of `map` over {} u64",
+            fmt_count(n as f64)
+        ),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: format!(
+            "worker {}; parent peak {} ({} before the map)",
+            idle.iter()
+                .map(|&r| mib(r as f64))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            mib(peak as f64),
+            mib(before as f64),
+        ),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!("worker {} (fork context)", mib(p.items))
+        }),
+        ratio: format!(
+            "peak = {:.2}× (input + output)",
+            peak as f64 / (2 * 8 * n) as f64
+        ),
+        target: "worker ≤ 4 MiB; peak ≤ 2× (input + output)".to_owned(),
+        ok: mark(ok).to_owned(),
+    })
+}
+
+// ---- the machine ------------------------------------------------------------
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
