@@ -14,6 +14,7 @@ compile_error!(
 mod child;
 mod error;
 mod fdpass;
+mod manager;
 mod pipe;
 mod pool;
 mod process;
@@ -24,6 +25,7 @@ mod wire;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
+pub use manager::{Manager, SharedList, SharedMap};
 pub use pipe::{PipeEnd, pipe};
 pub use pool::{
     AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed,
