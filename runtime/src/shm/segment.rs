@@ -1,0 +1,450 @@
+//! [`Segment`]: a `memfd` mapped `MAP_SHARED`, the storage under every
+//! shared-memory type.
+//!
+//! A segment has no name in any file system: nothing is left in `/dev/shm`
+//! or the temp dir when a process crashes, and the memory is freed with the
+//! last descriptor and mapping. Clones share one mapping (an [`Arc`]); a
+//! segment sent to a worker travels as its descriptor (see
+//! [`fdpass`](crate::fdpass)) plus its length, and the worker maps it again.
+//!
+//! Every segment is sealed against growing and shrinking
+//! (`F_SEAL_GROW | F_SEAL_SHRINK`), so no process can truncate it under a
+//! mapping (which would turn reads into `SIGBUS`). A read-only segment
+//! (made by [`Segment::sealed_copy`]) is also sealed against writes
+//! (`F_SEAL_WRITE`): its bytes can never change again, in any process.
+
+use std::ffi::CStr;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::fdpass;
+
+/// Seals every segment carries: its size is fixed.
+const SIZE_SEALS: libc::c_int = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
+
+/// A shared mapping of a `memfd`. Cheap to clone (one [`Arc`]).
+#[derive(Clone)]
+pub(crate) struct Segment {
+    map: Arc<Mapping>,
+}
+
+struct Mapping {
+    /// Start of the mapping; dangling (and never dereferenced) when
+    /// `len == 0`.
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; every
+// access through a `Segment` is either atomic or covered by the safety
+// contract of the unsafe accessor that hands out the pointer.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("fd", &self.map.fd.as_raw_fd())
+            .field("len", &self.map.len)
+            .field("writable", &self.map.writable)
+            .finish()
+    }
+}
+
+fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a NUL-terminated name; checked below.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_len(fd: &OwnedFd, len: usize) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    // SAFETY: plain ftruncate on our descriptor.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn add_seals(fd: &OwnedFd, seals: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl(F_ADD_SEALS) on our descriptor.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn seals(fd: &OwnedFd) -> io::Result<libc::c_int> {
+    // SAFETY: fcntl(F_GET_SEALS) only inspects the descriptor.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(seals)
+}
+
+fn file_len(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: fstat writes into the zeroed stat we pass.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st
+    };
+    Ok(st.st_size as u64)
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+impl Segment {
+    /// Creates a zeroed, writable segment of `len` bytes.
+    ///
+    /// # Errors
+    ///
+    /// If the `memfd` cannot be created, sized, sealed or mapped (out of
+    /// memory, descriptor limit, `len` too large).
+    pub(crate) fn create(name: &CStr, len: usize) -> io::Result<Segment> {
+        let fd = memfd(name)?;
+        set_len(&fd, len)?;
+        add_seals(&fd, SIZE_SEALS)?;
+        Segment::map(fd, len, true)
+    }
+
+    /// Creates a read-only segment holding a copy of `bytes`, sealed against
+    /// any further change (`F_SEAL_WRITE`).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Segment::create).
+    pub(crate) fn sealed_copy(name: &CStr, bytes: &[u8]) -> io::Result<Segment> {
+        let fd = memfd(name)?;
+        set_len(&fd, bytes.len())?;
+        // Written with write(2), never through a writable mapping, so that
+        // F_SEAL_WRITE can be added afterwards.
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes)?;
+        let fd = OwnedFd::from(file);
+        add_seals(&fd, SIZE_SEALS | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL)?;
+        Segment::map(fd, bytes.len(), false)
+    }
+
+    /// Maps a segment received from another process, checking that it is
+    /// `len` bytes long and sealed against resizing.
+    ///
+    /// # Errors
+    ///
+    /// If the descriptor is not such a segment, or cannot be mapped.
+    pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Segment> {
+        if file_len(&fd)? != len as u64 {
+            return Err(invalid("a shared segment arrived with the wrong length"));
+        }
+        let seals = seals(&fd)?;
+        if seals & SIZE_SEALS != SIZE_SEALS {
+            return Err(invalid("a shared segment arrived without its size seals"));
+        }
+        let writable = seals & libc::F_SEAL_WRITE == 0;
+        Segment::map(fd, len, writable)
+    }
+
+    fn map(fd: OwnedFd, len: usize, writable: bool) -> io::Result<Segment> {
+        let ptr = if len == 0 {
+            NonNull::dangling()
+        } else {
+            let prot = if writable {
+                libc::PROT_READ | libc::PROT_WRITE
+            } else {
+                libc::PROT_READ
+            };
+            // SAFETY: a fresh shared mapping of `len` bytes of a file that is
+            // exactly `len` bytes long and sealed against shrinking; checked
+            // for MAP_FAILED below.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    prot,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| invalid("mmap returned null"))?
+        };
+        Ok(Segment {
+            map: Arc::new(Mapping {
+                ptr,
+                len,
+                writable,
+                fd,
+            }),
+        })
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len
+    }
+
+    /// `false` for a segment sealed against writes.
+    pub(crate) fn is_writable(&self) -> bool {
+        self.map.writable
+    }
+
+    /// Start of the mapping (page-aligned). Dangling when the segment is
+    /// empty. Valid as long as this segment (or a clone) lives.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.map.ptr.as_ptr()
+    }
+
+    /// The `memfd`.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.map.fd.as_fd()
+    }
+
+    /// `true` if both handles share one mapping.
+    pub(crate) fn same_mapping(&self, other: &Segment) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
+    }
+
+    /// Panics unless `[offset, offset + size)` is inside the segment and
+    /// `offset` is a multiple of `align`.
+    fn check(&self, offset: usize, size: usize, align: usize) {
+        let end = offset.checked_add(size).expect("offset overflows");
+        assert!(
+            end <= self.len(),
+            "range {offset}..{end} is outside a segment of {} bytes",
+            self.len()
+        );
+        assert!(
+            offset % align == 0,
+            "offset {offset} is not aligned to {align}"
+        );
+    }
+
+    /// The `u32` at `offset`, as an atomic.
+    ///
+    /// # Panics
+    ///
+    /// If the word is outside the segment or misaligned, or the segment is
+    /// read-only.
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(self.is_writable(), "atomics need a writable segment");
+        self.check(offset, 4, 4);
+        // SAFETY: in bounds and aligned (checked), inside a writable shared
+        // mapping that lives as long as `&self`; any bit pattern is a valid
+        // AtomicU32, and all accesses to shared words are atomic.
+        unsafe { &*self.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The `u64` at `offset`, as an atomic.
+    ///
+    /// # Panics
+    ///
+    /// As [`atomic_u32`](Segment::atomic_u32).
+    pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(self.is_writable(), "atomics need a writable segment");
+        self.check(offset, 8, 8);
+        // SAFETY: as in `atomic_u32`.
+        unsafe { &*self.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    fn atomic_u8(&self, offset: usize) -> &AtomicU8 {
+        self.check(offset, 1, 1);
+        // SAFETY: in bounds (checked) inside a writable shared mapping (only
+        // called for writable segments); any bit pattern is a valid AtomicU8.
+        unsafe { &*self.as_ptr().add(offset).cast::<AtomicU8>() }
+    }
+
+    /// Copies `src` into the segment at `offset` with relaxed atomic stores
+    /// (eight bytes at a time where aligned), so that it is sound even while
+    /// other processes access the same bytes; they may see a torn mix of old
+    /// and new bytes unless the caller orders the accesses (a lock, or a
+    /// release store of an index after the copy).
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the segment, or the segment is read-only.
+    pub(crate) fn copy_in(&self, offset: usize, src: &[u8]) {
+        assert!(self.is_writable(), "cannot write a sealed segment");
+        self.check(offset, src.len(), 1);
+        let mut i = 0;
+        while i < src.len() {
+            let at = offset + i;
+            if at % 8 == 0 && src.len() - i >= 8 {
+                let word = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
+                self.atomic_u64(at).store(word, Ordering::Relaxed);
+                i += 8;
+            } else {
+                self.atomic_u8(at).store(src[i], Ordering::Relaxed);
+                i += 1;
+            }
+        }
+    }
+
+    /// Copies bytes of the segment at `offset` into `dst` with relaxed
+    /// atomic loads; see [`copy_in`](Segment::copy_in).
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the segment.
+    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len(), 1);
+        if !self.is_writable() {
+            // SAFETY: in bounds (checked); a sealed segment's bytes never
+            // change, so a plain copy races with nothing.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.as_ptr().add(offset),
+                    dst.as_mut_ptr(),
+                    dst.len(),
+                );
+            }
+            return;
+        }
+        let mut i = 0;
+        while i < dst.len() {
+            let at = offset + i;
+            if at % 8 == 0 && dst.len() - i >= 8 {
+                let word = self.atomic_u64(at).load(Ordering::Relaxed);
+                dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+                i += 8;
+            } else {
+                dst[i] = self.atomic_u8(at).load(Ordering::Relaxed);
+                i += 1;
+            }
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmapping the mapping made in `Segment::map`, once; no
+            // reference into it outlives the last `Segment` clone.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+/// Serialises as `(descriptor, length)`; see [`fdpass`].
+impl Serialize for Segment {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Fd<'a>(BorrowedFd<'a>);
+        impl Serialize for Fd<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                fdpass::serialize_fd(self.0, s)
+            }
+        }
+        let mut t = serializer.serialize_tuple(2)?;
+        t.serialize_element(&Fd(self.fd()))?;
+        t.serialize_element(&(self.len() as u64))?;
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Segment {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Segment, D::Error> {
+        struct Fd(OwnedFd);
+        impl<'de> Deserialize<'de> for Fd {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Fd, D::Error> {
+                fdpass::deserialize_fd(d).map(Fd)
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Segment;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a shared memory segment (descriptor, length)")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Segment, A::Error> {
+                let Fd(fd) = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let len: u64 = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let len = usize::try_from(len).map_err(de::Error::custom)?;
+                Segment::from_fd(fd, len).map_err(de::Error::custom)
+            }
+        }
+        deserializer.deserialize_tuple(2, V)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Sends `value` through postcard + the descriptor table, as a task
+    /// argument would travel.
+    pub(crate) fn round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+        let (bytes, fds) = fdpass::capture(|| postcard::to_stdvec(value).unwrap());
+        fdpass::with_table(fds, || postcard::from_bytes(&bytes).unwrap())
+    }
+
+    #[test]
+    fn a_sent_segment_maps_the_same_memory() {
+        let a = Segment::create(c"test", 4096).unwrap();
+        let b = round_trip(&a);
+        assert!(!a.same_mapping(&b));
+        assert_ne!(a.as_ptr(), b.as_ptr());
+        a.atomic_u64(8).store(42, Ordering::SeqCst);
+        assert_eq!(b.atomic_u64(8).load(Ordering::SeqCst), 42);
+        b.copy_in(13, b"hello, shared world");
+        let mut got = [0u8; 19];
+        a.copy_out(13, &mut got);
+        assert_eq!(&got, b"hello, shared world");
+    }
+
+    #[test]
+    fn sealed_segments_stay_read_only() {
+        let s = Segment::sealed_copy(c"test", b"abc").unwrap();
+        assert!(!s.is_writable());
+        let r = round_trip(&s);
+        assert!(!r.is_writable());
+        let mut got = [0u8; 3];
+        r.copy_out(0, &mut got);
+        assert_eq!(&got, b"abc");
+        // Writes through the descriptor are refused by the kernel.
+        let mut f = std::fs::File::from(s.fd().try_clone_to_owned().unwrap());
+        assert!(f.write_all(b"x").is_err());
+        let empty = Segment::sealed_copy(c"test", b"").unwrap();
+        assert_eq!(round_trip(&empty).len(), 0);
+    }
+
+    #[test]
+    fn a_resizable_memfd_is_refused() {
+        let fd = memfd(c"test").unwrap();
+        set_len(&fd, 64).unwrap();
+        assert!(Segment::from_fd(fd, 64).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "outside a segment")]
+    fn out_of_bounds_atomics_panic() {
+        let s = Segment::create(c"test", 64).unwrap();
+        let _ = s.atomic_u64(64);
+    }
+}
