@@ -1,12 +1,20 @@
-//! The fault matrix of RELIABILITY.md, the faults a process can inject into
-//! itself: crash retries, per-task timeouts, an unknown worker name, the
-//! memory guard, the control channel's shape, and a stress run with panics
-//! and random SIGKILLs. (Faults that need a whole program — the parent
-//! SIGKILLed, Ctrl-C, resource hygiene, bounded memory — are in
-//! `tests/programs/tests/reliability.rs`.)
+//! The fault matrix of RELIABILITY.md, through real worker processes:
+//! crash retries, per-task timeouts, an unknown worker name, the memory
+//! guard, the control channel's shape, a stress run with panics and random
+//! SIGKILLs, and — in helper processes of their own — the parent SIGKILLed,
+//! Ctrl-C, resource hygiene and bounded memory.
+//!
+//! Crash kinds in a batch, initializer failures, `max_tasks_per_worker`,
+//! cancel, `wait_timeout` and codec errors are proven in `errors.rs`,
+//! `pool.rs` and `tasks.rs`; the forged child marker in `tests/programs`.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use multiproc::{ErrorKind, ExitReason, Pool, Worker, worker};
@@ -442,10 +450,24 @@ fn max_worker_memory_replaces_a_leaking_worker() {
             "pid {pid} ran {n} leaking items (at most {most})"
         );
     }
-    // Retired workers are reaped.
-    let live = pool.map(pid_of, 0..4).unwrap();
-    for pid in served.keys().filter(|p| !live.contains(p)) {
-        assert_eq!(process_state(*pid), None, "retired worker {pid} lingers");
+    // Retired workers are reaped (a retiring worker may take a moment to
+    // exit after its last result came back).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let live = workers_of("max_worker_memory_replaces_a_leaking_worker");
+        let lingering: Vec<u32> = served
+            .keys()
+            .copied()
+            .filter(|p| !live.contains(p) && process_state(*p).is_some())
+            .collect();
+        if lingering.is_empty() && live.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retired workers linger: {lingering:?}; live: {live:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -684,4 +706,543 @@ fn stress(test: &str, n: u64, kills: u64) {
 #[multiproc::test]
 fn stress_one_million_with_panics_and_kills() {
     stress("stress_one_million_with_panics_and_kills", 1_000_000, 10);
+}
+
+// ---------------------------------------------------------------------------
+// Faults that need a program of their own: the parent SIGKILLed, Ctrl-C,
+// resource hygiene, bounded memory.
+//
+// Each runs in a copy of this test binary started for one `helper_*` test
+// (the helpers use `Process`, which the helper programs of
+// `tests/programs` cannot reach through the facade). The helper tests are
+// ignored, and do nothing unless `HELPER` is set in their environment.
+
+/// Set in the environment of a helper process.
+const HELPER: &str = "MULTIPROC_RELIABILITY_HELPER";
+
+/// `true` in a helper process started by [`helper`].
+fn is_helper() -> bool {
+    std::env::var_os(HELPER).is_some()
+}
+
+/// This test binary, set to run only the helper test `name`.
+fn helper(name: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([name, "--exact", "--ignored", "--nocapture", "-q"])
+        .env(HELPER, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A helper process, SIGKILLed if the test ends before it does.
+struct Helper {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Helper {
+    fn start(mut cmd: Command) -> Helper {
+        let mut child = cmd.spawn().expect("start the helper process");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Helper {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The rest of the first line on stdout that starts with `prefix`.
+    fn line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Err(e) => panic!("no line {prefix:?} from the helper: {e:?}"),
+            }
+        }
+    }
+
+    /// Every remaining stdout line (the helper has ended).
+    fn rest(&self) -> Vec<String> {
+        self.lines.iter().collect()
+    }
+
+    /// Waits for the helper to end, at most `limit`.
+    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// What the helper (and its children) wrote on stderr, once all of them
+    /// closed it.
+    fn stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pid, ppid and start time of a live process (not a zombie).
+fn stat(pid: u32) -> Option<(char, u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
+    // cmajflt utime stime cutime cstime priority nice num_threads
+    // itrealvalue starttime
+    Some((
+        fields[0].chars().next()?,
+        fields[1].parse().ok()?,
+        fields[19].parse().ok()?,
+    ))
+}
+
+/// Direct children of this process, with their states.
+fn my_children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    let mut found: Vec<(u32, char)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let (state, ppid, _) = stat(pid)?;
+            (ppid == me).then_some((pid, state))
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+fn parse_pids(text: &str) -> Vec<u32> {
+    text.split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect()
+}
+
+/// Waits until none of `pids` (with their start times) runs any more: gone,
+/// or a zombie waiting for whoever they were reparented to, or the pid
+/// reused by a newer process. Returns how long that took, or the ones still
+/// running after `limit`.
+fn wait_all_gone(pids: &[(u32, u64)], limit: Duration) -> Result<Duration, Vec<u32>> {
+    let started = Instant::now();
+    loop {
+        let running: Vec<u32> = pids
+            .iter()
+            .filter(|&&(pid, start)| {
+                stat(pid).is_some_and(|(state, _, now)| state != 'Z' && now == start)
+            })
+            .map(|&(pid, _)| pid)
+            .collect();
+        if running.is_empty() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return Err(running);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[multiproc::test]
+#[ignore = "helper process of parent_sigkilled_takes_every_child_with_it"]
+fn helper_parent_killed() {
+    if !is_helper() {
+        return;
+    }
+    let pool = Pool::new(2).unwrap();
+    // Both workers busy, and a Process, when the SIGKILL comes.
+    let tasks: Vec<_> = (0..2).map(|_| pool.submit(nap, 60_000)).collect();
+    let process = Process::spawn(nap, 60_000).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let children = loop {
+        let children: Vec<u32> = my_children().into_iter().map(|(p, _)| p).collect();
+        if children.len() == 3 || Instant::now() > deadline {
+            break children;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(100)); // let the naps start
+    let text: Vec<String> = children.iter().map(u32::to_string).collect();
+    println!("process: {}", process.pid());
+    println!("children: {}", text.join(" "));
+    // The test SIGKILLs us long before this.
+    std::thread::sleep(FOREVER);
+    drop((tasks, process));
+}
+
+#[test]
+fn parent_sigkilled_takes_every_child_with_it() {
+    let mut helper = Helper::start(helper("helper_parent_killed"));
+    let process: u32 = helper.line("process: ").parse().unwrap();
+    let children = parse_pids(&helper.line("children: "));
+    assert_eq!(children.len(), 3, "two workers and a Process: {children:?}");
+    assert!(children.contains(&process), "{process} not in {children:?}");
+    let watched: Vec<(u32, u64)> = children
+        .iter()
+        .map(|&pid| {
+            let (state, ppid, start) = stat(pid).expect("the child is alive");
+            assert_ne!(state, 'Z', "child {pid} died early");
+            assert_eq!(ppid, helper.pid(), "{pid} is not the helper's child");
+            (pid, start)
+        })
+        .collect();
+    // SAFETY: kill has no memory-safety preconditions; the helper is our
+    // unreaped child.
+    let killed = unsafe { libc::kill(helper.pid() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0);
+    let status = helper
+        .wait(Duration::from_secs(5))
+        .expect("the helper died");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    match wait_all_gone(&watched, Duration::from_secs(1)) {
+        Ok(took) => eprintln!("every child gone {took:?} after the parent"),
+        Err(left) => panic!("still running 1 s after the parent was SIGKILLed: {left:?}"),
+    }
+}
+
+#[multiproc::test]
+#[ignore = "helper process of ctrl_c_stops_the_program_and_its_workers"]
+fn helper_ctrl_c() {
+    if !is_helper() {
+        return;
+    }
+    let pool = Pool::new(2).unwrap();
+    let workers: Vec<String> = pool
+        .map(pid_of, 0..2)
+        .unwrap()
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    let children: Vec<String> = my_children().iter().map(|(p, _)| p.to_string()).collect();
+    println!("children: {}", children.join(" "));
+    println!("workers: {}", workers.join(" "));
+    // 10,000 × 50 ms on 2 workers: over four minutes, unless interrupted.
+    let done = pool.map(nap, vec![50; 10_000]).map(|v| v.len());
+    println!("map ended: {done:?}");
+}
+
+#[test]
+fn ctrl_c_stops_the_program_and_its_workers() {
+    let mut cmd = helper("helper_ctrl_c");
+    // Its own process group, as a shell gives a foreground job.
+    cmd.process_group(0);
+    let mut helper = Helper::start(cmd);
+    let children = parse_pids(&helper.line("children: "));
+    let workers = parse_pids(&helper.line("workers: "));
+    assert_eq!(children.len(), 2, "{children:?}");
+    for w in &workers {
+        assert!(children.contains(w), "worker {w} not in {children:?}");
+    }
+    let watched: Vec<(u32, u64)> = children
+        .iter()
+        .map(|&pid| (pid, stat(pid).expect("a live worker").2))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // mid-map
+    let pgid = helper.pid() as libc::pid_t;
+    let sent = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions; the group is the
+    // helper's, which is our unreaped child.
+    let interrupted = unsafe { libc::kill(-pgid, libc::SIGINT) };
+    assert_eq!(interrupted, 0);
+    let status = helper.wait(Duration::from_secs(2));
+    let took = sent.elapsed();
+    let status = status.unwrap_or_else(|| panic!("still running {took:?} after Ctrl-C"));
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    if let Err(left) = wait_all_gone(&watched, Duration::from_secs(1)) {
+        panic!("workers still running 1 s after Ctrl-C: {left:?}");
+    }
+    let rest = helper.rest();
+    assert!(rest.iter().all(|l| !l.starts_with("map ended")), "{rest:?}");
+    let stderr = helper.stderr();
+    for noise in ["panicked", "backtrace", "RUST_BACKTRACE", "multiproc:"] {
+        assert!(!stderr.contains(noise), "stderr says {noise:?}:\n{stderr}");
+    }
+}
+
+/// What a process holds that a leak would grow.
+#[derive(Debug, PartialEq)]
+struct Resources {
+    fds: usize,
+    threads: usize,
+    temp_dir: Vec<String>,
+    dev_shm: Vec<String>,
+    zombies: Vec<u32>,
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+impl Resources {
+    fn now() -> Resources {
+        Resources {
+            fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
+            threads: std::fs::read_dir("/proc/self/task").unwrap().count(),
+            temp_dir: names(&std::env::temp_dir()),
+            dev_shm: names(Path::new("/dev/shm")),
+            zombies: my_children()
+                .into_iter()
+                .filter(|&(_, state)| state == 'Z')
+                .map(|(pid, _)| pid)
+                .collect(),
+        }
+    }
+}
+
+#[multiproc::test]
+#[ignore = "helper process of resource_hygiene_over_many_pools_and_processes"]
+fn helper_resource_hygiene() {
+    if !is_helper() {
+        return;
+    }
+    let cycles: usize = std::env::var("CYCLES").unwrap().parse().unwrap();
+    let me = std::process::id();
+    let before = Resources::now();
+    let started = Instant::now();
+    for _ in 0..cycles {
+        let pool = Pool::new(2).unwrap();
+        assert_ne!(pool.apply(pid_of, 0).unwrap(), me);
+    }
+    let pools = started.elapsed();
+    for _ in 0..cycles {
+        let process = Process::spawn(pid_of, 0).unwrap();
+        let pid = process.pid();
+        assert_eq!(process.join().unwrap(), pid);
+    }
+    let processes = started.elapsed() - pools;
+    eprintln!("{cycles} pools: {pools:?}; {cycles} processes: {processes:?}");
+    // A joined Process's supervising thread may still be on its way out.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut after = Resources::now();
+    while after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        after = Resources::now();
+    }
+    println!("fds: {} -> {}", before.fds, after.fds);
+    println!("threads: {} -> {}", before.threads, after.threads);
+    println!(
+        "temp dir entries: {} -> {}",
+        before.temp_dir.len(),
+        after.temp_dir.len()
+    );
+    println!(
+        "/dev/shm entries: {} -> {}",
+        before.dev_shm.len(),
+        after.dev_shm.len()
+    );
+    println!(
+        "zombies: {} -> {}",
+        before.zombies.len(),
+        after.zombies.len()
+    );
+    assert_eq!(after, before);
+    assert_eq!(my_children(), [], "children outlive their pools");
+    println!("unchanged");
+}
+
+fn hygiene(cycles: usize) {
+    let temp = fresh_dir(&format!("hygiene-{cycles}"));
+    let mut cmd = helper("helper_resource_hygiene");
+    // A private temp dir: other programs do not write to it, and whatever
+    // the pool wrote to the temp dir would land there.
+    cmd.env("TMPDIR", &temp).env("CYCLES", cycles.to_string());
+    let mut helper = Helper::start(cmd);
+    let status = helper.wait(Duration::from_secs(120));
+    let stdout = helper.rest();
+    let stderr = helper.stderr();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\nstdout: {stdout:#?}\nstderr: {stderr}"
+    );
+    let report: Vec<&str> = stdout
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.contains(" -> ") || *l == "unchanged")
+        .collect();
+    assert_eq!(report.len(), 6, "{stdout:#?}");
+    for line in &report[..5] {
+        let (before, after) = line
+            .rsplit_once(": ")
+            .unwrap()
+            .1
+            .split_once(" -> ")
+            .unwrap();
+        assert_eq!(before, after, "{line}");
+    }
+    assert_eq!(report[4], "zombies: 0 -> 0");
+    assert_eq!(report[5], "unchanged");
+    assert_eq!(
+        names(&temp),
+        Vec::<String>::new(),
+        "the pools wrote to TMPDIR"
+    );
+    let _ = std::fs::remove_dir_all(&temp);
+}
+
+#[test]
+fn resource_hygiene_over_many_pools_and_processes() {
+    hygiene(100);
+}
+
+#[test]
+#[ignore = "slow: 1,000 pools and 1,000 processes; run with --include-ignored"]
+fn resource_hygiene_over_a_thousand_pools_and_processes() {
+    hygiene(1000);
+}
+
+/// Bytes of padding in each result of [`padded`].
+const PAD: usize = 256;
+
+/// Returns `x` and [`PAD`] bytes of padding, so that results piling up in
+/// the parent would show in its memory. (A `String`: serde copies it in one
+/// piece, where a `Vec<u8>` goes byte by byte.)
+#[worker]
+fn padded(x: u64) -> (u64, String) {
+    (x, char::from(b'a' + (x % 26) as u8).to_string().repeat(PAD))
+}
+
+/// This process's resident memory, from `/proc/self/status`.
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+const ENDLESS_ITEMS: u64 = 1_000_000;
+
+#[multiproc::test]
+#[ignore = "helper process of imap_over_endless_input_keeps_memory_bounded"]
+fn helper_bounded_memory() {
+    if !is_helper() {
+        return;
+    }
+    let ordered = std::env::var("ORDERED").unwrap() == "1";
+    let pool = Pool::new(2).unwrap();
+    // Which results came back, allocated before the first measurement.
+    let mut seen = vec![0u64; 2 * ENDLESS_ITEMS as usize / 64];
+    let started = Instant::now();
+    let before = vm_rss_kib();
+    let mut peak = before;
+    let results: Box<dyn Iterator<Item = multiproc::Result<(u64, String)>>> = if ordered {
+        Box::new(pool.imap(padded, 0u64..))
+    } else {
+        Box::new(pool.imap_unordered(padded, 0u64..))
+    };
+    let mut n = 0u64;
+    for r in results.take(ENDLESS_ITEMS as usize) {
+        let (x, pad) = r.unwrap();
+        let letter = b'a' + (x % 26) as u8;
+        let ok =
+            pad.len() == PAD && pad.as_bytes()[0] == letter && pad.as_bytes()[PAD - 1] == letter;
+        assert!(ok, "wrong padding for item {x}");
+        if ordered {
+            assert_eq!(x, n, "out of order");
+        }
+        let (word, bit) = ((x / 64) as usize, 1 << (x % 64));
+        assert_eq!(seen[word] & bit, 0, "item {x} twice");
+        seen[word] |= bit;
+        n += 1;
+        // A slow consumer: a pause every 10,000 items, and two long stalls
+        // while the workers could run far ahead.
+        if n % 10_000 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+            peak = peak.max(vm_rss_kib());
+        }
+        if n == 1 || n == ENDLESS_ITEMS / 2 {
+            std::thread::sleep(Duration::from_millis(300));
+            peak = peak.max(vm_rss_kib());
+        }
+    }
+    assert_eq!(n, ENDLESS_ITEMS);
+    println!(
+        "{n} items in {:?}; rss {before} KiB, peak {peak} KiB, after {} KiB",
+        started.elapsed(),
+        vm_rss_kib()
+    );
+    println!("growth KiB: {}", peak.saturating_sub(before));
+}
+
+/// Runs 1,000,000 items of endless input through `imap` or
+/// `imap_unordered` with a slow consumer in a helper process; returns the
+/// growth of its resident memory in KiB.
+fn endless(ordered: bool) -> u64 {
+    let mut cmd = helper("helper_bounded_memory");
+    cmd.env("ORDERED", if ordered { "1" } else { "0" });
+    let mut helper = Helper::start(cmd);
+    let status = helper.wait(Duration::from_secs(120));
+    let stdout = helper.rest();
+    let stderr = helper.stderr();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\nstdout: {stdout:#?}\nstderr: {stderr}"
+    );
+    let growth = stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("growth KiB: "))
+        .unwrap_or_else(|| panic!("no growth in {stdout:#?}"))
+        .parse()
+        .unwrap();
+    eprintln!("{stdout:?}");
+    growth
+}
+
+#[test]
+fn imap_over_endless_input_keeps_memory_bounded() {
+    let growth = endless(true);
+    assert!(growth < 50 * 1024, "grew by {growth} KiB");
+}
+
+#[test]
+fn imap_unordered_over_endless_input_keeps_memory_bounded() {
+    let growth = endless(false);
+    assert!(growth < 50 * 1024, "grew by {growth} KiB");
 }
