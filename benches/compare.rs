@@ -501,7 +501,7 @@ fn apply(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
         ratio: format!(
             "{ratio:.2}× floor{}",
             py.as_ref().map_or(String::new(), |p| format!(
-                "; {:.1}× faster than Python",
+                "; {:.1}× Python's speed",
                 p.median / p.items / mp
             ))
         ),
