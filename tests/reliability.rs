@@ -352,6 +352,59 @@ fn task_timeout_applies_to_a_submitted_task() {
 }
 
 // ---------------------------------------------------------------------------
+// An initializer that starts failing after build()
+
+/// Initializer: records its run as item 0 in `dir`, and panics once
+/// `dir/fail` exists.
+#[worker]
+fn init_unless_told(dir: String) {
+    let dir = Path::new(&dir);
+    record_run(dir, 0);
+    assert!(!dir.join("fail").exists(), "told to fail");
+}
+
+#[multiproc::test]
+fn initializer_failing_in_replacements_gives_up_instead_of_looping() {
+    let dir = fresh_dir("init-gives-up");
+    let arg = dir.to_str().unwrap().to_owned();
+    let pool = Pool::builder()
+        .workers(1)
+        .initializer(init_unless_told, arg)
+        .build()
+        .unwrap();
+    assert_eq!(runs(&dir, 0).len(), 1);
+    std::fs::write(dir.join("fail"), "").unwrap();
+    // Kill the worker: every replacement's initializer now panics.
+    let err = pool
+        .apply(faulty, items(&dir, 2, 1, Fault::KillAlways).remove(1))
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err:?}");
+    let started = Instant::now();
+    let err = pool.apply(pid_of, 0).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err.kind(), ErrorKind::Spawn(_)), "{err:?}");
+    assert!(err.to_string().contains("told to fail"), "{err}");
+    // The pool stays failed, fast, and stops starting processes.
+    let started = Instant::now();
+    let again = pool.apply(pid_of, 0).unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(again.to_string(), err.to_string());
+    let attempts = runs(&dir, 0).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(runs(&dir, 0).len(), attempts, "still respawning");
+    assert!(
+        attempts <= 4,
+        "{attempts} initializer runs: 1 + at most 3 attempts"
+    );
+    drop(pool);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
 // A worker the child does not know
 
 /// A `Worker` written by hand, without `#[worker]`: it is not in the table
