@@ -18,6 +18,7 @@ mod manager;
 mod pipe;
 mod pool;
 mod process;
+mod queue;
 mod registry;
 mod shm;
 mod spawn;
@@ -31,6 +32,7 @@ pub use pool::{
     AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed,
 };
 pub use process::Process;
+pub use queue::{DEFAULT_BUFFER_BYTES, Queue};
 pub use worker::Worker;
 
 // Not public API. Used by generated code.
