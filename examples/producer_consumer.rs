@@ -33,7 +33,9 @@ fn consumer(tasks: Queue<u64>, results: Queue<(usize, u64, usize)>, worker_id: u
     for task in tasks.iter() {
         let start = task.expect("tasks decode");
         let count = (start..start + 10_000).filter(|&n| is_prime(n)).count();
-        results.put(&(worker_id, start, count)).expect("the result queue is open");
+        results
+            .put(&(worker_id, start, count))
+            .expect("the result queue is open");
         done += 1;
     }
     done
@@ -41,7 +43,9 @@ fn consumer(tasks: Queue<u64>, results: Queue<(usize, u64, usize)>, worker_id: u
 
 #[multiproc::entry]
 fn main() -> Result<(), multiproc::Error> {
-    let n_consumers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+    let n_consumers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
     let tasks: Queue<u64> = Queue::bounded(20)?; // like mp.Queue(maxsize=20)
     let results: Queue<(usize, u64, usize)> = Queue::unbounded()?;
     let started = Instant::now();
@@ -60,9 +64,15 @@ fn main() -> Result<(), multiproc::Error> {
     let mut all: Vec<(usize, u64, usize)> = results.iter().collect::<Result<_, _>>()?;
     all.sort_by_key(|&(_, start, _)| start);
 
-    println!("{n_consumers} consumers handled {per_consumer:?} tasks ({} in all)", all.len());
+    println!(
+        "{n_consumers} consumers handled {per_consumer:?} tasks ({} in all)",
+        all.len()
+    );
     for &(worker, start, count) in all.iter().take(3) {
-        println!("  block {start:>6}..{:<6} {count:>4} primes (consumer {worker})", start + 10_000);
+        println!(
+            "  block {start:>6}..{:<6} {count:>4} primes (consumer {worker})",
+            start + 10_000
+        );
     }
     let total: usize = all.iter().map(|&(_, _, c)| c).sum();
     println!("found {total} primes in {:.2?}", started.elapsed());
@@ -70,9 +80,16 @@ fn main() -> Result<(), multiproc::Error> {
     // Check: every task done exactly once, and the same count sequentially.
     assert_eq!(produced, 50);
     assert_eq!(all.len(), 50);
-    assert!(all.iter().map(|&(_, s, _)| s).eq((1..=50).map(|i| i * 10_000)));
+    assert!(
+        all.iter()
+            .map(|&(_, s, _)| s)
+            .eq((1..=50).map(|i| i * 10_000))
+    );
     let expected = (10_000..510_000u64).filter(|&n| is_prime(n)).count();
-    assert_eq!(total, expected, "the pipeline must find exactly the sequential count");
+    assert_eq!(
+        total, expected,
+        "the pipeline must find exactly the sequential count"
+    );
     println!("sequential check: {expected} primes ✓");
     Ok(())
 }
