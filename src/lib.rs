@@ -174,9 +174,9 @@
 
 pub use multiproc_macros::{entry, test, worker};
 pub use multiproc_runtime::{
-    AsCompleted, CodecSide, Error, ErrorKind, ExitReason, Imap, ImapUnordered, InitOutcome,
-    Manager, PipeEnd, Pool, PoolBuilder, Process, Queue, Result, SharedList, SharedMap, Task,
-    Worker, as_completed, pipe,
+    AsCompleted, CodecSide, Error, ErrorKind, ExitReason, Imap, ImapUnordered, Indexed,
+    InitOutcome, Manager, PipeEnd, Pool, PoolBuilder, Process, Queue, Result, SharedList,
+    SharedMap, Task, Worker, as_completed, pipe,
 };
 
 // Not public API. Used by generated code.

@@ -602,3 +602,22 @@ fn worker_names_are_module_paths() {
     assert_eq!(<square as Worker>::NAME, "pool::square");
     assert_eq!(<add as Worker>::NAME, "pool::add");
 }
+
+#[multiproc::test]
+fn indexed_imap_unordered_pairs_each_result_with_its_input_position() {
+    let pool = Pool::new(2).unwrap();
+    let mut got: Vec<(usize, u64)> = pool
+        .imap_unordered(sleep_ms, vec![30, 0, 10, 0])
+        .chunk_size(1)
+        .indexed()
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(0, 30), (1, 0), (2, 10), (3, 0)]);
+    let ordered: Vec<usize> = pool
+        .imap(sleep_ms, vec![0, 0, 0])
+        .indexed()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(ordered, vec![0, 1, 2]);
+}

@@ -29,7 +29,7 @@ pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
 pub use manager::{Manager, SharedList, SharedMap};
 pub use pipe::{PipeEnd, pipe};
 pub use pool::{
-    AsCompleted, Imap, ImapUnordered, InitOutcome, Pool, PoolBuilder, Task, as_completed,
+    AsCompleted, Imap, ImapUnordered, Indexed, InitOutcome, Pool, PoolBuilder, Task, as_completed,
 };
 pub use process::Process;
 pub use queue::{DEFAULT_BUFFER_BYTES, Queue};

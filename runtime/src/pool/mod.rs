@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-pub use stream::{Imap, ImapUnordered};
+pub use stream::{Imap, ImapUnordered, Indexed};
 pub use task::{AsCompleted, Task, as_completed};
 
 use job::{Failure, Job, Outcome, Queue, Runner, Sink};

@@ -389,6 +389,12 @@ macro_rules! stream_iterator {
                 self.inner.set_chunk_size(size);
                 self
             }
+
+            /// Yields each result together with the position of its item in
+            /// the input (the shape of [`as_completed`](crate::as_completed)).
+            pub fn indexed(self) -> Indexed<'p, W, I> {
+                Indexed { inner: self.inner }
+            }
         }
 
         impl<W: Worker, I: Iterator<Item = W::Args>> Iterator for $name<'_, W, I> {
@@ -426,4 +432,37 @@ stream_iterator! {
     /// item, in the order they finish, computed ahead in a bounded window.
     /// Use [`Error::item_index`] to tell which item an error belongs to.
     ImapUnordered
+}
+
+/// Iterator returned by [`Imap::indexed`] and [`ImapUnordered::indexed`]:
+/// `(position in the input, result)`.
+#[must_use = "iterators are lazy: nothing runs until you iterate"]
+pub struct Indexed<'p, W: Worker, I> {
+    inner: Stream<'p, W, I>,
+}
+
+impl<W: Worker, I: Iterator<Item = W::Args>> Iterator for Indexed<'_, W, I> {
+    type Item = (usize, Result<W::Output>);
+
+    fn next(&mut self) -> Option<(usize, Result<W::Output>)> {
+        self.inner
+            .next_item()
+            .map(|(i, r)| (usize::try_from(i).unwrap_or(usize::MAX), r))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.remaining_exact()
+    }
+}
+
+impl<W: Worker, I: ExactSizeIterator<Item = W::Args>> ExactSizeIterator for Indexed<'_, W, I> {}
+
+impl<W: Worker, I: Iterator<Item = W::Args>> FusedIterator for Indexed<'_, W, I> {}
+
+impl<W: Worker, I> std::fmt::Debug for Indexed<'_, W, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Indexed")
+            .field("worker", &W::NAME)
+            .finish_non_exhaustive()
+    }
 }
