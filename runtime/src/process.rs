@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::error::{CodecSide, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pool::driver::{batch_failure, encode_run, reap};
 use crate::pool::job::{Failure, Outcome, Reply, Runner};
 use crate::pool::stream::decode_single;
@@ -69,17 +69,7 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
             return Err(Error::new(ErrorKind::GuardMissing));
         }
         registry::validate()?;
-        let mut payload = Vec::new();
-        let (encoded, fds) = crate::fdpass::capture(|| wire::put_item(&mut payload, &args));
-        encoded.map_err(|message| {
-            Error::new(ErrorKind::Codec {
-                side: CodecSide::EncodeArgs,
-                worker: W::NAME.to_owned(),
-                index: None,
-                type_name: std::any::type_name::<W::Args>(),
-                message,
-            })
-        })?;
+        let (payload, fds) = wire::encode_call::<W>(&args)?;
         let slot = Arc::new(TaskSlot::new());
         let runner = Arc::new(Runner::default());
         let (started_tx, started_rx) = mpsc::channel();

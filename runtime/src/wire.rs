@@ -129,6 +129,32 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 }
 
+/// Encodes the arguments of one call of `W` as a single item, capturing
+/// the descriptors of any handles in them.
+///
+/// # Errors
+///
+/// [`Codec`](crate::ErrorKind::Codec) with side `EncodeArgs`.
+pub(crate) fn encode_call<W: Worker>(
+    args: &W::Args,
+) -> crate::Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>)> {
+    let mut payload = Vec::new();
+    let (encoded, fds) = crate::fdpass::capture(|| put_item(&mut payload, args));
+    encoded.map_err(|message| args_error::<W>(None, message))?;
+    Ok((payload, fds))
+}
+
+/// The error for arguments of `W` that could not be encoded.
+pub(crate) fn args_error<W: Worker>(index: Option<u64>, message: String) -> crate::Error {
+    crate::Error::new(crate::ErrorKind::Codec {
+        side: crate::CodecSide::EncodeArgs,
+        worker: W::NAME.to_owned(),
+        index,
+        type_name: type_name::<W::Args>(),
+        message,
+    })
+}
+
 /// Appends one item with raw bytes and a status.
 pub(crate) fn put_raw_item(out: &mut Vec<u8>, status: u8, body: &[u8]) {
     put_varint(out, (body.len() as u64) << 2 | u64::from(status));

@@ -21,7 +21,7 @@ use job::{Failure, Job, Outcome, Queue, Runner, Sink};
 use stream::{Chunking, Stream};
 use task::{Control, TaskSlot};
 
-use crate::error::{CodecSide, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::worker::Worker;
 use crate::{child, registry, wire};
 
@@ -181,24 +181,12 @@ impl PoolBuilder {
         W::Output: InitOutcome,
     {
         let _ = worker;
-        let mut payload = Vec::new();
-        let (encoded, fds) = crate::fdpass::capture(|| wire::put_item(&mut payload, &args));
-        let init = encoded
-            .map(|()| Initializer {
-                worker: W::NAME,
-                payload,
-                fds,
-                check: check_init::<W>,
-            })
-            .map_err(|message| {
-                Error::new(ErrorKind::Codec {
-                    side: CodecSide::EncodeArgs,
-                    worker: W::NAME.to_owned(),
-                    index: None,
-                    type_name: std::any::type_name::<W::Args>(),
-                    message,
-                })
-            });
+        let init = wire::encode_call::<W>(&args).map(|(payload, fds)| Initializer {
+            worker: W::NAME,
+            payload,
+            fds,
+            check: check_init::<W>,
+        });
         self.initializer = Some(init);
         self
     }
@@ -480,25 +468,18 @@ impl Pool {
     /// task.
     pub fn submit<W: Worker>(&self, worker: W, args: W::Args) -> Task<W::Output> {
         let _ = worker;
-        let mut payload = Vec::new();
-        let (encoded, fds) = crate::fdpass::capture(|| wire::put_item(&mut payload, &args));
-        if let Err(message) = encoded {
-            let slot = Arc::new(TaskSlot::new());
-            let task = Task::new(slot.clone(), Arc::new(Control::new()), W::NAME);
-            let error = Error::new(ErrorKind::Codec {
-                side: CodecSide::EncodeArgs,
-                worker: W::NAME.to_owned(),
-                index: None,
-                type_name: std::any::type_name::<W::Args>(),
-                message,
-            });
-            slot.fill(job::Reply {
-                first_index: None,
-                count: 1,
-                outcome: Outcome::Local(Some(error)),
-            });
-            return task;
-        }
+        let (payload, fds) = match wire::encode_call::<W>(&args) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                let slot = Arc::new(TaskSlot::new());
+                slot.fill(job::Reply {
+                    first_index: None,
+                    count: 1,
+                    outcome: Outcome::Local(Some(error)),
+                });
+                return Task::new(slot, Arc::new(Control::new()), W::NAME);
+            }
+        };
         let slot = Arc::new(TaskSlot::new());
         let control = Arc::new(Control::new());
         let job = Job {

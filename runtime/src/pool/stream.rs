@@ -195,13 +195,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     };
                     if let Err(message) = wire::put_item(&mut payload, &args) {
                         // This item fails alone; the batch goes on without it.
-                        encode_error = Some(Error::new(ErrorKind::Codec {
-                            side: CodecSide::EncodeArgs,
-                            worker: W::NAME.to_owned(),
-                            index: Some(first + count as u64),
-                            type_name: type_name::<W::Args>(),
-                            message,
-                        }));
+                        encode_error =
+                            Some(wire::args_error::<W>(Some(first + count as u64), message));
                         break;
                     }
                     count += 1;
