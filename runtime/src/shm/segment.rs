@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
@@ -42,6 +42,13 @@ struct Mapping {
     len: usize,
     writable: bool,
     fd: OwnedFd,
+    /// Process-shared mutexes in this mapping that a thread of this process
+    /// holds. A held robust mutex sits on its thread's robust list, which
+    /// glibc and the kernel walk through the mutex's memory: unmapping it
+    /// then would crash this process or hide the holder's death from
+    /// others, so the mapping is leaked instead (a guard that was
+    /// `mem::forget`-ten).
+    held_locks: AtomicUsize,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every
@@ -198,6 +205,7 @@ impl Segment {
                 len,
                 writable,
                 fd,
+                held_locks: AtomicUsize::new(0),
             }),
         })
     }
@@ -221,6 +229,18 @@ impl Segment {
     /// The `memfd`.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.map.fd.as_fd()
+    }
+
+    /// Records that this process now holds a mutex in the segment; the
+    /// mapping will not be unmapped until [`unlocked`](Segment::unlocked)
+    /// balances it.
+    pub(crate) fn locked(&self) {
+        self.map.held_locks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Balances a [`locked`](Segment::locked).
+    pub(crate) fn unlocked(&self) {
+        self.map.held_locks.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// `true` if both handles share one mapping.
@@ -340,7 +360,7 @@ impl Segment {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.len != 0 {
+        if self.len != 0 && *self.held_locks.get_mut() == 0 {
             // SAFETY: unmapping the mapping made in `Segment::map`, once; no
             // reference into it outlives the last `Segment` clone.
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };

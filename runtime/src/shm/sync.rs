@@ -69,6 +69,10 @@ const _: () = assert!(std::mem::align_of::<libc::pthread_mutex_t>() <= 8);
 ///
 /// Locking twice from one thread panics instead of deadlocking
 /// (`PTHREAD_MUTEX_ERRORCHECK`).
+///
+/// A mapping in which this process holds a mutex is never unmapped (it is
+/// leaked if a guard is forgotten): the thread's robust list runs through
+/// the mutex's memory.
 #[derive(Clone)]
 pub(crate) struct RawMutex {
     seg: Segment,
@@ -247,6 +251,17 @@ impl RawMutex {
         assert_eq!(rc, 0, "pthread_mutex_consistent failed");
     }
 
+    /// `pthread_mutex_lock`, retried on `EINTR`/`EAGAIN`.
+    fn raw_lock(&self) -> libc::c_int {
+        loop {
+            // SAFETY: an initialised process-shared mutex in a live mapping.
+            let rc = unsafe { libc::pthread_mutex_lock(self.raw()) };
+            if rc != libc::EINTR && rc != libc::EAGAIN {
+                return rc;
+            }
+        }
+    }
+
     /// Locks, blocking until the mutex is free.
     ///
     /// # Errors
@@ -258,16 +273,8 @@ impl RawMutex {
     ///
     /// If this thread already holds the mutex.
     pub(crate) fn lock(&self) -> Result<RawGuard<'_>, OwnerDied<'_>> {
-        loop {
-            // SAFETY: an initialised process-shared mutex in a live mapping.
-            let rc = unsafe { libc::pthread_mutex_lock(self.raw()) };
-            if rc == libc::EINTR || rc == libc::EAGAIN {
-                continue;
-            }
-            return self
-                .outcome(rc, "pthread_mutex_lock")
-                .map(|g| g.expect("a blocking lock returns a guard"));
-        }
+        self.outcome(self.raw_lock(), "pthread_mutex_lock")
+            .map(|g| g.expect("a blocking lock returns a guard"))
     }
 
     /// Locks if the mutex is free, else returns `Ok(None)` at once.
@@ -334,15 +341,16 @@ impl RawMutex {
     /// Locks again after a `RawCondvar` wait; returns whether the owner had
     /// died (the mutex is consistent again either way).
     fn relock(&self) -> bool {
-        match self.lock() {
-            Ok(guard) => {
-                std::mem::forget(guard);
-                false
-            }
-            Err(died) => {
-                std::mem::forget(died.into_guard());
+        match self.raw_lock() {
+            0 => false,
+            libc::EOWNERDEAD => {
+                self.make_consistent();
                 true
             }
+            rc => panic!(
+                "pthread_mutex_lock on a process-shared mutex failed: {}",
+                io::Error::from_raw_os_error(rc)
+            ),
         }
     }
 }
@@ -357,6 +365,7 @@ pub(crate) struct RawGuard<'a> {
 
 impl<'a> RawGuard<'a> {
     fn new(mutex: &'a RawMutex, recovered: bool) -> RawGuard<'a> {
+        mutex.seg.locked();
         RawGuard {
             mutex,
             recovered: Cell::new(recovered),
@@ -380,6 +389,7 @@ impl<'a> RawGuard<'a> {
 impl Drop for RawGuard<'_> {
     fn drop(&mut self) {
         self.mutex.unlock();
+        self.mutex.seg.unlocked();
     }
 }
 
