@@ -178,6 +178,10 @@ pub use multiproc_runtime::{
     InitOutcome, Manager, PipeEnd, Pool, PoolBuilder, Process, Queue, Result, SharedList,
     SharedMap, Task, Worker, as_completed, pipe,
 };
+pub use multiproc_runtime::{
+    Barrier, BarrierWaitResult, ChunkMut, Element, Event, IntElement, Lock, LockGuard, Semaphore,
+    SharedArray, SharedBytes, Value, ValueGuard,
+};
 
 // Not public API. Used by generated code.
 #[doc(hidden)]

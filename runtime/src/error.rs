@@ -210,6 +210,23 @@ pub enum ErrorKind {
         #[source]
         source: io::Error,
     },
+    /// The previous holder of a process-shared lock (a
+    /// [`Lock`](crate::Lock) or [`Value`](crate::Value)) died while holding
+    /// it. The lock has been made consistent and released: the next
+    /// `lock()` succeeds. The data it protected may be half-updated.
+    #[error(
+        "the previous holder of the lock died while holding it; the lock works again, but the data it guarded may be half-updated"
+    )]
+    OwnerDied,
+    /// A [`Barrier`](crate::Barrier) is broken: a party timed out or called
+    /// [`abort`](crate::Barrier::abort). Every waiter gets this error until
+    /// [`reset`](crate::Barrier::reset).
+    #[error("the barrier is broken (a party timed out or aborted it)")]
+    BarrierBroken,
+    /// Shared memory could not be created, mapped or received (out of
+    /// memory, too many descriptors, a handle that is not what it claims).
+    #[error("shared memory: {0}")]
+    SharedMemory(#[source] io::Error),
     /// The control channel to a worker broke in an unexpected way (a bug or a
     /// foreign process writing to it).
     #[error("protocol error on the control channel: {0}")]
@@ -259,6 +276,18 @@ impl Error {
     /// `true` if the task was cancelled.
     pub fn is_cancelled(&self) -> bool {
         matches!(*self.kind, ErrorKind::Cancelled { .. })
+    }
+
+    /// `true` if a process-shared lock's previous holder died holding it
+    /// ([`ErrorKind::OwnerDied`]).
+    pub fn is_owner_died(&self) -> bool {
+        matches!(*self.kind, ErrorKind::OwnerDied)
+    }
+
+    /// `true` if a [`Barrier`](crate::Barrier) is broken
+    /// ([`ErrorKind::BarrierBroken`]).
+    pub fn is_barrier_broken(&self) -> bool {
+        matches!(*self.kind, ErrorKind::BarrierBroken)
     }
 
     /// The panic message, if the task panicked.

@@ -33,6 +33,10 @@ pub use pool::{
 };
 pub use process::Process;
 pub use queue::{DEFAULT_BUFFER_BYTES, Queue};
+pub use shm::{
+    Barrier, BarrierWaitResult, ChunkMut, Element, Event, IntElement, Lock, LockGuard, Semaphore,
+    SharedArray, SharedBytes, Value, ValueGuard,
+};
 pub use worker::Worker;
 
 // Not public API. Used by generated code.

@@ -1,8 +1,14 @@
-//! Memory shared between a pool and its worker processes.
+//! Memory shared between processes: shared arrays, large immutable
+//! arguments, and process-shared locks, events, semaphores and barriers.
 //!
 //! Backed by `memfd` (Linux): nothing is left in `/dev/shm` or the temp dir
 //! when a process crashes, and the memory is gone with the last mapping.
+//! `unsafe` in this crate lives here; every block says why it is sound.
 
+mod array;
+mod bytes;
+mod element;
+mod primitives;
 mod progress;
 // Building blocks shared with other modules (the queue); not all of them
 // are used by the shm types themselves.
@@ -11,8 +17,27 @@ pub(crate) mod segment;
 #[allow(dead_code)]
 pub(crate) mod sync;
 
+pub use array::{ChunkMut, SharedArray};
+pub use bytes::SharedBytes;
+pub use element::{Element, IntElement};
+pub use primitives::{
+    Barrier, BarrierWaitResult, Event, Lock, LockGuard, Semaphore, Value, ValueGuard,
+};
 pub(crate) use progress::{Progress, monotonic_ns as progress_clock};
 #[allow(unused_imports)]
 pub(crate) use segment::Segment;
 #[allow(unused_imports)]
 pub(crate) use sync::{OwnerDied, RawCondvar, RawGuard, RawMutex};
+
+use crate::error::{Error, ErrorKind};
+
+/// Wraps an OS error of shared memory.
+pub(crate) fn shm_error(e: std::io::Error) -> Error {
+    Error::new(ErrorKind::SharedMemory(e))
+}
+
+/// Locks `mutex`, taking over (and making consistent) a mutex whose holder
+/// died: for bookkeeping whose critical sections only store whole words.
+pub(crate) fn lock_recovering(mutex: &RawMutex) -> RawGuard<'_> {
+    mutex.lock().unwrap_or_else(OwnerDied::into_guard)
+}

@@ -1,0 +1,131 @@
+//! [`SharedBytes`]: an immutable byte buffer in shared memory, for large
+//! worker arguments.
+
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::segment::Segment;
+use super::shm_error;
+use crate::error::Result;
+
+/// An immutable byte buffer in shared memory: passing it to a worker sends
+/// a descriptor, not the bytes, so a 64 MiB argument costs no copy through
+/// the socket (the worker maps the same pages).
+///
+/// The buffer is written once, when it is created, and then sealed by the
+/// kernel against any change (`F_SEAL_WRITE`, `F_SEAL_GROW`,
+/// `F_SEAL_SHRINK`): no process can write it again, so it is read as a
+/// plain `&[u8]` without locks. Clones share one mapping.
+///
+/// ```ignore
+/// #[worker]
+/// fn checksum(data: SharedBytes) -> u64 { data.iter().map(|&b| u64::from(b)).sum() }
+/// let big = SharedBytes::from_vec(vec![1u8; 64 << 20])?;
+/// let sum = Process::spawn(checksum, big.clone())?.join()?;
+/// ```
+#[derive(Clone)]
+pub struct SharedBytes {
+    seg: Segment,
+}
+
+impl SharedBytes {
+    /// Moves `bytes` into shared memory (one copy, into the kernel's pages;
+    /// the `Vec` is freed).
+    ///
+    /// # Errors
+    ///
+    /// [`SharedMemory`](crate::ErrorKind::SharedMemory) if the memory
+    /// cannot be created (out of memory, descriptor limit).
+    pub fn from_vec(bytes: Vec<u8>) -> Result<SharedBytes> {
+        SharedBytes::copy_from_slice(&bytes)
+    }
+
+    /// Copies `bytes` into shared memory.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_vec`](Self::from_vec).
+    pub fn copy_from_slice(bytes: &[u8]) -> Result<SharedBytes> {
+        let seg = Segment::sealed_copy(c"multiproc-bytes", bytes).map_err(shm_error)?;
+        Ok(SharedBytes { seg })
+    }
+
+    /// The bytes (also available through `Deref`).
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the segment is sealed against writes and resizing (checked
+        // on receipt in `deserialize`; set by `sealed_copy` on creation), so
+        // its `len` mapped bytes never change; the mapping lives as long as
+        // `&self`. For an empty segment the pointer is dangling but
+        // non-null and aligned, which a zero-length slice allows.
+        unsafe { std::slice::from_raw_parts(self.seg.as_ptr(), self.seg.len()) }
+    }
+}
+
+impl Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBytes")
+            .field("len", &self.seg.len())
+            .finish()
+    }
+}
+
+/// Serialises as a reference to the shared memory (its descriptor and
+/// length), never as the bytes.
+impl Serialize for SharedBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.seg.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let seg = Segment::deserialize(deserializer)?;
+        if seg.is_writable() {
+            return Err(serde::de::Error::custom(
+                "SharedBytes arrived as memory that is not sealed against writes",
+            ));
+        }
+        Ok(SharedBytes { seg })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::segment::tests::round_trip;
+
+    #[test]
+    fn bytes_arrive_intact() {
+        let b = SharedBytes::from_vec((0..=255u8).cycle().take(10_000).collect()).unwrap();
+        let r = round_trip(&b);
+        assert_eq!(&*r, &*b);
+        assert_eq!(r.len(), 10_000);
+        assert_eq!(r[300], 44);
+        assert!(round_trip(&SharedBytes::from_vec(Vec::new()).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn writable_memory_is_refused() {
+        let seg = Segment::create(c"test", 16).unwrap();
+        let (bytes, fds) = crate::fdpass::capture(|| postcard::to_stdvec(&seg).unwrap());
+        let got = crate::fdpass::with_table(fds, || {
+            postcard::from_bytes::<SharedBytes>(&bytes).map(|_| ())
+        });
+        assert!(got.is_err());
+    }
+}
