@@ -123,7 +123,7 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`SharedMemory`](ErrorKind::SharedMemory) if the memory cannot be
+    /// [`SharedMemory`](crate::ErrorKind::SharedMemory) if the memory cannot be
     /// created (out of memory, descriptor limit).
     pub fn zeroed(len: usize) -> Result<SharedArray<T>> {
         let bytes = len
@@ -351,7 +351,7 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`SharedMemory`](ErrorKind::SharedMemory) if 120 leases are already
+    /// [`SharedMemory`](crate::ErrorKind::SharedMemory) if 120 leases are already
     /// held (over all processes).
     ///
     /// # Panics
