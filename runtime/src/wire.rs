@@ -114,7 +114,12 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Most calls carry one varint byte: skip the memcpy call for those.
+        if let [byte] = data {
+            self.0.push(*byte);
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 
@@ -270,8 +275,12 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
         ));
     }
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf)?;
+    buf.reserve(len);
+    // `take` + `read_to_end` fills spare capacity without zeroing it first.
+    let got = r.take(len as u64).read_to_end(buf)?;
+    if got < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Some(buf[0]))
 }
 

@@ -364,28 +364,41 @@ fn stop(runner: &Runner, mut worker: Worker) {
     if !asked {
         runner.kill_if_running(None);
     }
-    // The child exits on SHUTDOWN or EOF; give it a moment, then insist.
-    for _ in 0..200 {
-        if let Ok(Some(_)) = worker.child.try_wait() {
-            runner.set_pid(None);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    // The child exits on SHUTDOWN or EOF: its end of the socket closes as it
+    // goes (no sleeping and polling), then it is reaped. A child that hangs
+    // on its way out gets two seconds, then SIGKILL.
+    let fd = worker.reader.get_ref().as_raw_fd();
+    let _ = spawn::wait_readable(fd, Duration::from_secs(2));
+    if wait_exit(&mut worker.child, Duration::from_secs(1)).is_none() {
+        runner.kill_if_running(None);
+        let _ = worker.child.wait();
     }
-    runner.kill_if_running(None);
     runner.set_pid(None);
-    let _ = worker.child.wait();
+}
+
+/// Polls for the exit of a child that is on its way out, with a short
+/// back-off (it usually takes microseconds). `None` if it is still alive
+/// after `limit`.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = Duration::from_micros(20);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// Waits for a child that is exiting and says how it ended.
 pub(crate) fn reap(child: &mut Child) -> ExitReason {
     // It closed its socket, so it is on its way out; do not trust it blindly.
-    for _ in 0..400 {
-        match child.try_wait() {
-            Ok(Some(status)) => return exit_reason(status),
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => return ExitReason::Unknown,
-        }
+    if let Some(status) = wait_exit(child, Duration::from_secs(2)) {
+        return exit_reason(status);
     }
     let _ = child.kill();
     child.wait().map(exit_reason).unwrap_or(ExitReason::Unknown)
