@@ -132,6 +132,26 @@
 //! process that dies fails only the item it was running; the items batched
 //! with it are run again, and the pool starts a new process. Nothing hangs.
 //!
+//! ## Processes, queues, pipes, shared state
+//!
+//! The rest of Python's toolbox, each handle passable to a worker as an
+//! ordinary argument (it travels as a file descriptor, not as a copy):
+//!
+//! * [`Process::spawn`] runs one call in a process of its own
+//!   (`join`, `join_timeout`, `kill`, `pid`).
+//! * [`Queue`] is a multi-producer, multi-consumer queue in shared memory;
+//!   [`Queue::close`] ends its consumers' loops, and `task_done`/`join` give
+//!   `JoinableQueue` semantics.
+//! * [`pipe`] gives two typed duplex [`PipeEnd`]s; a dead peer is an error,
+//!   never a hang.
+//! * [`SharedArray`] (numbers, atomic access, exclusive chunk leases),
+//!   [`SharedBytes`] (a large read-only buffer without a copy through the
+//!   socket), [`Value`], [`Lock`] (a dead holder is reported as
+//!   [`ErrorKind::OwnerDied`], never a deadlock), [`Event`], [`Semaphore`],
+//!   [`Barrier`].
+//! * [`Manager`] hosts a [`SharedMap`] and [`SharedList`] for several
+//!   processes (one round trip per operation).
+//!
 //! ## Testing
 //!
 //! A test binary has no `main` to put `#[entry]` on: use
@@ -168,8 +188,9 @@
 //! worker process, so it is reported as [`ErrorKind::WorkerDied`] (signal
 //! `SIGABRT`) rather than [`ErrorKind::Panic`].
 //!
-//! Processes, queues, pipes, shared memory and managers are planned; today
-//! the crate offers pools and tasks.
+//! Shared memory ([`SharedArray`], [`SharedBytes`], [`Value`]), the locks
+//! ([`Lock`], [`Event`], [`Semaphore`], [`Barrier`]) and [`Queue`] are
+//! Linux-only (memfd and futex).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use multiproc_macros::{entry, test, worker};
