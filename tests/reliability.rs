@@ -17,9 +17,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use multiproc::{ErrorKind, ExitReason, Pool, Worker, worker};
-// The facade does not re-export `Process` yet.
-use multiproc_runtime::Process;
+use multiproc::{ErrorKind, ExitReason, Pool, Process, Worker, worker};
 use serde::{Deserialize, Serialize};
 
 /// What `faulty` does when it meets the bad item.
@@ -765,10 +763,10 @@ fn stress_one_million_with_panics_and_kills() {
 // Faults that need a program of their own: the parent SIGKILLed, Ctrl-C,
 // resource hygiene, bounded memory.
 //
-// Each runs in a copy of this test binary started for one `helper_*` test
-// (the helpers use `Process`, which the helper programs of
-// `tests/programs` cannot reach through the facade). The helper tests are
-// ignored, and do nothing unless `HELPER` is set in their environment.
+// Each runs in a copy of this test binary started for one `helper_*` test,
+// so that no other test shares its process (its counts, its memory, its
+// children) and it can be killed whole. The helper tests are ignored, and
+// do nothing unless `HELPER` is set in their environment.
 
 /// Set in the environment of a helper process.
 const HELPER: &str = "MULTIPROC_RELIABILITY_HELPER";
