@@ -309,7 +309,7 @@ fn run() -> Result<(), BoxError> {
         rows.push(payload(&sizes, &python, &pool)?);
     }
     if want("queue") {
-        rows.push(queue(&python));
+        rows.push(queue(&sizes, &python)?);
     }
     if want("futures") {
         rows.push(futures(&sizes, &python, &pool)?);
@@ -730,13 +730,45 @@ fn payload(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError>
     })
 }
 
-fn queue(python: &Python) -> Row {
+/// Drains `n` messages from the queue; returns their sum.
+#[worker]
+fn drain_queue(q: multiproc::Queue<u64>, n: u64) -> u64 {
+    (0..n)
+        .map(|_| q.get().expect("the producer puts n messages"))
+        .sum()
+}
+
+fn queue(sizes: &Sizes, python: &Python) -> Result<Row, BoxError> {
+    // The same workload as the Python side: one consumer process, the
+    // parent puts n integers, the round ends when the consumer has them all.
+    let n = 200_000 / if sizes.quick { 10 } else { 1 };
+    progress(&format!("Queue 1 → 1, {n} u64 messages"));
+    let mut times = Vec::new();
+    for _ in 0..sizes.slow_rounds {
+        let q: multiproc::Queue<u64> = multiproc::Queue::unbounded()?;
+        let t = Instant::now();
+        let consumer = multiproc::Process::spawn(drain_queue, (q.clone(), n))?;
+        for i in 0..n {
+            q.put(&i)?;
+        }
+        let sum = consumer.join()?;
+        times.push(t.elapsed().as_secs_f64());
+        assert_eq!(sum, n * (n - 1) / 2);
+    }
+    let ours = median(&times);
+    let rate = n as f64 / ours;
     let py = python.run("queue");
-    Row {
+    let py_ratio = py.as_ref().map(|p| rate / (p.items / p.median));
+    Ok(Row {
         workload: "Queue, 1 producer → 1 consumer, u64 messages".to_owned(),
         sequential: "—".to_owned(),
         rayon: "—".to_owned(),
-        multiproc: "n/a (needs the ipc issue)".to_owned(),
+        multiproc: format!(
+            "{} items: {} ({})",
+            fmt_count(n as f64),
+            fmt_time(ours),
+            fmt_rate(rate)
+        ),
         python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
             format!(
                 "{} items: {} ({})",
@@ -745,10 +777,10 @@ fn queue(python: &Python) -> Row {
                 fmt_rate(p.items / p.median)
             )
         }),
-        ratio: "—".to_owned(),
+        ratio: py_ratio.map_or("—".to_owned(), |r| format!("{r:.1}× Python")),
         target: "≥ 4× Python".to_owned(),
-        ok: "n/a".to_owned(),
-    }
+        ok: py_ratio.map_or("—", |r| mark(r >= 4.0)).to_owned(),
+    })
 }
 
 fn futures(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {

@@ -105,6 +105,20 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
+/// Queue put + get in one process: the cost of the shared-memory ring
+/// itself (lock, copy, unlock; no waiting).
+fn queue(c: &mut Criterion) {
+    let mut g = c.benchmark_group("queue");
+    let q: multiproc::Queue<u64> = multiproc::Queue::unbounded().expect("a queue");
+    g.bench_function("put_get_u64", |b| {
+        b.iter(|| {
+            q.put(black_box(&42)).expect("put");
+            black_box(q.get().expect("get"))
+        });
+    });
+    g.finish();
+}
+
 #[multiproc::entry]
 fn main() {
     let mut c = Criterion::default().configure_from_args();
@@ -113,5 +127,6 @@ fn main() {
     batch(&mut c, &pool);
     drop(pool);
     codec(&mut c);
+    queue(&mut c);
     c.final_summary();
 }
