@@ -248,6 +248,59 @@ fn panics_are_not_retried() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A panic of a whole-batch `map` item: only its item is re-run when asked.
+#[worker]
+fn panic_always(x: u64) -> u64 {
+    if x == 7 {
+        panic!("item 7 always panics");
+    }
+    x
+}
+
+#[multiproc::test]
+fn retry_panics_reruns_only_the_panicked_items_when_asked() {
+    let dir = fresh_dir("retry-panics");
+    let pool = Pool::builder().workers(2).retry_panics(1).build().unwrap();
+    // Item 13 panics on its first run only: with one retry, every item is Ok.
+    let results: Vec<_> = pool
+        .imap(faulty, items(&dir, 30, 13, Fault::PanicFirstTime))
+        .chunk_size(5)
+        .indexed()
+        .collect();
+    for (i, r) in &results {
+        assert_eq!(r.as_ref().unwrap().0, 2 * *i as u64, "item {i}");
+    }
+    let pids = runs(&dir, 13);
+    assert_eq!(
+        pids.len(),
+        2,
+        "item 13 ran once, panicked, and ran once more"
+    );
+    // A submitted task is retried the same way.
+    let (x, _) = pool
+        .apply(
+            faulty,
+            items(&dir, 100, 99, Fault::PanicFirstTime).remove(99),
+        )
+        .unwrap();
+    assert_eq!(x, 198);
+    assert_eq!(runs(&dir, 99).len(), 2);
+    // A task that always panics is reported after its retries, with its index,
+    // and its batch neighbours are unaffected.
+    let pool = Pool::builder().workers(2).retry_panics(2).build().unwrap();
+    let results: Vec<_> = pool.imap(panic_always, 0..20u64).chunk_size(10).collect();
+    for (i, r) in results.iter().enumerate() {
+        if i == 7 {
+            let err = r.as_ref().unwrap_err();
+            assert_eq!(err.panic_message(), Some("item 7 always panics"));
+            assert_eq!(err.item_index(), Some(7));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------
 // task_timeout(d)
 

@@ -297,9 +297,6 @@ fn serve(
             return End::Died(in_flight);
         }
         runner.set_front(in_flight.front().map(|s| s.batch));
-        if let Some(control) = &front.job.control {
-            control.finish();
-        }
         if tag == wire::TAG_DONE {
             let elapsed_ns = cur.u64().unwrap_or(0);
             worker.done += u64::from(front.job.count);
@@ -308,15 +305,75 @@ fn serve(
                 worker.retiring = spawn::rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
             }
             let data = std::mem::take(&mut frame);
-            front.job.deliver(Outcome::Done {
-                data,
-                start: 1 + 16,
-                elapsed_ns,
-            });
+            deliver_done(shared, front.job, data, elapsed_ns);
         } else {
+            if let Some(control) = &front.job.control {
+                control.finish();
+            }
             front.job.deliver(Outcome::Failed(batch_failure(&frame)));
         }
     }
+}
+
+/// Hands a finished batch to its sink; with `retry_panics`, items that
+/// panicked go back to the queue instead (each alone) and the others are
+/// delivered in contiguous runs.
+fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64) {
+    const START: usize = 1 + 16;
+    let mut results: Vec<(bool, &[u8])> = Vec::new();
+    if job.panic_retries > 0 {
+        let mut rest = &data[START..];
+        while let Some((status, _, whole)) = wire::next_item(&mut rest) {
+            results.push((status == wire::ITEM_PANIC, whole));
+        }
+    }
+    if !results.iter().any(|&(p, _)| p) {
+        if let Some(control) = &job.control {
+            control.finish();
+        }
+        drop(results);
+        job.deliver(Outcome::Done {
+            data,
+            start: START,
+            elapsed_ns,
+        });
+        return;
+    }
+    let mut args = Vec::with_capacity(results.len());
+    let mut rest = &job.payload[..];
+    while let Some((_, _, whole)) = wire::next_item(&mut rest) {
+        args.push(whole);
+    }
+    let mut retry = Vec::new();
+    let mut run_start = 0;
+    for k in 0..=results.len() {
+        let ends_run = k == results.len() || results[k].0;
+        if ends_run && run_start < k {
+            let bytes: Vec<u8> = results[run_start..k]
+                .iter()
+                .flat_map(|&(_, w)| w.iter().copied())
+                .collect();
+            job.deliver_part(
+                run_start as u32,
+                (k - run_start) as u32,
+                Outcome::Done {
+                    data: bytes,
+                    start: 0,
+                    elapsed_ns,
+                },
+            );
+        }
+        if k < results.len() && results[k].0 {
+            let mut again = job.part(k as u32, args.get(k).map_or(&[][..], |a| a).to_vec());
+            again.panic_retries -= 1;
+            if let Some(control) = &again.control {
+                control.requeue();
+            }
+            retry.push(again);
+            run_start = k + 1;
+        }
+    }
+    shared.queue.requeue_front(retry);
 }
 
 /// Reads the next frame from the child. With a task time limit, watches the

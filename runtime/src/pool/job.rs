@@ -26,6 +26,8 @@ pub(crate) struct Job {
     pub(crate) abandoned: Option<Arc<AtomicBool>>,
     /// How many more times an item may be re-run after crashing its worker.
     pub(crate) retries: u32,
+    /// How many more times an item may be re-run after panicking.
+    pub(crate) panic_retries: u32,
     /// Descriptors that handles in the arguments refer to (shared by the
     /// parts of a split batch, whose indices stay valid).
     pub(crate) fds: Option<Arc<Vec<OwnedFd>>>,
@@ -49,6 +51,7 @@ impl Job {
             control: None,
             abandoned: self.abandoned.clone(),
             retries: self.retries,
+            panic_retries: self.panic_retries,
             fds: self.fds.clone(),
         };
         let mut first = self;
@@ -73,6 +76,42 @@ impl Job {
             .as_ref()
             .is_some_and(|a| a.load(Ordering::Relaxed))
             || self.control.as_ref().is_some_and(|c| c.is_settled())
+    }
+
+    /// A one-item job for item `k` of this batch, with its framed
+    /// arguments (the task's control goes with it when the batch is one call).
+    pub(crate) fn part(&self, k: u32, payload: Vec<u8>) -> Job {
+        Job {
+            worker: self.worker,
+            payload,
+            count: 1,
+            first_index: self.first_index.map(|i| i + u64::from(k)),
+            sink: self.sink.clone(),
+            control: if self.count == 1 {
+                self.control.clone()
+            } else {
+                None
+            },
+            abandoned: self.abandoned.clone(),
+            retries: self.retries,
+            panic_retries: self.panic_retries,
+            fds: self.fds.clone(),
+        }
+    }
+
+    /// Delivers the outcome of items `offset..offset + count` of this batch.
+    pub(crate) fn deliver_part(&self, offset: u32, count: u32, outcome: Outcome) {
+        let reply = Reply {
+            first_index: self.first_index.map(|i| i + u64::from(offset)),
+            count,
+            outcome,
+        };
+        match &self.sink {
+            Sink::Stream(tx) => {
+                let _ = tx.send(reply);
+            }
+            Sink::Task(slot) => slot.fill(reply),
+        }
     }
 
     pub(crate) fn deliver(&self, outcome: Outcome) {

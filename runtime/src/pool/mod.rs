@@ -43,6 +43,7 @@ pub(crate) struct PoolShared {
     pub(crate) test_name: Option<String>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) retries: u32,
+    pub(crate) panic_retries: u32,
     pub(crate) max_worker_rss: Option<u64>,
     runners: Vec<Arc<Runner>>,
     slots_alive: AtomicUsize,
@@ -107,6 +108,7 @@ pub struct PoolBuilder {
     max_tasks_per_worker: Option<u64>,
     task_timeout: Option<Duration>,
     retries: u32,
+    panic_retries: u32,
     max_worker_rss: Option<u64>,
 }
 
@@ -124,6 +126,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("max_tasks_per_worker", &self.max_tasks_per_worker)
             .field("task_timeout", &self.task_timeout)
             .field("retries", &self.retries)
+            .field("panic_retries", &self.panic_retries)
             .field("max_worker_rss", &self.max_worker_rss)
             .finish()
     }
@@ -223,6 +226,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Re-runs a task that panicked up to `n` more times (each time alone,
+    /// on whichever worker is free) before reporting the last
+    /// [`Panic`](ErrorKind::Panic): for flaky code. Default: `0` — a panic
+    /// is a result, not a crash, and is normally reported at once.
+    pub fn retry_panics(mut self, n: u32) -> Self {
+        self.panic_retries = n;
+        self
+    }
+
     /// Replaces a worker process whose resident memory exceeds `bytes`
     /// after a batch (a guard against leaks, like loky's): the worker
     /// finishes its batch, exits, and a fresh one takes its place.
@@ -258,6 +270,7 @@ impl PoolBuilder {
             test_name: child::current_test(),
             task_timeout: self.task_timeout,
             retries: self.retries,
+            panic_retries: self.panic_retries,
             max_worker_rss: self.max_worker_rss,
             runners: runners.clone(),
             slots_alive: AtomicUsize::new(workers),
@@ -329,6 +342,7 @@ impl Pool {
             max_tasks_per_worker: None,
             task_timeout: None,
             retries: 0,
+            panic_retries: 0,
             max_worker_rss: None,
         }
     }
@@ -491,6 +505,7 @@ impl Pool {
             control: Some(control.clone()),
             abandoned: None,
             retries: self.shared.retries,
+            panic_retries: self.shared.panic_retries,
             fds: Job::fd_table(fds),
         };
         self.shared.queue.push(job);

@@ -216,6 +216,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     control: None,
                     abandoned: Some(self.abandoned.clone()),
                     retries: self.pool.shared.retries,
+                    panic_retries: self.pool.shared.panic_retries,
                     fds: Job::fd_table(fds),
                 };
                 self.next_input += count as u64;
