@@ -621,3 +621,33 @@ fn indexed_imap_unordered_pairs_each_result_with_its_input_position() {
         .collect();
     assert_eq!(ordered, vec![0, 1, 2]);
 }
+
+#[multiproc::worker]
+fn slow_pid(x: u64) -> (u64, u32) {
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    (x, std::process::id())
+}
+
+#[multiproc::test]
+fn an_idle_worker_takes_half_of_a_busy_workers_batch() {
+    // Three equal batches on two workers: without stealing one worker would
+    // run two of them while the other idles. The idle one takes the back
+    // half of the last batch instead, and every item still runs once.
+    let pool = Pool::new(2).unwrap();
+    let out = pool.map_chunked(slow_pid, 0..300u64, 100).unwrap();
+    assert!(
+        out.iter().enumerate().all(|(i, &(x, _))| x == i as u64),
+        "every item once, in order"
+    );
+    let pids_of = |range: std::ops::Range<usize>| {
+        out[range]
+            .iter()
+            .map(|&(_, pid)| pid)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let split = (0..3)
+        .filter(|b| pids_of(b * 100..b * 100 + 100).len() > 1)
+        .count();
+    assert!(split >= 1, "no batch was shared between the two workers");
+    assert_ne!(pids_of(0..300).len(), 1);
+}

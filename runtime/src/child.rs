@@ -155,13 +155,16 @@ static PROGRESS: OnceLock<Progress> = OnceLock::new();
 
 thread_local! {
     static TIMED: Cell<bool> = const { Cell::new(false) };
+    static BATCH: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Records in the progress page that item `index` of the batch starts.
+/// Records in the progress page that item `index` of the batch starts;
+/// `false` if the parent asked to stop the batch before it.
 #[inline]
-pub(crate) fn item_started(index: u64) {
-    if let Some(p) = PROGRESS.get() {
-        p.begin_item(index, TIMED.with(Cell::get));
+pub(crate) fn item_started(index: u64) -> bool {
+    match PROGRESS.get() {
+        Some(p) => p.begin_item(BATCH.with(Cell::get), index, TIMED.with(Cell::get)),
+        None => true,
     }
 }
 
@@ -285,10 +288,12 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 wire::begin_frame(&mut out, wire::TAG_DONE);
                 out.extend_from_slice(&batch.to_le_bytes());
                 let timing_at = out.len();
-                out.extend_from_slice(&0u64.to_le_bytes());
+                out.extend_from_slice(&0u64.to_le_bytes()); // elapsed
+                out.extend_from_slice(&0u32.to_le_bytes()); // items run
                 let started = Instant::now();
                 if let Some(p) = PROGRESS.get() {
                     TIMED.with(|t| t.set(p.begin_batch(batch)));
+                    BATCH.with(|b| b.set(batch));
                 }
                 IN_TASK.with(|t| t.set(true));
                 let result = crate::fdpass::with_table(fds, || (entry.invoke())(payload, &mut out));
@@ -298,8 +303,9 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 }
                 let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 match result {
-                    Ok(()) => {
+                    Ok(ran) => {
                         out[timing_at..timing_at + 8].copy_from_slice(&elapsed.to_le_bytes());
+                        out[timing_at + 8..timing_at + 12].copy_from_slice(&ran.to_le_bytes());
                         wire::finish_frame(&mut out)?;
                         writer.write_all(&out)?;
                     }

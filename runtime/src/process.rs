@@ -198,7 +198,7 @@ fn supervise(
                 count: 1,
                 outcome: Outcome::Done {
                     data: std::mem::take(&mut frame),
-                    start: 1 + 16,
+                    start: wire::DONE_HEADER,
                     elapsed_ns: 0,
                 },
             });

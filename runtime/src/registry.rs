@@ -11,7 +11,7 @@ use crate::wire::invoke_batch;
 use crate::worker::Worker;
 
 /// Runs a batch of encoded argument items and appends the encoded results.
-pub(crate) type InvokeFn = fn(input: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
+pub(crate) type InvokeFn = fn(input: &[u8], out: &mut Vec<u8>) -> Result<u32, String>;
 
 /// One registered worker function: its name and how to run a batch of it.
 ///

@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
+
+/// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
+/// items start.
+pub(crate) const DONE_HEADER: usize = 1 + 8 + 8 + 4;
 
 // Parent → child.
 pub(crate) const TAG_RUN: u8 = 1;
@@ -190,12 +194,15 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, String
     }
 }
 
-/// Runs every item of a `RUN` body through worker `W` and appends one result
-/// item per argument item to `out`. Runs in the child.
-pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+/// Runs the items of a `RUN` body through worker `W` and appends one result
+/// item per argument item to `out`; returns how many it ran (all, unless
+/// the parent asked it to stop early). Runs in the child.
+pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, String> {
     let mut index = 0u64;
     while !input.is_empty() {
-        crate::child::item_started(index);
+        if !crate::child::item_started(index) {
+            break; // the parent took the rest of the batch for another worker
+        }
         index += 1;
         let Some((status, body, _)) = next_item(&mut input) else {
             return Err("truncated argument item".to_owned());
@@ -231,7 +238,7 @@ pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Re
             }
         }
     }
-    Ok(())
+    Ok(index as u32)
 }
 
 // ---- frames ---------------------------------------------------------------

@@ -62,13 +62,14 @@ enum End {
 
 pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<()>>) {
     let progress = match Progress::create() {
-        Ok(p) => p,
+        Ok(p) => Arc::new(p),
         Err(e) => {
             let _ = ready.send(Err(Error::new(ErrorKind::Spawn(e))));
             return;
         }
     };
     progress.set_want_time(shared.task_timeout.is_some());
+    runner.set_progress(progress.clone());
     let mut ready = Some(ready);
     let mut failures = 0;
     loop {
@@ -160,7 +161,7 @@ fn run_initializer(
         .and_then(|()| wire::read_frame(&mut worker.reader, &mut frame));
     match answer {
         Ok(Some(wire::TAG_DONE)) => {
-            let mut rest = &frame[1 + 16..];
+            let mut rest = &frame[wire::DONE_HEADER..];
             (init.check)(init.worker, &mut rest)
         }
         Ok(Some(wire::TAG_FAILED)) => Err(batch_failure(&frame).to_error(init.worker, None)),
@@ -239,7 +240,8 @@ fn serve(
                     break;
                 }
             }
-            let Some(job) = shared.queue.next(in_flight.is_empty()) else {
+            let steal = || shared.steal_for(runner);
+            let Some(job) = shared.queue.next(in_flight.is_empty(), &steal) else {
                 if in_flight.is_empty() {
                     return End::Shutdown;
                 }
@@ -252,7 +254,7 @@ fn serve(
                 }
             }
             if in_flight.is_empty() {
-                runner.set_front(Some(batch));
+                runner.set_front(Some((batch, job.count)));
             }
             let sent = encode_run(&mut buf, batch, job.worker, &job.payload, job.fds().len())
                 .and_then(|()| crate::fdpass::write_with_fds(&mut worker.writer, &buf, job.fds()));
@@ -296,16 +298,27 @@ fn serve(
             in_flight.push_front(front);
             return End::Died(in_flight);
         }
-        runner.set_front(in_flight.front().map(|s| s.batch));
+        runner.set_front(in_flight.front().map(|s| (s.batch, s.job.count)));
         if tag == wire::TAG_DONE {
             let elapsed_ns = cur.u64().unwrap_or(0);
-            worker.done += u64::from(front.job.count);
+            let ran = cur.u32().unwrap_or(front.job.count).min(front.job.count);
+            worker.done += u64::from(ran);
             worker.last_batch_ns = elapsed_ns;
             if let Some(limit) = shared.max_worker_rss {
                 worker.retiring = spawn::rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
             }
             let data = std::mem::take(&mut frame);
-            deliver_done(shared, front.job, data, elapsed_ns);
+            let job = if ran < front.job.count {
+                // Stopped early: another worker takes the rest.
+                let (head, tail) = split(front.job, ran);
+                shared.queue.requeue_front(tail.into_iter().collect());
+                head
+            } else {
+                Some(front.job)
+            };
+            if let Some(job) = job {
+                deliver_done(shared, job, data, elapsed_ns);
+            }
         } else {
             if let Some(control) = &front.job.control {
                 control.finish();
@@ -319,7 +332,7 @@ fn serve(
 /// panicked go back to the queue instead (each alone) and the others are
 /// delivered in contiguous runs.
 fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64) {
-    const START: usize = 1 + 16;
+    const START: usize = wire::DONE_HEADER;
     let mut results: Vec<(bool, &[u8])> = Vec::new();
     if job.panic_retries > 0 {
         let mut rest = &data[START..];

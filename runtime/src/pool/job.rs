@@ -198,6 +198,10 @@ impl Failure {
     }
 }
 
+/// A batch must have run this long before an idle worker takes half of
+/// what is left of it: short batches are not worth the round trip.
+const STEAL_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The per-driver view of the child it runs, so that other threads can kill
 /// it (task cancel, timeout, `terminate`) without racing the reaping.
 #[derive(Default)]
@@ -210,8 +214,13 @@ struct RunnerState {
     /// The live child, cleared before it is reaped so its pid is never reused
     /// under our feet.
     pid: Option<u32>,
-    /// The batch the child is running (the oldest one sent).
-    front: Option<u64>,
+    /// The batch the child is running (the oldest one sent): id, items, and
+    /// since when.
+    front: Option<(u64, u32, std::time::Instant)>,
+    /// Part of the front batch was already asked for by an idle worker.
+    stolen: bool,
+    /// The child's progress page.
+    progress: Option<Arc<crate::shm::Progress>>,
     /// Set when we killed the child on purpose.
     killed: bool,
 }
@@ -224,8 +233,58 @@ impl Runner {
         s.killed = false;
     }
 
-    pub(crate) fn set_front(&self, batch: Option<u64>) {
-        self.lock().front = batch;
+    pub(crate) fn set_progress(&self, progress: Arc<crate::shm::Progress>) {
+        self.lock().progress = Some(progress);
+    }
+
+    pub(crate) fn set_front(&self, front: Option<(u64, u32)>) {
+        let mut s = self.lock();
+        s.front = front.map(|(batch, count)| (batch, count, std::time::Instant::now()));
+        s.stolen = false;
+    }
+
+    /// Items of the running batch that have not started yet (`0` if it is
+    /// too young to be worth splitting or was split already).
+    pub(crate) fn stealable(&self) -> u64 {
+        let s = self.lock();
+        match (&s.front, &s.progress, s.pid) {
+            (Some((batch, count, since)), Some(progress), Some(_))
+                if !s.stolen && since.elapsed() >= STEAL_AFTER =>
+            {
+                let started = progress.running(*batch).map_or(0, |(item, _)| item + 1);
+                u64::from(*count).saturating_sub(started)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Asks the child to stop its running batch halfway through what is
+    /// left; the driver re-queues the rest when the child answers. `false`
+    /// if there is nothing left to split.
+    pub(crate) fn steal_half(&self) -> bool {
+        let mut s = self.lock();
+        let (Some((batch, count, _)), Some(progress), Some(_)) =
+            (s.front, s.progress.clone(), s.pid)
+        else {
+            return false;
+        };
+        if s.stolen {
+            return false;
+        }
+        let started = progress.running(batch).map_or(0, |(item, _)| item + 1);
+        let left = u64::from(count).saturating_sub(started);
+        if left < 2 {
+            return false;
+        }
+        progress.request_stop(batch, started + left.div_ceil(2));
+        s.stolen = true;
+        true
+    }
+
+    /// `true` while the child is running a batch.
+    pub(crate) fn is_busy(&self) -> bool {
+        let s = self.lock();
+        s.pid.is_some() && s.front.is_some()
     }
 
     /// `true` if the child was killed on purpose since it started.
@@ -237,7 +296,7 @@ impl Runner {
     pub(crate) fn kill_if_running(&self, batch: Option<u64>) -> bool {
         let mut s = self.lock();
         let Some(pid) = s.pid else { return false };
-        if batch.is_some() && s.front != batch {
+        if batch.is_some() && s.front.map(|(b, _, _)| b) != batch {
             return false;
         }
         s.killed = true;
@@ -327,8 +386,10 @@ impl Queue {
     }
 
     /// The next live job. Blocks while the queue is empty and open when
-    /// `block`; `None` when there is nothing (more) to do.
-    pub(crate) fn next(&self, block: bool) -> Option<Job> {
+    /// `block`; `None` when there is nothing (more) to do. While it waits,
+    /// `steal` may split another worker's batch (it returns whether other
+    /// workers are still busy, so that it is worth trying again soon).
+    pub(crate) fn next(&self, block: bool, steal: &dyn Fn() -> bool) -> Option<Job> {
         let mut s = self.lock();
         loop {
             if s.terminated {
@@ -343,7 +404,20 @@ impl Queue {
             if !block || s.closed {
                 return None;
             }
-            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+            drop(s);
+            let others_busy = steal();
+            s = self.lock();
+            if !s.jobs.is_empty() || s.closed || s.terminated {
+                continue;
+            }
+            s = if others_busy {
+                self.cond
+                    .wait_timeout(s, STEAL_AFTER)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            } else {
+                self.cond.wait(s).unwrap_or_else(|e| e.into_inner())
+            };
         }
     }
 

@@ -50,6 +50,27 @@ pub(crate) struct PoolShared {
 }
 
 impl PoolShared {
+    /// Called by an idle driver: splits the batch with the most items left
+    /// on another worker. Returns whether any other worker is busy.
+    pub(crate) fn steal_for(&self, me: &Runner) -> bool {
+        let mut best: Option<(&Arc<Runner>, u64)> = None;
+        let mut busy = false;
+        for r in &self.runners {
+            if std::ptr::eq(Arc::as_ptr(r), me) {
+                continue;
+            }
+            busy |= r.is_busy();
+            let left = r.stealable();
+            if left >= 2 && best.is_none_or(|(_, b)| left > b) {
+                best = Some((r, left));
+            }
+        }
+        if let Some((r, _)) = best {
+            r.steal_half();
+        }
+        busy
+    }
+
     /// A worker slot gave up restarting its process.
     pub(crate) fn slot_failed(&self, failure: Failure) {
         if self.slots_alive.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -22,6 +22,9 @@ struct Page {
     started_ns: AtomicU64,
     /// Non-zero when the parent wants `started_ns` kept up to date.
     want_time: AtomicU64,
+    /// `(batch as u32) << 32 | item`: the parent asks the child to stop the
+    /// batch before that item (work stealing); the rest is re-queued.
+    stop: AtomicU64,
 }
 
 const SIZE: usize = 4096;
@@ -124,6 +127,7 @@ impl Progress {
         p.batch.store(0, Ordering::Relaxed);
         p.item.store(IDLE, Ordering::Relaxed);
         p.started_ns.store(0, Ordering::Relaxed);
+        p.stop.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// Child: a batch starts. Returns whether items should be timestamped.
@@ -134,14 +138,30 @@ impl Progress {
         p.want_time.load(Ordering::Relaxed) != 0
     }
 
-    /// Child: item `index` of the current batch starts now.
+    /// Child: item `index` of batch `batch` starts now — unless the parent
+    /// asked to stop the batch at or before it: then `false`.
     #[inline]
-    pub(crate) fn begin_item(&self, index: u64, timed: bool) {
+    pub(crate) fn begin_item(&self, batch: u64, index: u64, timed: bool) -> bool {
         let p = self.page();
+        let stop = p.stop.load(Ordering::Relaxed);
+        if stop >> 32 == batch & 0xffff_ffff && index >= stop & 0xffff_ffff {
+            return false;
+        }
         if timed {
             p.started_ns.store(monotonic_ns(), Ordering::Relaxed);
         }
         p.item.store(index, Ordering::Release);
+        true
+    }
+
+    /// Parent: asks the child to stop `batch` before item `at`. Whatever
+    /// item the child is on when it sees this, it reports how many it ran,
+    /// and the parent re-queues the rest: no item is lost or run twice.
+    pub(crate) fn request_stop(&self, batch: u64, at: u64) {
+        self.page().stop.store(
+            (batch & 0xffff_ffff) << 32 | (at & 0xffff_ffff),
+            Ordering::Relaxed,
+        );
     }
 
     /// Child: the batch is done.
@@ -195,11 +215,18 @@ mod tests {
         parent.reset();
         parent.set_want_time(true);
         assert!(child.begin_batch(7));
-        child.begin_item(3, true);
+        assert!(child.begin_item(7, 3, true));
         let (item, started) = parent.running(7).unwrap();
         assert_eq!(item, 3);
         assert!(started > 0 && started <= monotonic_ns());
         assert_eq!(parent.running(8), None);
+        parent.request_stop(7, 5);
+        assert!(child.begin_item(7, 4, true));
+        assert!(!child.begin_item(7, 5, true), "stopped before item 5");
+        assert!(
+            child.begin_item(8, 5, true),
+            "the request was for batch 7 only"
+        );
         child.end_batch();
         assert_eq!(parent.running(7), None);
     }
