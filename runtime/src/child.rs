@@ -218,39 +218,26 @@ pub(crate) fn take_panic_report(payload: &(dyn std::any::Any + Send)) -> PanicRe
 }
 
 fn serve(stream: UnixStream) -> std::io::Result<()> {
-    // A reader thread drains the socket into memory, so that the parent can
-    // always finish writing its next batch while this thread writes a large
-    // result: without it, both sides could block on full socket buffers.
-    let (frames_tx, frames) =
-        std::sync::mpsc::sync_channel::<std::io::Result<(Vec<u8>, Vec<OwnedFd>)>>(4);
-    let read_half = stream.try_clone()?;
-    std::thread::Builder::new()
-        .name("multiproc-reader".to_owned())
-        .spawn(move || {
-            let mut reader = BufReader::with_capacity(64 * 1024, FdReader::new(read_half));
-            loop {
-                let mut frame = Vec::new();
-                let next = match wire::read_frame(&mut reader, &mut frame) {
-                    Ok(Some(wire::TAG_RUN)) => {
-                        // The handles in the arguments came with the frame.
-                        let n = frame
-                            .get(9..13)
-                            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-                        reader
-                            .get_mut()
-                            .take_fds(n as usize)
-                            .map(|fds| (frame, fds))
-                    }
-                    Ok(Some(_)) => Ok((frame, Vec::new())),
-                    Ok(None) => Ok((Vec::new(), Vec::new())),
-                    Err(e) => Err(e),
-                };
-                let end = !matches!(&next, Ok((f, _)) if !f.is_empty());
-                if frames_tx.send(next).is_err() || end {
-                    return;
-                }
+    // One thread reads, runs and writes. That cannot deadlock with the
+    // parent: it sends a second batch ahead only when that frame fits in
+    // the socket buffer (`driver::PIPELINE_MAX_BYTES`), so its write never
+    // blocks while this side is busy writing a large result.
+    let mut reader = BufReader::with_capacity(64 * 1024, FdReader::new(stream.try_clone()?));
+    let mut next_frame = move || -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let mut frame = Vec::new();
+        match wire::read_frame(&mut reader, &mut frame)? {
+            Some(wire::TAG_RUN) => {
+                // The handles in the arguments came with the frame.
+                let n = frame
+                    .get(9..13)
+                    .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                let fds = reader.get_mut().take_fds(n as usize)?;
+                Ok((frame, fds))
             }
-        })?;
+            Some(_) => Ok((frame, Vec::new())),
+            None => Ok((Vec::new(), Vec::new())),
+        }
+    };
     let mut writer = BufWriter::with_capacity(64 * 1024, stream);
     let mut out = Vec::new();
 
@@ -262,10 +249,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     writer.flush()?;
 
     loop {
-        let (frame, fds) = match frames.recv() {
-            Ok(frame) => frame?,
-            Err(_) => return Ok(()),
-        };
+        let (frame, fds) = next_frame()?;
         let Some(&tag) = frame.first() else {
             return Ok(()); // the parent went away or closed the pool
         };

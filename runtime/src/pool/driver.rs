@@ -25,6 +25,11 @@ use crate::wire::{self, BatchFailure};
 
 /// Batches sent to one child before its first answer.
 const PIPELINE_DEPTH: usize = 2;
+/// A second batch is sent ahead only if its frame is at most this large:
+/// well under a Unix socket's send buffer (about 208 KiB by default), so
+/// that writing it never blocks while the child is busy writing a result
+/// (the child reads, runs and writes on one thread).
+pub(crate) const PIPELINE_MAX_BYTES: usize = 64 * 1024;
 /// A second batch is sent ahead only while batches are this short: for
 /// longer ones the round trip does not matter, and holding a batch back
 /// keeps the load balanced at the end of a `map`.
@@ -241,7 +246,16 @@ fn serve(
                 }
             }
             let steal = || shared.steal_for(runner);
-            let Some(job) = shared.queue.next(in_flight.is_empty(), &steal) else {
+            // Ahead of a running batch, only a frame that cannot block.
+            let max_bytes = if in_flight.is_empty() {
+                usize::MAX
+            } else {
+                PIPELINE_MAX_BYTES - 1024
+            };
+            let Some(job) = shared
+                .queue
+                .next(runner.id, in_flight.is_empty(), max_bytes, &steal)
+            else {
                 if in_flight.is_empty() {
                     return End::Shutdown;
                 }
@@ -298,6 +312,7 @@ fn serve(
             in_flight.push_front(front);
             return End::Died(in_flight);
         }
+        let thief = runner.thief(); // before set_front forgets it
         runner.set_front(in_flight.front().map(|s| (s.batch, s.job.count)));
         if tag == wire::TAG_DONE {
             let elapsed_ns = cur.u64().unwrap_or(0);
@@ -309,8 +324,11 @@ fn serve(
             }
             let data = std::mem::take(&mut frame);
             let job = if ran < front.job.count {
-                // Stopped early: another worker takes the rest.
-                let (head, tail) = split(front.job, ran);
+                // Stopped early: the worker that asked for the rest takes it.
+                let (head, mut tail) = split(front.job, ran);
+                if let (Some(tail), Some(thief)) = (tail.as_mut(), thief) {
+                    tail.reserved = Some((thief, std::time::Instant::now()));
+                }
                 shared.queue.requeue_front(tail.into_iter().collect());
                 head
             } else {

@@ -31,6 +31,8 @@ pub(crate) struct Job {
     /// Descriptors that handles in the arguments refer to (shared by the
     /// parts of a split batch, whose indices stay valid).
     pub(crate) fds: Option<Arc<Vec<OwnedFd>>>,
+    /// Kept for the worker slot that stole it, for a short while.
+    pub(crate) reserved: Option<(usize, std::time::Instant)>,
 }
 
 impl Job {
@@ -53,6 +55,7 @@ impl Job {
             retries: self.retries,
             panic_retries: self.panic_retries,
             fds: self.fds.clone(),
+            reserved: None,
         };
         let mut first = self;
         first.payload.truncate(cut);
@@ -96,6 +99,7 @@ impl Job {
             retries: self.retries,
             panic_retries: self.panic_retries,
             fds: self.fds.clone(),
+            reserved: None,
         }
     }
 
@@ -202,10 +206,16 @@ impl Failure {
 /// what is left of it: short batches are not worth the round trip.
 const STEAL_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How long the stolen half of a batch waits for the worker that stole it
+/// before any worker may take it.
+const RESERVE_FOR: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The per-driver view of the child it runs, so that other threads can kill
 /// it (task cancel, timeout, `terminate`) without racing the reaping.
 #[derive(Default)]
 pub(crate) struct Runner {
+    /// Position of the worker slot in its pool.
+    pub(crate) id: usize,
     state: Mutex<RunnerState>,
 }
 
@@ -217,8 +227,9 @@ struct RunnerState {
     /// The batch the child is running (the oldest one sent): id, items, and
     /// since when.
     front: Option<(u64, u32, std::time::Instant)>,
-    /// Part of the front batch was already asked for by an idle worker.
-    stolen: bool,
+    /// Part of the front batch was already asked for by an idle worker:
+    /// the slot id of that worker.
+    thief: Option<usize>,
     /// The child's progress page.
     progress: Option<Arc<crate::shm::Progress>>,
     /// Set when we killed the child on purpose.
@@ -226,6 +237,14 @@ struct RunnerState {
 }
 
 impl Runner {
+    /// The runner of worker slot `id`.
+    pub(crate) fn new(id: usize) -> Runner {
+        Runner {
+            id,
+            ..Runner::default()
+        }
+    }
+
     pub(crate) fn set_pid(&self, pid: Option<u32>) {
         let mut s = self.lock();
         s.pid = pid;
@@ -240,7 +259,7 @@ impl Runner {
     pub(crate) fn set_front(&self, front: Option<(u64, u32)>) {
         let mut s = self.lock();
         s.front = front.map(|(batch, count)| (batch, count, std::time::Instant::now()));
-        s.stolen = false;
+        s.thief = None;
     }
 
     /// Items of the running batch that have not started yet (`0` if it is
@@ -249,7 +268,7 @@ impl Runner {
         let s = self.lock();
         match (&s.front, &s.progress, s.pid) {
             (Some((batch, count, since)), Some(progress), Some(_))
-                if !s.stolen && since.elapsed() >= STEAL_AFTER =>
+                if s.thief.is_none() && since.elapsed() >= STEAL_AFTER =>
             {
                 let started = progress.running(*batch).map_or(0, |(item, _)| item + 1);
                 u64::from(*count).saturating_sub(started)
@@ -261,14 +280,14 @@ impl Runner {
     /// Asks the child to stop its running batch halfway through what is
     /// left; the driver re-queues the rest when the child answers. `false`
     /// if there is nothing left to split.
-    pub(crate) fn steal_half(&self) -> bool {
+    pub(crate) fn steal_half(&self, thief: usize) -> bool {
         let mut s = self.lock();
         let (Some((batch, count, _)), Some(progress), Some(_)) =
             (s.front, s.progress.clone(), s.pid)
         else {
             return false;
         };
-        if s.stolen {
+        if s.thief.is_some() {
             return false;
         }
         let started = progress.running(batch).map_or(0, |(item, _)| item + 1);
@@ -277,8 +296,13 @@ impl Runner {
             return false;
         }
         progress.request_stop(batch, started + left.div_ceil(2));
-        s.stolen = true;
+        s.thief = Some(thief);
         true
+    }
+
+    /// The worker that asked for part of the running batch, if any.
+    pub(crate) fn thief(&self) -> Option<usize> {
+        self.lock().thief
     }
 
     /// `true` while the child is running a batch.
@@ -389,17 +413,33 @@ impl Queue {
     /// `block`; `None` when there is nothing (more) to do. While it waits,
     /// `steal` may split another worker's batch (it returns whether other
     /// workers are still busy, so that it is worth trying again soon).
-    pub(crate) fn next(&self, block: bool, steal: &dyn Fn() -> bool) -> Option<Job> {
+    ///
+    /// A job whose arguments are larger than `max_bytes` is left in the
+    /// queue (and `None` returned) — for sending ahead, only small frames.
+    pub(crate) fn next(
+        &self,
+        me: usize,
+        block: bool,
+        max_bytes: usize,
+        steal: &dyn Fn() -> bool,
+    ) -> Option<Job> {
         let mut s = self.lock();
         loop {
             if s.terminated {
                 return None;
             }
-            while let Some(job) = s.jobs.pop_front() {
-                if job.is_dropped() {
-                    continue;
+            s.jobs.retain(|job| !job.is_dropped());
+            // The first job not kept for another worker that stole it (a
+            // reservation lapses after RESERVE_FOR).
+            let pick = s.jobs.iter().position(|job| match job.reserved {
+                Some((owner, at)) => owner == me || at.elapsed() >= RESERVE_FOR,
+                None => true,
+            });
+            if let Some(i) = pick {
+                if s.jobs[i].payload.len() > max_bytes {
+                    return None;
                 }
-                return Some(job);
+                return s.jobs.remove(i);
             }
             if !block || s.closed {
                 return None;
@@ -407,7 +447,12 @@ impl Queue {
             drop(s);
             let others_busy = steal();
             s = self.lock();
-            if !s.jobs.is_empty() || s.closed || s.terminated {
+            if s.jobs
+                .iter()
+                .any(|j| j.reserved.is_none_or(|(o, _)| o == me))
+                || s.closed
+                || s.terminated
+            {
                 continue;
             }
             s = if others_busy {

@@ -66,7 +66,7 @@ impl PoolShared {
             }
         }
         if let Some((r, _)) = best {
-            r.steal_half();
+            r.steal_half(me.id);
         }
         busy
     }
@@ -283,7 +283,7 @@ impl PoolBuilder {
             0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             n => n,
         };
-        let runners: Vec<Arc<Runner>> = (0..workers).map(|_| Arc::new(Runner::default())).collect();
+        let runners: Vec<Arc<Runner>> = (0..workers).map(|id| Arc::new(Runner::new(id))).collect();
         let shared = Arc::new(PoolShared {
             queue: Queue::new(),
             initializer,
@@ -528,6 +528,7 @@ impl Pool {
             retries: self.shared.retries,
             panic_retries: self.shared.panic_retries,
             fds: Job::fd_table(fds),
+            reserved: None,
         };
         self.shared.queue.push(job);
         Task::new(slot, control, W::NAME)

@@ -218,6 +218,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     retries: self.pool.shared.retries,
                     panic_retries: self.pool.shared.panic_retries,
                     fds: Job::fd_table(fds),
+                    reserved: None,
                 };
                 self.next_input += count as u64;
                 self.open.insert(first, (self.next_input, count as u64));
