@@ -181,16 +181,13 @@
 //!
 //! # Platform support
 //!
-//! Unix only: Linux (x86-64, arm64) first, macOS best effort; other targets
-//! fail to compile with a message saying so. Worker processes are started by
+//! Linux only for now (x86-64, arm64): the runtime relies on memfd, futex,
+//! `prctl` and `SCM_RIGHTS`; other targets fail to compile with a message
+//! saying so (a macOS port is planned). Worker processes are started by
 //! re-executing the program (`/proc/self/exe` on Linux), never by `fork` of
 //! a running process. Under `panic = "abort"` a panicking task kills its
 //! worker process, so it is reported as [`ErrorKind::WorkerDied`] (signal
 //! `SIGABRT`) rather than [`ErrorKind::Panic`].
-//!
-//! Shared memory ([`SharedArray`], [`SharedBytes`], [`Value`]), the locks
-//! ([`Lock`], [`Event`], [`Semaphore`], [`Barrier`]) and [`Queue`] are
-//! Linux-only (memfd and futex).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use multiproc_macros::{entry, test, worker};

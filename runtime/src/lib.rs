@@ -6,9 +6,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 compile_error!(
-    "multiproc supports Unix (Linux first, macOS best effort); this target is not supported"
+    "multiproc supports Linux only for now (it relies on memfd, futex, prctl and SCM_RIGHTS); macOS is planned"
 );
 
 mod child;
