@@ -428,18 +428,32 @@ impl Queue {
             if s.terminated {
                 return None;
             }
-            s.jobs.retain(|job| !job.is_dropped());
-            // The first job not kept for another worker that stole it (a
-            // reservation lapses after RESERVE_FOR).
-            let pick = s.jobs.iter().position(|job| match job.reserved {
-                Some((owner, at)) => owner == me || at.elapsed() >= RESERVE_FOR,
-                None => true,
-            });
+            // Skip jobs nobody waits for; then take the first job not kept
+            // for another worker that stole it (a reservation lapses after
+            // RESERVE_FOR). Reserved jobs sit at the front, so the scan is
+            // short: it stops at the first job that is not reserved.
+            while s.jobs.front().is_some_and(Job::is_dropped) {
+                s.jobs.pop_front();
+            }
+            let mut pick = None;
+            for (i, job) in s.jobs.iter().enumerate() {
+                match job.reserved {
+                    Some((owner, at)) if owner != me && at.elapsed() < RESERVE_FOR => continue,
+                    _ => {
+                        pick = Some(i);
+                        break;
+                    }
+                }
+            }
             if let Some(i) = pick {
                 if s.jobs[i].payload.len() > max_bytes {
                     return None;
                 }
-                return s.jobs.remove(i);
+                let job = s.jobs.remove(i).expect("the index was just found");
+                if job.is_dropped() {
+                    continue;
+                }
+                return Some(job);
             }
             if !block || s.closed {
                 return None;
