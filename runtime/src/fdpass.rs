@@ -111,31 +111,50 @@ pub(crate) fn write_with_fds(
     buf: &[u8],
     fds: &[OwnedFd],
 ) -> io::Result<()> {
-    if fds.is_empty() {
-        return stream.write_all(buf);
-    }
-    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many handles in one frame",
-        ));
-    }
-    let sent = loop {
-        match rustix::net::sendmsg(
-            &*stream,
-            &[IoSlice::new(buf)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+    write_parts_with_fds(stream, &[buf], fds)
+}
+
+/// Writes `parts` back to back (one `writev`, no copy into one buffer),
+/// attaching `fds` to the first byte.
+pub(crate) fn write_parts_with_fds(
+    stream: &mut UnixStream,
+    parts: &[&[u8]],
+    fds: &[OwnedFd],
+) -> io::Result<()> {
+    let mut storage: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut slices = &mut storage[..];
+    if !fds.is_empty() {
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many handles in one frame",
+            ));
         }
-    };
-    stream.write_all(&buf[sent..])
+        let sent = loop {
+            match rustix::net::sendmsg(&*stream, slices, &mut control, SendFlags::NOSIGNAL) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+        IoSlice::advance_slices(&mut slices, sent);
+    }
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A reader that also collects descriptors sent with `SCM_RIGHTS`.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::driver::{batch_failure, encode_run, reap};
+use crate::pool::driver::{batch_failure, encode_run, reap, send_run};
 use crate::pool::job::{Failure, Outcome, Reply, Runner};
 use crate::pool::stream::decode_single;
 use crate::pool::task::TaskSlot;
@@ -189,7 +189,7 @@ fn supervise(
     let mut buf = Vec::new();
     let mut frame = Vec::new();
     let answer = encode_run(&mut buf, 1, worker, &payload, fds.len())
-        .and_then(|()| crate::fdpass::write_with_fds(&mut spawned.stream, &buf, &fds))
+        .and_then(|()| send_run(&mut spawned.stream, &buf, &payload, &fds))
         .and_then(|()| wire::read_frame(&mut reader, &mut frame));
     match answer {
         Ok(Some(wire::TAG_DONE)) => {

@@ -251,7 +251,13 @@ pub(crate) fn begin_frame(buf: &mut Vec<u8>, tag: u8) {
 
 /// Fills in the length of a frame built with [`begin_frame`].
 pub(crate) fn finish_frame(buf: &mut [u8]) -> io::Result<()> {
-    let body = buf.len() - 4;
+    finish_frame_with(buf, 0)
+}
+
+/// Fills in the length of a frame whose body continues with `more` bytes
+/// that are written separately (see `fdpass::write_parts_with_fds`).
+pub(crate) fn finish_frame_with(buf: &mut [u8], more: usize) -> io::Result<()> {
+    let body = buf.len() - 4 + more;
     let len = u32::try_from(body)
         .ok()
         .filter(|&l| (l as usize) <= MAX_FRAME)

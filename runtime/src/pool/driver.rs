@@ -162,7 +162,7 @@ fn run_initializer(
     let mut buf = Vec::new();
     encode_run(&mut buf, batch, init.worker, &init.payload, init.fds.len()).map_err(io_protocol)?;
     let mut frame = Vec::new();
-    let answer = crate::fdpass::write_with_fds(&mut worker.writer, &buf, &init.fds)
+    let answer = send_run(&mut worker.writer, &buf, &init.payload, &init.fds)
         .and_then(|()| wire::read_frame(&mut worker.reader, &mut frame));
     match answer {
         Ok(Some(wire::TAG_DONE)) => {
@@ -185,6 +185,8 @@ fn io_protocol(e: std::io::Error) -> Error {
     Error::new(ErrorKind::Protocol(e.to_string()))
 }
 
+/// Builds the head of a `RUN` frame in `buf`; the payload follows it on the
+/// wire without being copied next to it (see [`send_run`]).
 pub(crate) fn encode_run(
     buf: &mut Vec<u8>,
     batch: u64,
@@ -197,8 +199,17 @@ pub(crate) fn encode_run(
     buf.extend_from_slice(&(fds as u32).to_le_bytes());
     buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
     buf.extend_from_slice(worker.as_bytes());
-    buf.extend_from_slice(payload);
-    wire::finish_frame(buf)
+    wire::finish_frame_with(buf, payload.len())
+}
+
+/// Sends a `RUN` frame: the head built by [`encode_run`], then the payload.
+pub(crate) fn send_run(
+    stream: &mut UnixStream,
+    head: &[u8],
+    payload: &[u8],
+    fds: &[std::os::fd::OwnedFd],
+) -> std::io::Result<()> {
+    crate::fdpass::write_parts_with_fds(stream, &[head, payload], fds)
 }
 
 pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
@@ -271,7 +282,7 @@ fn serve(
                 runner.set_front(Some((batch, job.count)));
             }
             let sent = encode_run(&mut buf, batch, job.worker, &job.payload, job.fds().len())
-                .and_then(|()| crate::fdpass::write_with_fds(&mut worker.writer, &buf, job.fds()));
+                .and_then(|()| send_run(&mut worker.writer, &buf, &job.payload, job.fds()));
             if let Err(e) = sent {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     // Frame too large: this job alone fails.

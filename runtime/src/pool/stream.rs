@@ -120,6 +120,8 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     next_yield: u64,
     /// Items yielded so far.
     yielded: u64,
+    /// Encoded size of an item in the last batch, to size the next buffer.
+    bytes_per_item: usize,
     /// Items that failed to encode, waiting for their turn.
     pending_errors: VecDeque<Error>,
     abandoned: Arc<AtomicBool>,
@@ -146,6 +148,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             current: None,
             next_yield: 0,
             yielded: 0,
+            bytes_per_item: 2,
             pending_errors: VecDeque::new(),
             abandoned: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
@@ -183,6 +186,13 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             };
             let mut payload = std::mem::take(&mut self.buf);
             payload.clear();
+            // Size the buffer from the last batch's bytes per item, so that
+            // encoding does not reallocate (and copy) as it grows.
+            payload.reserve(
+                (limit.min(MAX_BATCH_ITEMS * 16))
+                    .saturating_mul(self.bytes_per_item)
+                    .min(MAX_BATCH_BYTES + 1024),
+            );
             let first = self.next_input;
             let ((count, encode_error, exhausted), fds) = crate::fdpass::capture(|| {
                 let mut count = 0usize;
@@ -205,6 +215,9 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             });
             if exhausted {
                 self.input = None;
+            }
+            if let Some(per_item) = payload.len().checked_div(count) {
+                self.bytes_per_item = per_item.max(1);
             }
             if count > 0 {
                 let job = Job {
