@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{BufReader, BufWriter, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::PanicHookInfo;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,34 +84,47 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     // function, in a test binary filtered to that one test), before user code
     // has started threads that could read the environment concurrently.
     unsafe { std::env::remove_var(MARKER) };
-    let (fd, progress_fd) = match parse_marker(&marker.to_string_lossy()) {
-        Ok(fds) => fds,
+    let parent = match parse_marker(&marker.to_string_lossy()) {
+        Ok(parent) => parent,
         Err(msg) => bad_marker(&msg),
     };
-    // SAFETY: `fcntl` and `fstat` only inspect the descriptor; a closed or
-    // foreign descriptor makes them fail, which we report.
+    // Die with the thread that spawned us (the worker's driver, which lives
+    // as long as the pool), even if it is SIGKILLed; then make sure that
+    // thread's process is still our parent (it may have died before the
+    // prctl, and a hand-made marker names some other process).
+    // SAFETY: prctl and getppid have no memory-safety preconditions.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    // SAFETY: as above.
+    if unsafe { libc::getppid() } as u32 != parent {
+        bad_marker(&format!(
+            "it names process {parent} as the parent, which is not this process's parent"
+        ));
+    }
+    // SAFETY: fstat only inspects descriptor 0; a closed or foreign
+    // descriptor makes it fail, which we report.
     let is_socket = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+        libc::fstat(0, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
     };
     if !is_socket {
-        bad_marker(&format!("fd {fd} is not an inherited control socket"));
+        bad_marker("its stdin is not a control socket");
     }
-    // Do not leak the control socket into processes the worker starts.
-    // SAFETY: plain fcntl on a descriptor we just checked.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: the parent handed this descriptor to us alone; nothing else in
-    // this process owns it.
+    // Move the control socket off stdin (close-on-exec, so processes the
+    // worker starts do not inherit it) and give stdin /dev/null, as before.
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we just checked.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        bad_marker(&format!(
+            "its control socket cannot be moved: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto descriptor 0, which we have duplicated above.
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) };
+    }
+    // SAFETY: `fd` is the fresh duplicate; nothing else owns it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    // SAFETY: as above; `from_inherited` checks that it is a progress page.
-    match unsafe { Progress::from_inherited(progress_fd) } {
-        Ok(progress) => {
-            // SAFETY: fcntl on the descriptor the mapping keeps open.
-            unsafe { libc::fcntl(progress.raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-            let _ = PROGRESS.set(progress);
-        }
-        Err(e) => bad_marker(&format!("fd {progress_fd} is not a progress page: {e}")),
-    }
     // Ctrl-C goes to the whole process group: the parent decides what
     // happens (if it dies, so do we); workers do not print or die on it.
     // SAFETY: setting a signal disposition to SIG_IGN.
@@ -131,24 +144,19 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     std::process::exit(code)
 }
 
-fn parse_marker(marker: &str) -> Result<(RawFd, RawFd), String> {
-    let mut parts = marker.split(':');
-    let (Some(version), Some(fd), Some(progress), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(format!("malformed value {marker:?}"));
-    };
+fn parse_marker(marker: &str) -> Result<u32, String> {
+    let (version, parent) = marker
+        .split_once(':')
+        .ok_or_else(|| format!("malformed value {marker:?}"))?;
     if version != wire::PROTOCOL_VERSION.to_string() {
         return Err(format!(
             "protocol {version} from the parent, this binary speaks {}",
             wire::PROTOCOL_VERSION
         ));
     }
-    let parse = |s: &str| {
-        s.parse::<RawFd>()
-            .map_err(|_| format!("malformed value {marker:?}"))
-    };
-    Ok((parse(fd)?, parse(progress)?))
+    parent
+        .parse()
+        .map_err(|_| format!("malformed value {marker:?}"))
 }
 
 static PROGRESS: OnceLock<Progress> = OnceLock::new();
@@ -234,12 +242,29 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let fds = reader.get_mut().take_fds(n as usize)?;
                 Ok((frame, fds))
             }
+            Some(wire::TAG_SETUP) => {
+                let fds = reader.get_mut().take_fds(1)?;
+                Ok((frame, fds))
+            }
             Some(_) => Ok((frame, Vec::new())),
             None => Ok((Vec::new(), Vec::new())),
         }
     };
     let mut writer = BufWriter::with_capacity(64 * 1024, stream);
     let mut out = Vec::new();
+
+    // The first frame brings the progress page.
+    let (setup, mut fds) = next_frame()?;
+    if setup.first() != Some(&wire::TAG_SETUP) || fds.len() != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "expected the setup frame",
+        ));
+    }
+    let page = fds.pop().expect("one descriptor");
+    // SAFETY: we own `page`; `from_inherited` checks it is a progress page.
+    let progress = unsafe { Progress::from_inherited(std::os::fd::IntoRawFd::into_raw_fd(page)) }?;
+    let _ = PROGRESS.set(progress);
 
     wire::begin_frame(&mut out, wire::TAG_HELLO);
     out.extend_from_slice(&wire::PROTOCOL_VERSION.to_le_bytes());

@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -55,8 +55,6 @@ fn exe() -> &'static (PathBuf, Option<OsString>) {
 /// silent before it says hello.
 pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Result<Spawned> {
     let (parent_end, child_end) = UnixStream::pair()?;
-    let child_fd = child_end.as_raw_fd();
-    let progress_fd = progress.raw_fd();
     let (path, arg0) = exe();
     let mut cmd = Command::new(path);
     if let Some(arg0) = arg0 {
@@ -64,9 +62,13 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
     }
     cmd.env(
         MARKER,
-        format!("{}:{child_fd}:{progress_fd}", wire::PROTOCOL_VERSION),
+        format!("{}:{}", wire::PROTOCOL_VERSION, std::process::id()),
     );
-    cmd.stdin(Stdio::null());
+    // The control socket is the child's stdin: the one descriptor `Command`
+    // can hand over without a `pre_exec` hook, which would force a `fork()`
+    // of this whole process instead of `posix_spawn` (slow for a large
+    // parent). The child moves it off fd 0 and puts /dev/null there.
+    cmd.stdin(Stdio::from(OwnedFd::from(child_end)));
     if let Some(name) = test {
         // libtest prints its own banner on stdout; keep the test output clean.
         cmd.args([
@@ -79,41 +81,18 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
         ]);
         cmd.stdout(Stdio::null());
     }
-    #[cfg(target_os = "linux")]
-    // SAFETY: `getpid` is async-signal-safe and runs before the fork.
-    let parent_pid = unsafe { libc::getpid() };
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (fcntl, prctl, getppid); it allocates
-    // nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Let exactly these descriptors survive exec.
-            for fd in [child_fd, progress_fd] {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            #[cfg(target_os = "linux")]
-            {
-                // Die with the thread that spawned us (the worker's driver,
-                // which lives as long as the pool), even on SIGKILL.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() != parent_pid {
-                    // The parent died before the prctl: nobody to serve.
-                    libc::_exit(1);
-                }
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn()?;
-    drop(child_end);
+    drop(cmd); // closes our copy of the child's end
 
     let mut stream = parent_end;
-    match read_hello(&mut stream, child.id()) {
+    // The progress page goes over the socket, as a descriptor.
+    let setup = (|| {
+        let mut frame = Vec::new();
+        wire::begin_frame(&mut frame, wire::TAG_SETUP);
+        wire::finish_frame(&mut frame)?;
+        crate::fdpass::write_with_fds(&mut stream, &frame, &[progress.fd().try_clone_to_owned()?])
+    })();
+    match setup.and_then(|()| read_hello(&mut stream, child.id())) {
         Ok(()) => Ok(Spawned { child, stream }),
         Err(e) => {
             let _ = child.kill();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.
@@ -25,6 +25,8 @@ pub(crate) const DONE_HEADER: usize = 1 + 8 + 8 + 4;
 // Parent → child.
 pub(crate) const TAG_RUN: u8 = 1;
 pub(crate) const TAG_SHUTDOWN: u8 = 2;
+/// First frame to a new child: carries its progress page as a descriptor.
+pub(crate) const TAG_SETUP: u8 = 3;
 // Child → parent.
 pub(crate) const TAG_HELLO: u8 = 16;
 pub(crate) const TAG_DONE: u8 = 17;

@@ -104,8 +104,13 @@ impl Progress {
         Ok(Progress { page, fd })
     }
 
+    #[cfg(test)]
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
     }
 
     fn page(&self) -> &Page {

@@ -119,7 +119,9 @@ fn entry_over_tokio_main_awaits_tasks() {
 
 #[test]
 fn forged_child_marker_is_refused() {
-    for marker in ["1:99", "1:0", "garbage", "999:3"] {
+    // Old protocols, garbage, and the current protocol naming a process that
+    // is not the parent (pid 1).
+    for marker in ["1:99", "1:0", "garbage", "999:3", "4:1"] {
         let log = log_file("forged-marker");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_main_once"));
         cmd.arg(&log).env("MULTIPROC_CHILD", marker);
