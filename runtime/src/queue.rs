@@ -98,6 +98,23 @@ fn closed_error() -> Error {
 }
 
 impl<T> Queue<T> {
+    /// A handle over `seg`, with its condvars made by `condvar` (`init` in
+    /// the creator, `open` on the receiving side).
+    fn assemble(
+        seg: Segment,
+        mutex: RawMutex,
+        condvar: fn(&Segment, usize) -> RawCondvar,
+    ) -> Queue<T> {
+        Queue {
+            not_empty: condvar(&seg, NOT_EMPTY),
+            not_full: condvar(&seg, NOT_FULL),
+            all_done: condvar(&seg, ALL_DONE),
+            mutex,
+            seg,
+            _items: PhantomData,
+        }
+    }
+
     fn word(&self, offset: usize) -> u64 {
         self.seg
             .atomic_u64(offset)
@@ -291,14 +308,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let bytes = bytes.max(64);
         let seg = Segment::create(c"multiproc-queue", RING + bytes).map_err(shm_error)?;
         let mutex = RawMutex::init(&seg, MUTEX).map_err(shm_error)?;
-        let queue = Queue {
-            not_empty: RawCondvar::init(&seg, NOT_EMPTY),
-            not_full: RawCondvar::init(&seg, NOT_FULL),
-            all_done: RawCondvar::init(&seg, ALL_DONE),
-            mutex,
-            seg,
-            _items: PhantomData,
-        };
+        let queue = Queue::assemble(seg, mutex, RawCondvar::init);
         queue.set(MAX_ITEMS, max_items as u64);
         queue.set(RING_LEN, bytes as u64);
         Ok(queue)
@@ -484,13 +494,6 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             return Err(D::Error::custom("not a multiproc queue"));
         }
         let mutex = RawMutex::open(&seg, MUTEX).map_err(D::Error::custom)?;
-        Ok(Queue {
-            not_empty: RawCondvar::open(&seg, NOT_EMPTY),
-            not_full: RawCondvar::open(&seg, NOT_FULL),
-            all_done: RawCondvar::open(&seg, ALL_DONE),
-            mutex,
-            seg,
-            _items: PhantomData,
-        })
+        Ok(Queue::assemble(seg, mutex, RawCondvar::open))
     }
 }
