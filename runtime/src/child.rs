@@ -227,9 +227,9 @@ pub(crate) fn take_panic_report(payload: &(dyn std::any::Any + Send)) -> PanicRe
 
 fn serve(stream: UnixStream) -> std::io::Result<()> {
     // One thread reads, runs and writes. That cannot deadlock with the
-    // parent: it sends a second batch ahead only when that frame fits in
-    // the socket buffer (`driver::PIPELINE_MAX_BYTES`), so its write never
-    // blocks while this side is busy writing a large result.
+    // parent: it sends batches ahead only while they fit in the socket
+    // buffer together (`driver::PIPELINE_MAX_BYTES`), so its writes never
+    // block while this side is busy writing a large result.
     let mut reader = BufReader::with_capacity(64 * 1024, FdReader::new(stream.try_clone()?));
     let mut next_frame = move || -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         let mut frame = Vec::new();

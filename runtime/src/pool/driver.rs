@@ -24,12 +24,15 @@ use crate::spawn::{self, Spawned};
 use crate::wire::{self, BatchFailure};
 
 /// Batches sent to one child before its first answer.
-const PIPELINE_DEPTH: usize = 2;
-/// A second batch is sent ahead only if its frame is at most this large:
-/// well under a Unix socket's send buffer (about 208 KiB by default), so
-/// that writing it never blocks while the child is busy writing a result
-/// (the child reads, runs and writes on one thread).
-pub(crate) const PIPELINE_MAX_BYTES: usize = 64 * 1024;
+const PIPELINE_DEPTH: usize = 4;
+/// Batches are sent ahead of the running one only while all of them
+/// together stay under this many bytes: well under a Unix socket's send
+/// buffer (about 208 KiB by default), so that writing them never blocks
+/// while the child is busy writing a result (the child reads, runs and
+/// writes on one thread).
+pub(crate) const PIPELINE_MAX_BYTES: usize = 96 * 1024;
+/// Frame bytes besides the payload, counted generously.
+const FRAME_OVERHEAD: usize = 1024;
 /// A second batch is sent ahead only while batches are this short: for
 /// longer ones the round trip does not matter, and holding a batch back
 /// keeps the load balanced at the end of a `map`.
@@ -257,11 +260,16 @@ fn serve(
                 }
             }
             let steal = || shared.steal_for(runner);
-            // Ahead of a running batch, only a frame that cannot block.
+            // Ahead of a running batch, only frames that cannot block.
             let max_bytes = if in_flight.is_empty() {
                 usize::MAX
             } else {
-                PIPELINE_MAX_BYTES - 1024
+                let ahead: usize = in_flight
+                    .iter()
+                    .skip(1)
+                    .map(|s| s.job.payload.len() + FRAME_OVERHEAD)
+                    .sum();
+                PIPELINE_MAX_BYTES.saturating_sub(ahead + FRAME_OVERHEAD)
             };
             let Some(job) = shared
                 .queue
