@@ -296,14 +296,15 @@ fn builder_initializer_runs_in_every_worker() {
     assert_eq!(plain.apply(init_read, ()).unwrap(), 0);
 }
 
-#[multiproc::test]
-fn builder_initializer_that_panics_fails_build() {
+/// Builds `builder`, which must fail within 10 s with
+/// `ErrorKind::Initializer`; hands `check` that error and the initializer's.
+fn build_fails_fast(
+    builder: multiproc::PoolBuilder,
+    why: &str,
+    check: impl FnOnce(&multiproc::Error, &multiproc::Error),
+) {
     let started = std::time::Instant::now();
-    let err = Pool::builder()
-        .workers(2)
-        .initializer(init_panics, ())
-        .build()
-        .expect_err("a panicking initializer must fail build()");
+    let err = builder.build().expect_err(why);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
         "build() did not fail fast: {:?}",
@@ -312,10 +313,21 @@ fn builder_initializer_that_panics_fails_build() {
     let ErrorKind::Initializer(inner) = err.kind() else {
         panic!("expected ErrorKind::Initializer, got {err:?}");
     };
-    assert_eq!(inner.panic_message(), Some("initializer exploded"));
-    assert!(
-        err.to_string().contains("initializer exploded"),
-        "message lost: {err}"
+    check(&err, inner);
+}
+
+#[multiproc::test]
+fn builder_initializer_that_panics_fails_build() {
+    build_fails_fast(
+        Pool::builder().workers(2).initializer(init_panics, ()),
+        "a panicking initializer must fail build()",
+        |err, inner| {
+            assert_eq!(inner.panic_message(), Some("initializer exploded"));
+            assert!(
+                err.to_string().contains("initializer exploded"),
+                "message lost: {err}"
+            );
+        },
     );
 }
 
@@ -338,24 +350,16 @@ fn builder_initializer_that_returns_err_fails_build() {
 
 #[multiproc::test]
 fn builder_initializer_that_crashes_fails_build() {
-    let started = std::time::Instant::now();
-    let err = Pool::builder()
-        .workers(2)
-        .initializer(init_aborts, ())
-        .build()
-        .expect_err("an initializer that aborts must fail build()");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "build() did not fail fast: {:?}",
-        started.elapsed()
-    );
-    let ErrorKind::Initializer(inner) = err.kind() else {
-        panic!("expected ErrorKind::Initializer, got {err:?}");
-    };
-    assert_eq!(
-        inner.exit_reason(),
-        Some(multiproc::ExitReason::Signal(libc::SIGABRT)),
-        "{err}"
+    build_fails_fast(
+        Pool::builder().workers(2).initializer(init_aborts, ()),
+        "an initializer that aborts must fail build()",
+        |err, inner| {
+            assert_eq!(
+                inner.exit_reason(),
+                Some(multiproc::ExitReason::Signal(libc::SIGABRT)),
+                "{err}"
+            );
+        },
     );
 }
 

@@ -562,17 +562,9 @@ fn died(
         let culprit = match running {
             Some((k, _)) if k < u64::from(job.count) => {
                 let k = k as u32;
-                let (before, rest) = if k > 0 {
-                    split(job, k)
-                } else {
-                    (None, Some(job))
-                };
+                let (before, rest) = split(job, k);
                 let rest = rest.expect("k < count leaves the running item");
-                let (culprit, after) = if rest.count > 1 {
-                    split(rest, 1)
-                } else {
-                    (Some(rest), None)
-                };
+                let (culprit, after) = split(rest, 1);
                 // Items before it finished (their results died with the
                 // process); items after it never started.
                 for job in before.into_iter().chain(after) {

@@ -118,18 +118,9 @@ impl Job {
         }
     }
 
+    /// Delivers the outcome of the whole batch.
     pub(crate) fn deliver(&self, outcome: Outcome) {
-        let reply = Reply {
-            first_index: self.first_index,
-            count: self.count,
-            outcome,
-        };
-        match &self.sink {
-            Sink::Stream(tx) => {
-                let _ = tx.send(reply);
-            }
-            Sink::Task(slot) => slot.fill(reply),
-        }
+        self.deliver_part(0, self.count, outcome);
     }
 }
 
