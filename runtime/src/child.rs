@@ -59,6 +59,9 @@ pub fn entry() {
         become_child(marker);
     }
     GUARD.store(true, Ordering::Release);
+    // Under an MPI launcher, ranks other than 0 serve pools and exit here.
+    #[cfg(feature = "mpi")]
+    crate::mpi::entry();
 }
 
 /// Called by `#[multiproc::test]` as the first statement of the test.

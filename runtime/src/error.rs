@@ -19,6 +19,7 @@ pub struct Error {
 
 /// How a worker process ended, as reported in [`ErrorKind::WorkerDied`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "mpi", derive(serde::Serialize, serde::Deserialize))]
 pub enum ExitReason {
     /// The process exited with this code (for example `std::process::exit(3)`).
     Code(i32),
@@ -231,6 +232,12 @@ pub enum ErrorKind {
     /// foreign process writing to it).
     #[error("protocol error on the control channel: {0}")]
     Protocol(String),
+    /// An MPI pool cannot be used: the program was not started by an MPI
+    /// launcher, the job has no worker ranks, the MPI library lacks thread
+    /// support, another MPI pool is open, or a rank refused the pool.
+    #[cfg(feature = "mpi")]
+    #[error("MPI: {0}")]
+    Mpi(String),
 }
 
 fn index_text(index: Option<u64>) -> String {

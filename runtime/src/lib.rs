@@ -15,6 +15,8 @@ mod child;
 mod error;
 mod fdpass;
 mod manager;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod pipe;
 mod pool;
 mod process;

@@ -115,6 +115,10 @@ impl Job {
                 let _ = tx.send(reply);
             }
             Sink::Task(slot) => slot.fill(reply),
+            #[cfg(feature = "mpi")]
+            Sink::Relay(batch, tx) => {
+                let _ = tx.send((*batch, reply));
+            }
         }
     }
 
@@ -131,6 +135,10 @@ pub(crate) enum Sink {
     Stream(Sender<Reply>),
     /// A submitted task.
     Task(Arc<TaskSlot>),
+    /// A batch that an MPI rank runs for rank 0: replies go back tagged
+    /// with rank 0's batch id.
+    #[cfg(feature = "mpi")]
+    Relay(u64, Sender<(u64, Reply)>),
 }
 
 /// What came back for a job (or for a part of it, after a split).
@@ -155,6 +163,7 @@ pub(crate) enum Outcome {
 
 /// A failure that applies to every item of a batch.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "mpi", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) enum Failure {
     Died { pid: u32, reason: ExitReason },
     Cancelled,

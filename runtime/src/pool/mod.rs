@@ -26,13 +26,13 @@ use crate::worker::Worker;
 use crate::{child, registry, wire};
 
 /// Checks an initializer's result: `Ok` or the error it reported.
-type InitCheck = fn(&'static str, &mut &[u8]) -> Result<()>;
+pub(crate) type InitCheck = fn(&'static str, &mut &[u8]) -> Result<()>;
 
 pub(crate) struct Initializer {
-    worker: &'static str,
-    payload: Vec<u8>,
-    fds: Vec<std::os::fd::OwnedFd>,
-    check: InitCheck,
+    pub(crate) worker: &'static str,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<std::os::fd::OwnedFd>,
+    pub(crate) check: InitCheck,
 }
 
 /// What the driver threads share with the pool.
@@ -45,8 +45,8 @@ pub(crate) struct PoolShared {
     pub(crate) retries: u32,
     pub(crate) panic_retries: u32,
     pub(crate) max_worker_rss: Option<u64>,
-    runners: Vec<Arc<Runner>>,
-    slots_alive: AtomicUsize,
+    pub(crate) runners: Vec<Arc<Runner>>,
+    pub(crate) slots_alive: AtomicUsize,
 }
 
 impl PoolShared {
@@ -124,13 +124,13 @@ impl std::fmt::Debug for Pool {
 /// Builds a [`Pool`] with options: [`Pool::builder`].
 #[must_use = "call .build() to start the pool"]
 pub struct PoolBuilder {
-    workers: usize,
-    initializer: Option<Result<Initializer>>,
-    max_tasks_per_worker: Option<u64>,
-    task_timeout: Option<Duration>,
-    retries: u32,
-    panic_retries: u32,
-    max_worker_rss: Option<u64>,
+    pub(crate) workers: usize,
+    pub(crate) initializer: Option<Result<Initializer>>,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) panic_retries: u32,
+    pub(crate) max_worker_rss: Option<u64>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -307,22 +307,14 @@ impl PoolBuilder {
             match spawned {
                 Ok(handle) => drivers.push(handle),
                 Err(e) => {
-                    let pool = Pool {
-                        shared,
-                        drivers: Mutex::new(drivers),
-                        workers,
-                    };
+                    let pool = Pool::from_parts(shared, drivers, workers);
                     pool.terminate();
                     return Err(Error::new(ErrorKind::Spawn(e)));
                 }
             }
         }
         drop(ready_tx);
-        let pool = Pool {
-            shared,
-            drivers: Mutex::new(drivers),
-            workers,
-        };
+        let pool = Pool::from_parts(shared, drivers, workers);
         let mut first_error = None;
         for _ in 0..workers {
             match ready_rx.recv() {
@@ -346,6 +338,18 @@ impl PoolBuilder {
 }
 
 impl Pool {
+    pub(crate) fn from_parts(
+        shared: Arc<PoolShared>,
+        drivers: Vec<JoinHandle<()>>,
+        workers: usize,
+    ) -> Pool {
+        Pool {
+            shared,
+            drivers: Mutex::new(drivers),
+            workers,
+        }
+    }
+
     /// Starts a pool of `workers` processes (`0`: one per available CPU).
     ///
     /// # Errors
@@ -559,6 +563,56 @@ impl Pool {
             runner.kill_if_running(None);
         }
         self.join();
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl PoolBuilder {
+    /// Starts a pool whose workers are the other ranks of the MPI job this
+    /// program runs in (feature `mpi`): Python's `MPIPoolExecutor`.
+    ///
+    /// Start the program with an MPI launcher, e.g. `mpirun -n 3 ./app` or
+    /// `srun --mpi=pmix -n 3 ./app`. `#[entry]` makes rank 0 run `main`;
+    /// every other rank serves this pool. Each worker rank runs its batches
+    /// in a local pool of [`workers`](PoolBuilder::workers) child processes
+    /// (default `0`: that node's CPUs shared among the worker ranks on it),
+    /// so a task that crashes fails alone and its rank keeps serving. The
+    /// pool's size ([`Pool::workers`]) is the sum over the ranks, and batch
+    /// sizes follow from it as on one machine.
+    ///
+    /// The other options apply on every rank: the initializer runs in each
+    /// worker process (its result is checked when the pool opens), and
+    /// `task_timeout`, `retries`, `retry_panics`, `max_tasks_per_worker`
+    /// and `max_worker_memory` work as on a local pool. Arguments that hold
+    /// handles (queues, pipes, shared memory) cannot cross machines and
+    /// fail that task. [`Task::cancel`] cannot interrupt a task that a
+    /// rank already runs: it settles the task, and the result is dropped.
+    /// One MPI pool may be open at a time; dropping it frees the ranks for
+    /// the next.
+    ///
+    /// # Errors
+    ///
+    /// [`Mpi`](ErrorKind::Mpi) if the program was not started by an MPI
+    /// launcher, the job has a single rank, the MPI library lacks
+    /// `MPI_THREAD_SERIALIZED`, another MPI pool is open, or a rank cannot
+    /// start its worker processes; [`Initializer`](ErrorKind::Initializer)
+    /// if the initializer fails on a rank; and the errors of
+    /// [`build`](PoolBuilder::build).
+    pub fn build_mpi(self) -> Result<Pool> {
+        crate::mpi::open(self)
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl Pool {
+    /// A pool on the other ranks of the MPI job, with default options:
+    /// [`PoolBuilder::build_mpi`].
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build_mpi`].
+    pub fn mpi() -> Result<Pool> {
+        Pool::builder().build_mpi()
     }
 }
 
