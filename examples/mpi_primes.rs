@@ -73,11 +73,13 @@ fn run(start: u64, end: u64) -> Result<(), multiproc::Error> {
     // The same call on the MPI job's other ranks.
     let t = Instant::now();
     let pool = Pool::mpi()?;
+    let startup = t.elapsed();
     let mpi_count = count(&pool, start, end)?;
     println!(
-        "  MPI pool of {:<3}   {:>8}   {mpi_count} primes",
+        "  MPI pool of {:<3}   {:>8}   {mpi_count} primes  (opening the pool: {})",
         pool.workers(),
-        secs(t.elapsed())
+        secs(t.elapsed()),
+        secs(startup),
     );
 
     assert_eq!(

@@ -179,6 +179,17 @@
 //! Run them with plain `cargo test`. Tests that only call a worker as a
 //! function (`assert_eq!(double(2), 4)`) need nothing special.
 //!
+//! ## Many machines (feature `mpi`)
+//!
+//! With the `mpi` feature, `Pool::mpi()` (and `PoolBuilder::build_mpi`)
+//! gives a pool whose workers are the other ranks of an MPI job started by
+//! `mpirun -n N ./app` or `srun --mpi=pmix`: `#[entry]` makes rank 0 run
+//! `main`, and every other rank runs the tasks it is sent in a local pool of
+//! worker processes. `map`, `imap`, `imap_unordered`, `apply`, `submit` and
+//! `as_completed` work as on one machine. The README's "Many machines"
+//! section covers installing Open MPI, hostfiles and Slurm;
+//! `examples/mpi_primes.rs` is the runnable version.
+//!
 //! # Platform support
 //!
 //! Linux only for now (x86-64, arm64): the runtime relies on memfd, futex,

@@ -448,7 +448,15 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
     let thread = std::thread::Builder::new()
         .name("multiproc-mpi".to_owned())
         .spawn(move || {
-            drive(world, &for_thread, slots);
+            let driven = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                drive(world, &for_thread, slots);
+            }));
+            if driven.is_err() {
+                // A bug: fail what is queued rather than leave callers waiting.
+                for_thread.queue.set_fatal(Failure::Protocol(
+                    "the pool's MPI thread panicked".to_owned(),
+                ));
+            }
             POOL_OPEN.store(false, Ordering::Release);
         });
     match thread {
@@ -950,5 +958,15 @@ mod tests {
         assert_eq!(u32::from_le_bytes(m[9..13].try_into().unwrap()), 2);
         assert_eq!(&m[17..18], b"w");
         assert_eq!(&m[18..], &[9, 9]);
+
+        let null = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let with_handle = Job {
+            fds: Job::fd_table(vec![null.into()]),
+            ..job
+        };
+        match run_message(&with_handle, 8) {
+            Err(Failure::Protocol(why)) => assert!(why.contains("handles"), "{why}"),
+            other => panic!("a handle was sent: {:?}", other.map(|m| m.len())),
+        }
     }
 }
