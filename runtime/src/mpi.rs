@@ -788,11 +788,22 @@ fn open_local(body: &[u8]) -> std::result::Result<RankPool, Opened> {
     }
 }
 
-/// Worker processes per rank by default: this node's CPUs shared among the
-/// worker ranks on it.
+/// Set at launch (`mpirun -x MULTIPROC_WORKERS_PER_RANK=8 ...`) to choose
+/// the worker processes per rank of pools that do not set `workers(n)`.
+const WORKERS_PER_RANK: &str = "MULTIPROC_WORKERS_PER_RANK";
+
+/// Worker processes per rank by default: [`WORKERS_PER_RANK`] if set, else
+/// this node's CPUs shared among the worker ranks on it.
 fn default_workers() -> usize {
     static DEFAULT: OnceLock<usize> = OnceLock::new();
     *DEFAULT.get_or_init(|| {
+        if let Some(n) = std::env::var(WORKERS_PER_RANK)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+        {
+            return n;
+        }
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let local: usize = [
             "OMPI_COMM_WORLD_LOCAL_SIZE",

@@ -575,7 +575,9 @@ impl PoolBuilder {
     /// `srun --mpi=pmix -n 3 ./app`. `#[entry]` makes rank 0 run `main`;
     /// every other rank serves this pool. Each worker rank runs its batches
     /// in a local pool of [`workers`](PoolBuilder::workers) child processes
-    /// (default `0`: that node's CPUs shared among the worker ranks on it),
+    /// (default `0`: the `MULTIPROC_WORKERS_PER_RANK` environment variable
+    /// if the launcher sets it, else that node's CPUs shared among the worker
+    /// ranks on it),
     /// so a task that crashes fails alone and its rank keeps serving. The
     /// pool's size ([`Pool::workers`]) is the sum over the ranks, and batch
     /// sizes follow from it as on one machine.

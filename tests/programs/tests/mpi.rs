@@ -12,12 +12,20 @@ use multiproc_test_programs::{Run, run};
 
 /// `mpirun -n <ranks> mpi_pool <scenario>`.
 fn mpirun(ranks: u32, scenario: &str) -> Run {
+    mpirun_with(ranks, scenario, &[])
+}
+
+/// `mpirun -x NAME=VALUE... -n <ranks> mpi_pool <scenario>`.
+fn mpirun_with(ranks: u32, scenario: &str, env: &[(&str, &str)]) -> Run {
     let found = Command::new("mpirun").arg("--version").output();
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "mpirun is not installed: apt-get install -y openmpi-bin libopenmpi-dev"
     );
     let mut cmd = Command::new("mpirun");
+    for (name, value) in env {
+        cmd.args(["-x", &format!("{name}={value}")]);
+    }
     cmd.args([
         "-n",
         &ranks.to_string(),
@@ -107,6 +115,13 @@ fn ranks_of(scenario: &str) -> Vec<u32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&wanted))
         })
         .collect()
+}
+
+#[test]
+fn workers_per_rank_comes_from_the_launch_environment() {
+    let run = mpirun_with(3, "open", &[("MULTIPROC_WORKERS_PER_RANK", "2")]);
+    assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
+    assert_eq!(run.stdout.trim(), "opened: 4 workers", "{}", run.stderr);
 }
 
 #[test]
