@@ -15,17 +15,15 @@ fn mpirun(ranks: u32, scenario: &str) -> Run {
     mpirun_with(ranks, scenario, &[])
 }
 
-/// `mpirun -x NAME=VALUE... -n <ranks> mpi_pool <scenario>`.
-fn mpirun_with(ranks: u32, scenario: &str, env: &[(&str, &str)]) -> Run {
+/// `mpirun <options> -n <ranks> mpi_pool <scenario>`.
+fn mpirun_with(ranks: u32, scenario: &str, options: &[&str]) -> Run {
     let found = Command::new("mpirun").arg("--version").output();
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "mpirun is not installed: apt-get install -y openmpi-bin libopenmpi-dev"
     );
     let mut cmd = Command::new("mpirun");
-    for (name, value) in env {
-        cmd.args(["-x", &format!("{name}={value}")]);
-    }
+    cmd.args(options);
     cmd.args([
         "-n",
         &ranks.to_string(),
@@ -76,6 +74,20 @@ fn map_imap_submit_panic_crash_timeout_and_reopen_across_two_ranks() {
 }
 
 #[test]
+fn the_suite_passes_over_tcp_as_between_machines() {
+    // Ranks on one machine talk through shared memory; force the TCP
+    // transport that ranks on different machines use.
+    let run = mpirun_with(3, "suite", &["--mca", "btl", "tcp,self"]);
+    assert!(
+        run.status.success() && run.stdout.lines().any(|l| l == "mpi suite passed"),
+        "{:?}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+}
+
+#[test]
 fn a_killed_rank_ends_the_job_instead_of_hanging() {
     // `run` fails the test if the job is still running after 30 s.
     let run = mpirun(3, "kill-rank");
@@ -119,7 +131,7 @@ fn ranks_of(scenario: &str) -> Vec<u32> {
 
 #[test]
 fn workers_per_rank_comes_from_the_launch_environment() {
-    let run = mpirun_with(3, "open", &[("MULTIPROC_WORKERS_PER_RANK", "2")]);
+    let run = mpirun_with(3, "open", &["-x", "MULTIPROC_WORKERS_PER_RANK=2"]);
     assert!(run.status.success(), "{:?}\n{}", run.status, run.stderr);
     assert_eq!(run.stdout.trim(), "opened: 4 workers", "{}", run.stderr);
 }
