@@ -104,16 +104,24 @@ pub(crate) fn put_item<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> R
     if header < 0x80 {
         out[start] = header as u8;
     } else {
-        // A longer header: move the body up to make room (rare: items of
-        // 32 bytes or more, where this copy is small next to encoding them).
-        let mut h = [0u8; 10];
-        let n = varint_into(&mut h, header);
-        let end = out.len();
-        out.resize(end + n - 1, 0);
-        out.copy_within(start + 1..end, start + n);
-        out[start..start + n].copy_from_slice(&h[..n]);
+        long_header(out, start, header);
     }
     Ok(())
+}
+
+/// Writes a header of more than one byte at `start`, moving the body that
+/// follows the one byte reserved for it up to make room (rare: items of 32
+/// bytes or more, where this copy is small next to encoding them). Kept out
+/// of line so that [`put_item`] stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn long_header(out: &mut Vec<u8>, start: usize, header: u64) {
+    let mut h = [0u8; 10];
+    let n = varint_into(&mut h, header);
+    let end = out.len();
+    out.resize(end + n - 1, 0);
+    out.copy_within(start + 1..end, start + n);
+    out[start..start + n].copy_from_slice(&h[..n]);
 }
 
 /// Writes `v` as LEB128 into `buf`; returns how many bytes it took.
@@ -502,18 +510,32 @@ pub(crate) fn next_item<'a>(input: &mut &'a [u8]) -> Option<(u8, &'a [u8], &'a [
 }
 
 /// Decodes a value that must fill `body` exactly.
+#[inline]
 pub(crate) fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     match postcard::take_from_bytes::<T>(body) {
         Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-        Err(e) => Err(e.to_string()),
+        Ok((_, rest)) => Err(trailing_bytes(rest.len())),
+        Err(e) => Err(decode_error(&e)),
     }
+}
+
+#[cold]
+fn trailing_bytes(n: usize) -> String {
+    format!("{n} trailing bytes")
+}
+
+#[cold]
+fn decode_error(e: &postcard::Error) -> String {
+    e.to_string()
 }
 
 /// Runs the items of a `RUN` body through worker `W` and appends one result
 /// item per argument item to `out`; returns how many it ran (all, unless
 /// the parent asked it to stop early). Runs in the child.
 pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, String> {
+    // Results are usually about as large as their arguments: room for that
+    // up front saves growing (and copying) the buffer several times.
+    out.reserve(input.len());
     let mut index = 0u64;
     while !input.is_empty() {
         if !crate::child::item_started(index) {

@@ -24,6 +24,9 @@ const TARGET_BATCH_NS: u64 = 4_000_000;
 const MAX_BATCH_ITEMS: usize = 1 << 16;
 /// A batch stops growing once its encoded arguments reach this size.
 const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Results decoded ahead of the caller in one go: small enough to stay in
+/// cache, large enough that the per-run overhead vanishes.
+const DECODE_RUN: u32 = 1024;
 
 /// Decodes the result of a single submitted call.
 pub(crate) fn decode_single<R: DeserializeOwned>(worker: &'static str, reply: Reply) -> Result<R> {
@@ -86,6 +89,33 @@ pub(crate) fn decode_item<R: DeserializeOwned>(
     }
 }
 
+/// Decodes up to `max` consecutive results that came back fine from the
+/// front of `data` into `out`, and stops early at the first one that did
+/// not (a panic, an encode error in the child, a value that does not
+/// decode): those take the per-item path, which reports them. Returns how
+/// many it decoded and how many bytes they took.
+///
+/// This is the hot loop of `map` and `imap` in the parent: one tight loop
+/// per run of results instead of a trip through the iterator's state
+/// machine and the error handling for each.
+fn decode_run<R: DeserializeOwned>(data: &[u8], max: u32, out: &mut VecDeque<R>) -> (u32, usize) {
+    let mut rest = data;
+    let mut n = 0;
+    while n < max {
+        let mut after = rest;
+        let Some((wire::ITEM_OK, body, _)) = wire::next_item(&mut after) else {
+            break;
+        };
+        match postcard::take_from_bytes::<R>(body) {
+            Ok((value, [])) => out.push_back(value),
+            _ => break,
+        }
+        rest = after;
+        n += 1;
+    }
+    (n, data.len() - rest.len())
+}
+
 /// How big the batches of a stream are.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Chunking {
@@ -117,6 +147,10 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     ready_ordered: BTreeMap<u64, Reply>,
     ready_unordered: VecDeque<Reply>,
     current: Option<Current>,
+    /// Results of `current` already decoded, in order, waiting to be yielded.
+    decoded: VecDeque<W::Output>,
+    /// Input position of `decoded`'s first result.
+    decoded_next: u64,
     next_yield: u64,
     /// Items yielded so far.
     yielded: u64,
@@ -146,6 +180,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             ready_ordered: BTreeMap::new(),
             ready_unordered: VecDeque::new(),
             current: None,
+            decoded: VecDeque::new(),
+            decoded_next: 0,
             next_yield: 0,
             yielded: 0,
             bytes_per_item: 2,
@@ -326,10 +362,44 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
         }
     }
 
+    /// The next result and its input position; `None` at the end.
+    #[inline]
     pub(crate) fn next_item(&mut self) -> Option<(u64, Result<W::Output>)> {
+        // The common case, small enough to inline into the caller's loop:
+        // a result decoded ahead by `decode_run`.
+        if let Some(value) = self.decoded.pop_front() {
+            let index = self.decoded_next;
+            self.decoded_next += 1;
+            self.yielded += 1;
+            return Some((index, Ok(value)));
+        }
+        self.next_item_slow()
+    }
+
+    /// [`next_item`](Self::next_item) when nothing is decoded ahead: decodes
+    /// the next run, yields an item that failed, or waits for a reply.
+    #[inline(never)]
+    fn next_item_slow(&mut self) -> Option<(u64, Result<W::Output>)> {
         loop {
+            if let Some(value) = self.decoded.pop_front() {
+                let index = self.decoded_next;
+                self.decoded_next += 1;
+                self.yielded += 1;
+                return Some((index, Ok(value)));
+            }
             if let Some(cur) = &mut self.current {
                 if cur.left > 0 {
+                    if let Outcome::Done { data, .. } = &cur.reply.outcome {
+                        let max = cur.left.min(DECODE_RUN);
+                        let (n, used) = decode_run(&data[cur.pos..], max, &mut self.decoded);
+                        if n > 0 {
+                            self.decoded_next = cur.next_index;
+                            cur.next_index += u64::from(n);
+                            cur.left -= n;
+                            cur.pos += used;
+                            continue;
+                        }
+                    }
                     cur.left -= 1;
                     let index = cur.next_index;
                     cur.next_index += 1;
@@ -346,17 +416,35 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                         }
                         Outcome::Failed(f) => Err(f.to_error(W::NAME, Some(index))),
                     };
-                    if self.ordered {
-                        self.next_yield = index + 1;
-                    }
                     self.yielded += 1;
                     return Some((index, result));
                 }
-                self.current = None;
+                if let Some(Current {
+                    reply:
+                        Reply {
+                            outcome: Outcome::Done { data, .. },
+                            ..
+                        },
+                    ..
+                }) = self.current.take()
+                {
+                    // Encode the next batch into this reply's buffer: its
+                    // pages are already mapped, where a fresh buffer of
+                    // megabytes would fault each one in again.
+                    if self.buf.capacity() < data.capacity()
+                        && data.capacity() <= 2 * MAX_BATCH_BYTES
+                    {
+                        self.buf = data;
+                    }
+                }
             }
             let reply = self.next_reply()?;
             if self.ordered {
-                self.next_yield = reply.first_index.unwrap_or(self.next_yield);
+                // The reply that follows this one starts where it ends.
+                self.next_yield = reply
+                    .first_index
+                    .unwrap_or(self.next_yield)
+                    .saturating_add(u64::from(reply.count));
             }
             let pos = match &reply.outcome {
                 Outcome::Done { start, .. } => *start,
