@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use multiproc::{ErrorKind, Pool, Worker, worker};
+
+mod common;
+use common::{process_state, workers_of};
 use serde::{Deserialize, Serialize};
 
 #[worker]
@@ -520,58 +523,11 @@ fn worker_can_use_a_pool_of_its_own() {
     );
 }
 
-/// Direct children of this process whose command line names `test`: the
-/// workers of pools created by that test (a test child re-runs the binary
-/// filtered to its test).
-fn children_running(test: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state, ppid, ...
-        let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let ppid: Option<u32> = after_comm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok());
-        if ppid != Some(me) {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.split(|&b| b == 0).any(|arg| arg == test.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// `None` if the process is gone, else its state letter (`Z` = zombie).
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
 #[multiproc::test]
 fn drop_reaps_every_worker_process() {
     let pool = Pool::new(3).unwrap();
     assert_eq!(pool.map(square, 0..30).unwrap(), squares(30));
-    let children = children_running("drop_reaps_every_worker_process");
+    let children = workers_of("drop_reaps_every_worker_process", true);
     assert_eq!(children.len(), 3, "children: {children:?}");
     let mut from_workers: Vec<u32> = pool.map(pid_of, 0..300).unwrap();
     from_workers.sort_unstable();
@@ -584,14 +540,14 @@ fn drop_reaps_every_worker_process() {
     for pid in &children {
         assert_eq!(process_state(*pid), None, "worker {pid} outlived its pool");
     }
-    assert_eq!(children_running("drop_reaps_every_worker_process"), vec![]);
+    assert_eq!(workers_of("drop_reaps_every_worker_process", true), vec![]);
 }
 
 #[multiproc::test]
 fn terminate_reaps_every_worker_process() {
     let pool = Pool::new(2).unwrap();
     assert_eq!(pool.apply(square, 2).unwrap(), 4);
-    let children = children_running("terminate_reaps_every_worker_process");
+    let children = workers_of("terminate_reaps_every_worker_process", true);
     assert_eq!(children.len(), 2, "children: {children:?}");
     pool.terminate();
     for pid in &children {

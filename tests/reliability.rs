@@ -18,6 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use multiproc::{ErrorKind, ExitReason, Pool, Process, Worker, worker};
+
+mod common;
+use common::{my_children, process_state, stat, workers_of};
 use serde::{Deserialize, Serialize};
 
 /// What `faulty` does when it meets the bad item.
@@ -107,17 +110,6 @@ fn items(dir: &Path, n: u64, bad: u64, fault: Fault) -> Vec<(String, u64, u64, F
 #[worker]
 fn pid_of(_item: u64) -> u32 {
     std::process::id()
-}
-
-/// `None` if the process is gone, else its state letter (`Z` = zombie).
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
 }
 
 // ---------------------------------------------------------------------------
@@ -558,7 +550,7 @@ fn max_worker_memory_replaces_a_leaking_worker() {
     // exit after its last result came back).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let live = workers_of("max_worker_memory_replaces_a_leaking_worker");
+        let live = workers_of("max_worker_memory_replaces_a_leaking_worker", false);
         let lingering: Vec<u32> = served
             .keys()
             .copied()
@@ -656,42 +648,6 @@ fn stress_item(i: u64) -> (u64, u64) {
     (i, i * 3 + 1)
 }
 
-/// Workers of the pool of test `test`: children of this process whose
-/// command line names that test (a test child re-runs the binary filtered
-/// to its test; other tests' pools have other names).
-fn workers_of(test: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let mut after = stat
-            .rsplit_once(')')
-            .map_or("", |(_, r)| r)
-            .split_whitespace();
-        let (state, ppid) = (
-            after.next(),
-            after.next().and_then(|p| p.parse::<u32>().ok()),
-        );
-        if ppid != Some(me) || state == Some("Z") {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.split(|&b| b == 0).any(|arg| arg == test.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// Runs `n` items through `imap_unordered` on 2 workers while a side thread
 /// SIGKILLs a random worker `kills` times, spread evenly over the run: at
 /// each due point the consumer asks for a kill and waits until it is sent
@@ -707,7 +663,7 @@ fn stress(test: &str, n: u64, kills: u64) {
             let mut rng = u64::from(std::process::id()) | 1;
             for () in asked {
                 let pid = loop {
-                    let workers = workers_of(&test);
+                    let workers = workers_of(&test, false);
                     if workers.is_empty() {
                         std::thread::sleep(Duration::from_millis(1));
                         continue;
@@ -926,36 +882,6 @@ impl Drop for Helper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Pid, ppid and start time of a live process (not a zombie).
-fn stat(pid: u32) -> Option<(char, u32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
-    // cmajflt utime stime cutime cstime priority nice num_threads
-    // itrealvalue starttime
-    Some((
-        fields[0].chars().next()?,
-        fields[1].parse().ok()?,
-        fields[19].parse().ok()?,
-    ))
-}
-
-/// Direct children of this process, with their states.
-fn my_children() -> Vec<(u32, char)> {
-    let me = std::process::id();
-    let mut found: Vec<(u32, char)> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let (state, ppid, _) = stat(pid)?;
-            (ppid == me).then_some((pid, state))
-        })
-        .collect();
-    found.sort_unstable();
-    found
 }
 
 fn parse_pids(text: &str) -> Vec<u32> {
