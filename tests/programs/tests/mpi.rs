@@ -164,3 +164,17 @@ fn without_a_launcher_the_program_runs_normally_and_the_pool_says_why_not() {
         run.stdout
     );
 }
+
+#[test]
+fn srun_without_a_pmi_plugin_is_detected_instead_of_running_main_n_times() {
+    // What `srun -n 3` without `--mpi=pmix` gives each task: Slurm's
+    // variables, and an MPI world of one (a singleton).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mpi_pool"));
+    cmd.arg("open")
+        .env("SLURM_STEP_NUM_TASKS", "3")
+        .env("SLURM_PROCID", "1");
+    let run = run(cmd);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "main ran: {}", run.stdout);
+    assert!(run.stderr.contains("srun --mpi=pmix"), "{}", run.stderr);
+}
