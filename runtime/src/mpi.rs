@@ -241,22 +241,36 @@ fn reclaim(buf: &'static [u8]) {
     drop(unsafe { Box::from_raw(std::ptr::from_ref(buf).cast_mut()) });
 }
 
-/// Sleeps a little longer each time nothing happened, up to `MAX`.
-struct Backoff(u32);
+/// Sleeps a little longer each time nothing happened, up to a cap: a few
+/// dozen yields first (a reply is often microseconds away), then sleeps
+/// from 5 µs doubling to the cap.
+struct Backoff {
+    idle: u32,
+    cap: Duration,
+}
 
 impl Backoff {
-    const MAX: Duration = Duration::from_micros(500);
+    /// The cap while work is in flight: bounds the latency a poll adds to a
+    /// round trip, at about one `MPI_Iprobe` per 100 µs.
+    const BUSY: Duration = Duration::from_micros(100);
+    /// The cap of a worker rank with no pool open (rank 0 may run for
+    /// minutes before it opens one): a poll costs nothing measurable.
+    const IDLE: Duration = Duration::from_millis(2);
+
+    fn new(cap: Duration) -> Backoff {
+        Backoff { idle: 0, cap }
+    }
 
     fn reset(&mut self) {
-        self.0 = 0;
+        self.idle = 0;
     }
 
     fn pause(&mut self) -> Duration {
-        self.0 = self.0.saturating_add(1);
-        if self.0 < 32 {
+        self.idle = self.idle.saturating_add(1);
+        if self.idle < 32 {
             Duration::ZERO
         } else {
-            Duration::from_micros(5u64 << (self.0 - 32).min(7)).min(Self::MAX)
+            Duration::from_micros(5u64 << (self.idle - 32).min(12)).min(self.cap)
         }
     }
 
@@ -369,7 +383,7 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
     // Every rank answers, also when it fails, so that all of them stay in
     // step; a rank that dies makes the launcher end the job.
     let mut answers: HashMap<i32, Opened> = HashMap::new();
-    let mut backoff = Backoff(0);
+    let mut backoff = Backoff::new(Backoff::BUSY);
     while answers.len() < (world.size - 1) as usize {
         out.poll();
         match try_receive(&world.comm, None) {
@@ -471,7 +485,7 @@ fn drive(world: &World, shared: &PoolShared, mut slots: Vec<RankSlot>) {
     let comm = &world.comm;
     let mut flights: HashMap<u64, Flight> = HashMap::new();
     let mut out = Outbox::default();
-    let mut backoff = Backoff(0);
+    let mut backoff = Backoff::new(Backoff::BUSY);
     let ranks: Vec<i32> = slots.iter().map(|s| s.rank).collect();
     loop {
         if shared.queue.is_terminated() {
@@ -612,7 +626,7 @@ fn close_ranks(world: &World, ranks: &[i32], kind: u8, flights: &mut HashMap<u64
         out.send(&world.comm, rank, vec![kind]);
     }
     let mut open = ranks.len();
-    let mut backoff = Backoff(0);
+    let mut backoff = Backoff::new(Backoff::BUSY);
     while open > 0 {
         out.poll();
         match try_receive(&world.comm, None) {
@@ -671,7 +685,7 @@ fn serve_rank() -> ! {
     let (tx, rx) = mpsc::channel::<(u64, Reply)>();
     let mut pool: Option<RankPool> = None;
     let mut out = Outbox::default();
-    let mut backoff = Backoff(0);
+    let mut backoff = Backoff::new(Backoff::BUSY);
     let mut relay = Vec::new();
     loop {
         let mut busy = false;
@@ -725,6 +739,11 @@ fn serve_rank() -> ! {
         }
         busy |= forward(comm, &rx, &mut out, &mut relay);
         busy |= out.poll();
+        backoff.cap = if pool.is_some() {
+            Backoff::BUSY
+        } else {
+            Backoff::IDLE
+        };
         if busy {
             backoff.reset();
         } else {
@@ -937,12 +956,14 @@ mod tests {
 
     #[test]
     fn backoff_yields_first_then_sleeps_up_to_its_cap() {
-        let mut b = Backoff(0);
+        let mut b = Backoff::new(Backoff::BUSY);
         assert_eq!(b.pause(), Duration::ZERO);
-        for _ in 0..100 {
-            b.pause();
-        }
-        assert_eq!(b.pause(), Backoff::MAX);
+        let waits: Vec<Duration> = (0..100).map(|_| b.pause()).collect();
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert!(waits.contains(&Duration::from_micros(5)), "{waits:?}");
+        assert_eq!(b.pause(), Backoff::BUSY);
+        b.cap = Backoff::IDLE;
+        assert_eq!(b.pause(), Backoff::IDLE);
         b.reset();
         assert_eq!(b.pause(), Duration::ZERO);
     }
