@@ -103,12 +103,12 @@ fn decode_run<R: DeserializeOwned>(data: &[u8], max: u32, out: &mut VecDeque<R>)
     let mut n = 0;
     while n < max {
         let mut after = rest;
-        let Some((wire::ITEM_OK, body, _)) = wire::next_item(&mut after) else {
+        let Some((len, body)) = wire::next_ok_item(&mut after) else {
             break;
         };
-        match postcard::take_from_bytes::<R>(body) {
-            Ok((value, [])) => out.push_back(value),
-            _ => break,
+        match wire::decode_fast_at::<R>(body, len) {
+            Some(value) => out.push_back(value),
+            None => break,
         }
         rest = after;
         n += 1;
@@ -320,15 +320,28 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 }
             }
         }
-        if let (Chunking::Adaptive(size), Outcome::Done { elapsed_ns, .. }) =
-            (&mut self.chunking, &reply.outcome)
+        if let (
+            Chunking::Adaptive(size),
+            Outcome::Done {
+                elapsed_ns,
+                data,
+                start,
+            },
+        ) = (&mut self.chunking, &reply.outcome)
         {
             if reply.count as usize >= *size / 2 {
-                let per_item = (*elapsed_ns / u64::from(reply.count.max(1))).max(1);
+                let count = reply.count.max(1);
+                let per_item = (*elapsed_ns / u64::from(count)).max(1);
                 let ideal = usize::try_from(TARGET_BATCH_NS / per_item).unwrap_or(MAX_BATCH_ITEMS);
+                // Results are capped like arguments: a batch's results stay
+                // under MAX_BATCH_BYTES, so that the window of batches in
+                // flight bounds the memory they take even when the consumer
+                // stalls (the faster the tasks, the larger the batches).
+                let result_bytes = (data.len().saturating_sub(*start) / count as usize).max(1);
                 *size = ideal
                     .clamp((*size / 2).max(1), size.saturating_mul(8))
-                    .min(MAX_BATCH_ITEMS);
+                    .min(MAX_BATCH_ITEMS)
+                    .min((MAX_BATCH_BYTES / result_bytes).max(1));
             }
         }
         self.insert_ready(reply);
