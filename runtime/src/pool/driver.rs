@@ -350,7 +350,10 @@ fn serve(
             let ran = cur.u32().unwrap_or(front.job.count).min(front.job.count);
             worker.done += u64::from(ran);
             worker.last_batch_ns = elapsed_ns;
-            if ran > 0 {
+            // A time per item from a batch this short is mostly start-up
+            // (a single `apply` takes microseconds): it would cut the next
+            // large batch into a great many tiny pieces.
+            if ran > 0 && elapsed_ns >= PIECE_NS / 8 {
                 worker.last_item = Some((front.job.worker, elapsed_ns / u64::from(ran)));
             }
             if let Some(limit) = shared.max_worker_rss {

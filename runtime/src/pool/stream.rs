@@ -98,7 +98,7 @@ pub(crate) fn decode_item<R: DeserializeOwned>(
 /// This is the hot loop of `map` and `imap` in the parent: one tight loop
 /// per run of results instead of a trip through the iterator's state
 /// machine and the error handling for each.
-fn decode_run<R: DeserializeOwned>(data: &[u8], max: u32, out: &mut VecDeque<R>) -> (u32, usize) {
+fn decode_run<R: DeserializeOwned>(data: &[u8], max: u32, out: &mut Vec<R>) -> (u32, usize) {
     let mut rest = data;
     let mut n = 0;
     while n < max {
@@ -107,7 +107,7 @@ fn decode_run<R: DeserializeOwned>(data: &[u8], max: u32, out: &mut VecDeque<R>)
             break;
         };
         match wire::decode_fast_at::<R>(body, len) {
-            Some(value) => out.push_back(value),
+            Some(value) => out.push(value),
             None => break,
         }
         rest = after;
@@ -148,7 +148,7 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     ready_unordered: VecDeque<Reply>,
     current: Option<Current>,
     /// Results of `current` already decoded, in order, waiting to be yielded.
-    decoded: VecDeque<W::Output>,
+    decoded: std::vec::IntoIter<W::Output>,
     /// Input position of `decoded`'s first result.
     decoded_next: u64,
     next_yield: u64,
@@ -180,7 +180,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             ready_ordered: BTreeMap::new(),
             ready_unordered: VecDeque::new(),
             current: None,
-            decoded: VecDeque::new(),
+            decoded: Vec::new().into_iter(),
             decoded_next: 0,
             next_yield: 0,
             yielded: 0,
@@ -380,7 +380,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
     pub(crate) fn next_item(&mut self) -> Option<(u64, Result<W::Output>)> {
         // The common case, small enough to inline into the caller's loop:
         // a result decoded ahead by `decode_run`.
-        if let Some(value) = self.decoded.pop_front() {
+        if let Some(value) = self.decoded.next() {
             let index = self.decoded_next;
             self.decoded_next += 1;
             self.yielded += 1;
@@ -394,7 +394,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
     #[inline(never)]
     fn next_item_slow(&mut self) -> Option<(u64, Result<W::Output>)> {
         loop {
-            if let Some(value) = self.decoded.pop_front() {
+            if let Some(value) = self.decoded.next() {
                 let index = self.decoded_next;
                 self.decoded_next += 1;
                 self.yielded += 1;
@@ -404,7 +404,12 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 if cur.left > 0 {
                     if let Outcome::Done { data, .. } = &cur.reply.outcome {
                         let max = cur.left.min(DECODE_RUN);
-                        let (n, used) = decode_run(&data[cur.pos..], max, &mut self.decoded);
+                        // A fresh buffer per run: one allocation per
+                        // DECODE_RUN results, and popping from a
+                        // `vec::IntoIter` is a pointer increment.
+                        let mut run = Vec::with_capacity(max as usize);
+                        let (n, used) = decode_run(&data[cur.pos..], max, &mut run);
+                        self.decoded = run.into_iter();
                         if n > 0 {
                             self.decoded_next = cur.next_index;
                             cur.next_index += u64::from(n);
