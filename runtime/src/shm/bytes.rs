@@ -100,8 +100,28 @@ impl<'de> Deserialize<'de> for SharedBytes {
                 "SharedBytes arrived as memory that is not sealed against writes",
             ));
         }
+        populate(&seg);
         Ok(SharedBytes { seg })
     }
+}
+
+/// Buffers from this size on are mapped in full when they arrive.
+const POPULATE_FROM: usize = 1 << 20;
+
+/// Maps every page of a large buffer that just arrived, in one call
+/// (`MADV_POPULATE_READ`) instead of one page fault per 4 KiB page as the
+/// worker first reads it: for 64 MiB, 16,384 faults. The pages already
+/// exist (the sender wrote them); this only fills in the page tables.
+/// Best effort: kernels before 5.14 do not know the advice, and the buffer
+/// then faults in as it is read.
+fn populate(seg: &Segment) {
+    if seg.len() < POPULATE_FROM {
+        return;
+    }
+    // SAFETY: `as_ptr()..as_ptr() + len()` is this segment's own mapping,
+    // alive for the call; MADV_POPULATE_READ only prefaults it for reading
+    // and changes no data.
+    unsafe { libc::madvise(seg.as_ptr().cast(), seg.len(), libc::MADV_POPULATE_READ) };
 }
 
 #[cfg(test)]
@@ -117,6 +137,15 @@ mod tests {
         assert_eq!(r.len(), 10_000);
         assert_eq!(r[300], 44);
         assert!(round_trip(&SharedBytes::from_vec(Vec::new()).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn large_buffers_arrive_populated_and_intact() {
+        let len = POPULATE_FROM * 2 + 3;
+        let b = SharedBytes::from_vec((0..len).map(|i| (i % 251) as u8).collect()).unwrap();
+        let r = round_trip(&b);
+        assert_eq!(r.len(), len);
+        assert!(r.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8));
     }
 
     #[test]
