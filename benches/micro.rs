@@ -4,9 +4,12 @@
 //!   `wait`, on a pool of 1 — the cost a single call pays;
 //! - `batch`: one batch of 65,536 `x + 1` items through `map_chunked` (encode
 //!   in the parent, socket, decode + run + encode in the child, decode back);
-//! - `codec`: the postcard encoding that the wire format uses, without any
-//!   process: a batch of 65,536 `u64` items, and a 1 MiB `Vec<u8>` (which
-//!   serde encodes element by element).
+//! - `codec`: postcard's own encoder and decoder on the wire's item format,
+//!   without any process: a batch of 65,536 `u64` items, and a 1 MiB
+//!   `Vec<u8>` (which serde encodes element by element). The runtime now
+//!   writes and reads that format with its own serde `Encoder`/`Decoder`
+//!   (`wire.rs`, internal): these rows are postcard's baseline; the
+//!   runtime's codec is measured through `batch` and the compare bench.
 //!
 //! Queue put/get will join when multiproc has a `Queue` (the ipc issue).
 //!

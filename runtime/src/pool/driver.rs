@@ -42,9 +42,12 @@ const PIPELINE_BELOW_NS: u64 = 2_000_000;
 /// sent in pieces of about this long; the other pieces go back to the front
 /// of the queue, where any worker that is free takes the next. So a large
 /// batch of slow items (Python's ⌈n / 4w⌉ for a sized input) no longer
-/// decides how unevenly the workers finish: the last pieces do, and they
-/// are short. A piece costs one round trip more, well under 1% of this.
-const PIECE_NS: u64 = 8_000_000;
+/// decides how unevenly the workers finish: the last pieces do, and the
+/// work stealing halves what is left of them. Each piece costs a round
+/// trip with the child idle (a few hundred µs on a busy 2-core VM: pieces
+/// of 1.5 and 4 ms made the primes bench slower than no pieces at all;
+/// 8, 16 and 32 ms made it faster, 32 ms the most).
+const PIECE_NS: u64 = 32_000_000;
 /// Replacement workers that may fail to start in a row before the slot
 /// gives up.
 const MAX_START_FAILURES: u32 = 3;
@@ -350,10 +353,10 @@ fn serve(
             let ran = cur.u32().unwrap_or(front.job.count).min(front.job.count);
             worker.done += u64::from(ran);
             worker.last_batch_ns = elapsed_ns;
-            // A time per item from a batch this short is mostly start-up
+            // A time per item from a batch under 1 ms is mostly start-up
             // (a single `apply` takes microseconds): it would cut the next
             // large batch into a great many tiny pieces.
-            if ran > 0 && elapsed_ns >= PIECE_NS / 8 {
+            if ran > 0 && elapsed_ns >= 1_000_000 {
                 worker.last_item = Some((front.job.worker, elapsed_ns / u64::from(ran)));
             }
             if let Some(limit) = shared.max_worker_rss {
