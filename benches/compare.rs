@@ -135,6 +135,18 @@ fn seconds<T>(f: impl FnOnce() -> T) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// CPU time of the calling thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`):
+/// how much of a `map` the caller's own encoding and decoding take.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -382,7 +394,7 @@ fn primes(
     let n = sizes.primes;
     progress(&format!("primes below {n}"));
     let (mut seq, mut ray, mut mp) = (Vec::new(), Vec::new(), Vec::new());
-    let mut counts = Vec::new();
+    let (mut counts, mut caller) = (Vec::new(), Vec::new());
     for _ in 0..sizes.slow_rounds {
         seq.push(seconds(|| {
             counts.push((0..black_box(n)).filter(|&k| is_prime(k)).count());
@@ -396,10 +408,12 @@ fn primes(
             }));
         }));
         let mut r = Ok(());
+        let cpu = thread_cpu();
         mp.push(seconds(|| match pool.map(is_prime, 0..black_box(n)) {
             Ok(flags) => counts.push(flags.iter().filter(|&&p| p).count()),
             Err(e) => r = Err(e),
         }));
+        caller.push(thread_cpu() - cpu);
         r?;
     }
     if counts.windows(2).any(|w| w[0] != w[1]) {
@@ -412,7 +426,11 @@ fn primes(
         workload: format!("CPU-bound: count primes below {}", fmt_count(n as f64)),
         sequential: fmt_time(seq),
         rayon: fmt_time(ray),
-        multiproc: fmt_time(mp),
+        multiproc: format!(
+            "{} (caller thread CPU {})",
+            fmt_time(mp),
+            fmt_time(median(&caller))
+        ),
         python: py.as_ref().map_or(NO_PY.to_owned(), |p| fmt_time(p.median)),
         ratio: format!(
             "{ratio:.3}× rayon throughput{}",
@@ -530,6 +548,7 @@ fn map_and_growth(
     let n = sizes.map;
     let (mut seq, mut ray) = (Vec::new(), Vec::new());
     let mut growth: Vec<Vec<f64>> = vec![Vec::new(); sizes.growth.len()];
+    let mut caller = Vec::new();
     for _ in 0..sizes.slow_rounds {
         seq.push(seconds(|| {
             (0..black_box(n)).map(*inc).collect::<Vec<u64>>()
@@ -543,9 +562,13 @@ fn map_and_growth(
             })
         }));
         for (i, &size) in sizes.growth.iter().enumerate() {
+            let cpu = thread_cpu();
             let t = Instant::now();
             let out = pool.map(inc, 0..black_box(size))?;
             growth[i].push(t.elapsed().as_secs_f64());
+            if size == n {
+                caller.push(thread_cpu() - cpu);
+            }
             if out.len() as u64 != size || out.last() != Some(&size) {
                 return Err("map(x + 1) returned wrong results".into());
             }
@@ -567,7 +590,12 @@ fn map_and_growth(
         workload: format!("`map(x + 1)` over {} u64", fmt_count(n as f64)),
         sequential: fmt_time(median(&seq)),
         rayon: fmt_time(median(&ray)),
-        multiproc: format!("{} ({})", fmt_time(mp), fmt_rate(mp_rate)),
+        multiproc: format!(
+            "{} ({}; caller thread CPU {})",
+            fmt_time(mp),
+            fmt_rate(mp_rate),
+            fmt_time(median(&caller))
+        ),
         python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
             format!(
                 "{} items: {} ({})",
