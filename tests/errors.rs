@@ -459,4 +459,17 @@ fn large_payloads_both_ways() {
     let input: Vec<Vec<u8>> = (0..4u8).map(|k| vec![k; 2 << 20]).collect();
     let expected: Vec<u64> = (0..4u64).map(|k| k * (2 << 20)).collect();
     assert_eq!(pool.map(byte_sum, input).unwrap(), expected);
+    // A 9 MiB buffer out and back: above the size where byte buffers are
+    // copied into huge-page backed memory, on both sides.
+    let bytes: Vec<u8> = (0..9usize << 20).map(|i| (i * 13 % 256) as u8).collect();
+    assert_eq!(pool.apply(echo_bytes, bytes.clone()).unwrap(), bytes);
+    assert_eq!(
+        pool.apply(echo_bytes, Vec::new()).unwrap(),
+        Vec::<u8>::new()
+    );
+}
+
+#[worker]
+fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
 }

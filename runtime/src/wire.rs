@@ -6,7 +6,7 @@
 //! postcard, so one bad item can be skipped without losing the others, and
 //! a batch can be split after a crash without re-encoding.
 
-use std::any::type_name;
+use std::any::{Any, TypeId, type_name};
 use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -104,7 +104,11 @@ fn get_varint_long(input: &mut &[u8]) -> Option<u64> {
 /// The message of serde's error if `value` cannot be encoded; `out` is left
 /// as it was.
 #[inline(always)]
-pub(crate) fn put_item<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+pub(crate) fn put_item<T: Serialize + 'static>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+    if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+        put_byte_vec(out, bytes);
+        return Ok(());
+    }
     let start = out.len();
     out.push(0); // room for a one-byte header, the common case
     if let Err(e) = value.serialize(&mut Encoder { out: &mut *out }) {
@@ -119,6 +123,48 @@ pub(crate) fn put_item<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> R
         long_header(out, start, header);
     }
     Ok(())
+}
+
+// ---- byte buffers ---------------------------------------------------------
+//
+// serde's impls for `Vec<T>` visit a `Vec<u8>` one byte at a time, each way:
+// a 64 MiB buffer took ~0.4 s to go to a worker and back. A `Vec<u8>` that is
+// a whole argument or result (the `Args` or `Output` of a worker, or a `map`
+// item) is recognised by its type and copied in one go instead. The bytes on
+// the wire are the same (postcard writes any `u8` sequence as its length and
+// then the bytes), so either side may take either path.
+
+/// Appends one item holding `bytes` as postcard encodes a `Vec<u8>`.
+#[inline(never)]
+fn put_byte_vec(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut prefix = [0u8; 10];
+    let n = varint_into(&mut prefix, bytes.len() as u64);
+    crate::shm::huge::reserve(out, 10 + n + bytes.len());
+    put_varint(out, ((n + bytes.len()) as u64) << 2 | u64::from(ITEM_OK));
+    out.extend_from_slice(&prefix[..n]);
+    out.extend_from_slice(bytes);
+}
+
+/// `body` as a `T`, if `T` is `Vec<u8>` and `body` is a well-formed one;
+/// `None` otherwise, and the caller decodes with serde (which, for a
+/// malformed `Vec<u8>`, says what is wrong with it).
+#[inline(always)]
+fn take_byte_vec<T: 'static>(body: &[u8]) -> Option<T> {
+    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
+        return None;
+    }
+    byte_vec(body).and_then(|v| {
+        (&mut Some(v) as &mut dyn Any)
+            .downcast_mut::<Option<T>>()?
+            .take()
+    })
+}
+
+#[inline(never)]
+fn byte_vec(body: &[u8]) -> Option<Vec<u8>> {
+    let mut rest = body;
+    let len = get_varint(&mut rest)?;
+    (len == rest.len() as u64).then(|| crate::shm::huge::to_vec(rest))
 }
 
 /// Writes a header of more than one byte at `start`, moving the body that
@@ -482,7 +528,7 @@ impl serde::ser::SerializeMap for &mut Encoder<'_> {
 /// [`decode_exact`] for anything it refuses, which then reports postcard's
 /// error: so this only has to be right on what it accepts.
 #[inline]
-pub(crate) fn decode_fast<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
+pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(body: &[u8]) -> Option<T> {
     decode_fast_at(body, body.len())
 }
 
@@ -492,7 +538,10 @@ pub(crate) fn decode_fast<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
 /// a value that overruns its `len` bytes read past them does not matter: it
 /// is refused.
 #[inline]
-pub(crate) fn decode_fast_at<T: DeserializeOwned>(input: &[u8], len: usize) -> Option<T> {
+pub(crate) fn decode_fast_at<T: DeserializeOwned + 'static>(input: &[u8], len: usize) -> Option<T> {
+    if let Some(v) = take_byte_vec(&input[..len]) {
+        return Some(v);
+    }
     let mut d = Decoder { input };
     let value = T::deserialize(&mut d).ok()?;
     (input.len() - d.input.len() == len).then_some(value)
@@ -982,6 +1031,16 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, String
     }
 }
 
+/// [`decode_exact`] of an argument or result, with the one-copy path for a
+/// `Vec<u8>`.
+#[inline]
+pub(crate) fn decode_value<T: DeserializeOwned + 'static>(body: &[u8]) -> Result<T, String> {
+    match take_byte_vec(body) {
+        Some(v) => Ok(v),
+        None => decode_exact(body),
+    }
+}
+
 #[cold]
 fn trailing_bytes(n: usize) -> String {
     format!("{n} trailing bytes")
@@ -998,7 +1057,7 @@ fn decode_error(e: &postcard::Error) -> String {
 pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, String> {
     // Results are usually about as large as their arguments: room for that
     // up front saves growing (and copying) the buffer several times.
-    out.reserve(input.len());
+    crate::shm::huge::reserve(out, input.len());
     let mut index = 0u64;
     while !input.is_empty() {
         if !crate::child::item_started(index) {
@@ -1013,7 +1072,7 @@ pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Re
         }
         let args = match decode_fast::<W::Args>(body)
             .ok_or(())
-            .or_else(|()| decode_exact(body))
+            .or_else(|()| decode_value(body))
         {
             Ok(args) => args,
             Err(e) => {
@@ -1092,7 +1151,7 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
         ));
     }
     buf.clear();
-    buf.reserve(len);
+    crate::shm::huge::reserve(buf, len);
     // `take` + `read_to_end` fills spare capacity without zeroing it first.
     let got = r.take(len as u64).read_to_end(buf)?;
     if got < len {
@@ -1163,11 +1222,52 @@ mod tests {
         assert!(s.is_empty());
     }
 
+    #[test]
+    fn byte_vectors_take_one_copy_and_match_serdes_bytes() {
+        // Lengths around the varint boundaries of the length prefix and of
+        // the item header, and one above the huge-page threshold.
+        for len in [0, 1, 29, 30, 31, 127, 128, 16_381, 16_382, 16_384, 5 << 20] {
+            let v: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut fast = vec![0xAA];
+            put_item(&mut fast, &v).unwrap();
+            // What the serde path writes for the same bytes (a slice is not
+            // a `Vec<u8>`, so it takes the serializer).
+            let mut slow = vec![0xAA];
+            put_item(&mut slow, &Box::<[u8]>::from(&v[..])).unwrap();
+            assert_eq!(fast, slow, "len {len}");
+            let mut s = &fast[1..];
+            let (status, body, _) = next_item(&mut s).unwrap();
+            assert!(s.is_empty() && status == ITEM_OK);
+            assert_eq!(decode_value::<Vec<u8>>(body).unwrap(), v);
+            assert_eq!(decode_fast::<Vec<u8>>(body).unwrap(), v);
+            assert_eq!(postcard::from_bytes::<Vec<u8>>(body).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn malformed_byte_vectors_are_refused_with_postcards_message() {
+        let body = postcard::to_stdvec(&vec![1u8, 2, 3]).unwrap();
+        // Cut short, and with a byte too many.
+        let short = decode_value::<Vec<u8>>(&body[..3]).unwrap_err();
+        assert!(short.contains("end"), "{short}");
+        assert!(decode_fast::<Vec<u8>>(&body[..3]).is_none());
+        let mut long = body.clone();
+        long.push(9);
+        assert_eq!(
+            decode_value::<Vec<u8>>(&long).unwrap_err(),
+            "1 trailing bytes"
+        );
+        // A bad length prefix.
+        assert!(decode_value::<Vec<u8>>(&[0xFF]).is_err());
+        // Other types are not taken for bytes.
+        assert_eq!(decode_value::<(u8, u8)>(&[1, 2]).unwrap(), (1, 2));
+    }
+
     /// Encodes `v` with [`Encoder`] and checks it against postcard's own
     /// serializer, byte for byte, and that postcard decodes it back.
     fn same_as_postcard<T>(v: &T)
     where
-        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
     {
         let mut ours = vec![0xAA]; // appends after what is there
         v.serialize(&mut Encoder { out: &mut ours }).unwrap();

@@ -29,7 +29,10 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 const DECODE_RUN: u32 = 1024;
 
 /// Decodes the result of a single submitted call.
-pub(crate) fn decode_single<R: DeserializeOwned>(worker: &'static str, reply: Reply) -> Result<R> {
+pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
+    worker: &'static str,
+    reply: Reply,
+) -> Result<R> {
     match reply.outcome {
         Outcome::Failed(f) => Err(f.to_error(worker, None)),
         Outcome::Local(err) => Err(err.expect("a local error is decoded once")),
@@ -41,7 +44,7 @@ pub(crate) fn decode_single<R: DeserializeOwned>(worker: &'static str, reply: Re
 }
 
 /// Decodes the next framed result item of a `DONE` body.
-pub(crate) fn decode_item<R: DeserializeOwned>(
+pub(crate) fn decode_item<R: DeserializeOwned + 'static>(
     worker: &'static str,
     index: Option<u64>,
     rest: &mut &[u8],
@@ -62,7 +65,7 @@ pub(crate) fn decode_item<R: DeserializeOwned>(
         })
     };
     match status {
-        wire::ITEM_OK => wire::decode_exact::<R>(body)
+        wire::ITEM_OK => wire::decode_value::<R>(body)
             .map_err(|m| codec(CodecSide::DecodeOutput, type_name::<R>(), m)),
         wire::ITEM_PANIC => {
             let report: PanicReport = wire::decode_exact(body).unwrap_or(PanicReport {
@@ -98,7 +101,11 @@ pub(crate) fn decode_item<R: DeserializeOwned>(
 /// This is the hot loop of `map` and `imap` in the parent: one tight loop
 /// per run of results instead of a trip through the iterator's state
 /// machine and the error handling for each.
-fn decode_run<R: DeserializeOwned>(data: &[u8], max: u32, out: &mut Vec<R>) -> (u32, usize) {
+fn decode_run<R: DeserializeOwned + 'static>(
+    data: &[u8],
+    max: u32,
+    out: &mut Vec<R>,
+) -> (u32, usize) {
     let mut rest = data;
     let mut n = 0;
     while n < max {

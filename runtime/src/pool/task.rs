@@ -204,7 +204,7 @@ impl<R> std::fmt::Debug for Task<R> {
     }
 }
 
-impl<R: DeserializeOwned> Task<R> {
+impl<R: DeserializeOwned + 'static> Task<R> {
     pub(crate) fn new(slot: Arc<TaskSlot>, control: Arc<Control>, worker: &'static str) -> Task<R> {
         Task {
             slot,
@@ -276,7 +276,7 @@ impl<R: DeserializeOwned> Task<R> {
     }
 }
 
-impl<R: DeserializeOwned> Future for Task<R> {
+impl<R: DeserializeOwned + 'static> Future for Task<R> {
     type Output = Result<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
@@ -306,7 +306,7 @@ impl<R: DeserializeOwned> Future for Task<R> {
 /// ```
 pub fn as_completed<R, I>(tasks: I) -> AsCompleted<R>
 where
-    R: DeserializeOwned,
+    R: DeserializeOwned + 'static,
     I: IntoIterator<Item = Task<R>>,
 {
     let (tx, rx) = mpsc::channel();
@@ -341,7 +341,7 @@ impl<R> std::fmt::Debug for AsCompleted<R> {
     }
 }
 
-impl<R: DeserializeOwned> Iterator for AsCompleted<R> {
+impl<R: DeserializeOwned + 'static> Iterator for AsCompleted<R> {
     type Item = (usize, Result<R>);
 
     fn next(&mut self) -> Option<(usize, Result<R>)> {
@@ -359,4 +359,4 @@ impl<R: DeserializeOwned> Iterator for AsCompleted<R> {
     }
 }
 
-impl<R: DeserializeOwned> ExactSizeIterator for AsCompleted<R> {}
+impl<R: DeserializeOwned + 'static> ExactSizeIterator for AsCompleted<R> {}

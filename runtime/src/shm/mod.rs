@@ -8,6 +8,7 @@
 mod array;
 mod bytes;
 mod element;
+pub(crate) mod huge;
 mod primitives;
 mod progress;
 // Building blocks shared with other modules (the queue); not all of them
