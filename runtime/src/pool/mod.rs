@@ -442,12 +442,19 @@ impl Pool {
         W: Worker,
         I: Iterator<Item = W::Args>,
     {
-        let mut out = Vec::with_capacity(items.size_hint().0);
+        let mut out = Vec::new();
+        // The results of a large map are tens of MiB: huge pages save most
+        // of the page faults of filling them.
+        crate::shm::huge::reserve(&mut out, items.size_hint().0);
         let mut stream = Stream::<W, I>::new(self, items, self.cap_chunk(chunking), true);
-        while let Some((_, result)) = stream.next_item() {
-            out.push(result?);
+        loop {
+            // Results decoded ahead are moved over in one copy.
+            stream.drain_decoded(&mut out);
+            match stream.next_item() {
+                Some((_, result)) => out.push(result?),
+                None => return Ok(out),
+            }
         }
-        Ok(out)
     }
 
     /// Lazily applies `worker` to every item, yielding each result in input

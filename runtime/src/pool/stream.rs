@@ -382,6 +382,16 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
         }
     }
 
+    /// Moves the results decoded ahead (all fine, in order) to `out`: what
+    /// [`next_item`](Self::next_item) would yield next, in one copy.
+    #[inline]
+    pub(crate) fn drain_decoded(&mut self, out: &mut Vec<W::Output>) {
+        let n = self.decoded.len() as u64;
+        out.extend(self.decoded.by_ref());
+        self.decoded_next += n;
+        self.yielded += n;
+    }
+
     /// The next result and its input position; `None` at the end.
     #[inline]
     pub(crate) fn next_item(&mut self) -> Option<(u64, Result<W::Output>)> {

@@ -16,18 +16,19 @@ const HUGE_FROM: usize = 4 << 20;
 /// The huge-page size of x86-64 and arm64 (with 4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
 
-/// Reserves room for `additional` more bytes in `buf`, as
+/// Reserves room for `additional` more elements in `buf`, as
 /// [`Vec::reserve_exact`], and asks the kernel to back the reserved memory
 /// with huge pages if it is large.
-pub(crate) fn reserve(buf: &mut Vec<u8>, additional: usize) {
+pub(crate) fn reserve<T>(buf: &mut Vec<T>, additional: usize) {
     buf.reserve_exact(additional);
     let spare = buf.spare_capacity_mut();
-    if spare.len() < HUGE_FROM {
+    let bytes = std::mem::size_of_val(spare);
+    if bytes < HUGE_FROM {
         return;
     }
     let start = spare.as_ptr() as usize;
     let aligned = start.next_multiple_of(HUGE_PAGE);
-    let end = (start + spare.len()) & !(HUGE_PAGE - 1);
+    let end = (start + bytes) & !(HUGE_PAGE - 1);
     if end > aligned {
         // SAFETY: `aligned..end` lies inside the spare capacity of `buf`,
         // memory this process owns and has not handed out; MADV_HUGEPAGE
