@@ -473,3 +473,91 @@ fn large_payloads_both_ways() {
 fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
+
+/// Returns `bytes` unless its first byte says to fail: 1 panics, 2 aborts
+/// the worker process.
+#[worker]
+fn echo_or_fail(bytes: Vec<u8>) -> Vec<u8> {
+    match bytes.first() {
+        Some(1) => panic!("refused {} bytes", bytes.len()),
+        Some(2) => std::process::abort(),
+        _ => bytes,
+    }
+}
+
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed) % 251) as u8 + 3)
+        .collect()
+}
+
+#[multiproc::test]
+fn large_frames_go_through_shared_buffers_that_grow() {
+    // Frames of 1 MiB and more travel through per-worker shared buffers;
+    // each size here is larger than the last buffer, so they are replaced,
+    // and smaller ones in between reuse them. One worker: every frame goes
+    // through the same pair of buffers.
+    let pool = Pool::new(1).unwrap();
+    for (k, len) in [
+        1 << 20,
+        3 << 20,
+        100,
+        9 << 20,
+        2 << 20,
+        17 << 20,
+        (1 << 20) - 1,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bytes = pattern(len, k);
+        assert_eq!(
+            pool.apply(echo_bytes, bytes.clone()).unwrap(),
+            bytes,
+            "{len}"
+        );
+    }
+    // The worker did map them (a memfd named for them).
+    let pid = pool.apply(pid_of, 0).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert_eq!(
+        maps.matches("memfd:multiproc-frames").count(),
+        2,
+        "the request and the reply buffer:\n{maps}"
+    );
+    // Large results from small arguments, several in flight: a reply finds
+    // the buffer still held for the one before and takes the socket.
+    let sizes = vec![3 << 20; 6];
+    let got: Vec<Vec<u8>> = pool.map_chunked(big_vec, sizes.clone(), 1).unwrap();
+    for (got, &len) in got.iter().zip(&sizes) {
+        assert_eq!(got.len(), len);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    }
+}
+
+#[multiproc::test]
+fn a_worker_that_fails_on_a_large_frame_loses_nothing_else() {
+    let pool = Pool::new(2).unwrap();
+    let mut panicking = pattern(5 << 20, 0);
+    panicking[0] = 1;
+    let err = pool.apply(echo_or_fail, panicking).unwrap_err();
+    assert_eq!(
+        err.panic_message(),
+        Some("refused 5242880 bytes"),
+        "{err:?}"
+    );
+    let mut aborting = pattern(6 << 20, 0);
+    aborting[0] = 2;
+    let err = pool.apply(echo_or_fail, aborting).unwrap_err();
+    assert!(err.is_worker_died(), "{err:?}");
+    // The replacement worker starts without shared buffers and gets new
+    // ones; both workers still echo large frames correctly.
+    let inputs: Vec<Vec<u8>> = (0..4).map(|k| pattern(4 << 20, k)).collect();
+    let tasks: Vec<_> = inputs
+        .iter()
+        .map(|b| pool.submit(echo_or_fail, b.clone()))
+        .collect();
+    for (task, input) in tasks.into_iter().zip(&inputs) {
+        assert_eq!(&task.wait().unwrap(), input);
+    }
+}

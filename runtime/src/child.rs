@@ -19,6 +19,7 @@ use std::time::Instant;
 use crate::fdpass::FdReader;
 use crate::registry;
 use crate::shm::Progress;
+use crate::shm::arena::{ARENA_FROM, Arena};
 use crate::wire::{self, BatchFailure, PanicReport};
 
 /// Environment variable that marks a process as a worker child.
@@ -237,7 +238,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     let mut next_frame = move || -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         let mut frame = Vec::new();
         match wire::read_frame(&mut reader, &mut frame)? {
-            Some(wire::TAG_RUN) => {
+            Some(wire::TAG_RUN | wire::TAG_RUN_SHARED) => {
                 // The handles in the arguments came with the frame.
                 let n = frame
                     .get(9..13)
@@ -249,12 +250,18 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let fds = reader.get_mut().take_fds(1)?;
                 Ok((frame, fds))
             }
+            Some(wire::TAG_ARENAS) => {
+                let fds = reader.get_mut().take_fds(2)?;
+                Ok((frame, fds))
+            }
             Some(_) => Ok((frame, Vec::new())),
             None => Ok((Vec::new(), Vec::new())),
         }
     };
     let mut writer = BufWriter::with_capacity(64 * 1024, stream);
     let mut out = Vec::new();
+    // The shared buffers for large frames, once the parent sends them.
+    let mut arenas: Option<Arenas> = None;
 
     // The first frame brings the progress page.
     let (setup, mut fds) = next_frame()?;
@@ -282,13 +289,44 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
             return Ok(()); // the parent went away or closed the pool
         };
         match tag {
-            wire::TAG_RUN => {
+            wire::TAG_ARENAS => {
+                let mut cur = wire::Cursor(&frame[1..]);
+                let (request, reply) = (cur.u64()?, cur.u64()?);
+                let mut fds = fds.into_iter();
+                let mut map = |len: u64| {
+                    let fd = fds.next().expect("take_fds(2)");
+                    Arena::from_fd(fd, usize::try_from(len).unwrap_or(usize::MAX))
+                };
+                arenas = Some(Arenas {
+                    request: map(request)?,
+                    reply: map(reply)?,
+                    replies: 0,
+                });
+            }
+            wire::TAG_RUN | wire::TAG_RUN_SHARED => {
                 let mut cur = wire::Cursor(&frame[1..]);
                 let batch = cur.u64()?;
                 let _fds = cur.u32()?;
                 let name_len = cur.u32()? as usize;
                 let name = std::str::from_utf8(cur.take(name_len)?).unwrap_or("<invalid utf-8>");
-                let payload = cur.rest();
+                let payload = if tag == wire::TAG_RUN_SHARED {
+                    let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
+                    let request = arenas.as_ref().and_then(|a| {
+                        // SAFETY: the parent wrote the payload before
+                        // sending this frame and writes the request arena
+                        // again only when this batch has been answered
+                        // (shm::arena).
+                        unsafe { a.request.bytes(len) }
+                    });
+                    request.ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "a shared batch arrived without its shared buffer",
+                        )
+                    })?
+                } else {
+                    cur.rest()
+                };
                 let Some(entry) = registry::lookup(name) else {
                     let failure = BatchFailure::UnknownWorker {
                         name: name.to_owned(),
@@ -318,8 +356,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     Ok(ran) => {
                         out[timing_at..timing_at + 8].copy_from_slice(&elapsed.to_le_bytes());
                         out[timing_at + 8..timing_at + 12].copy_from_slice(&ran.to_le_bytes());
-                        wire::finish_frame(&mut out)?;
-                        writer.write_all(&out)?;
+                        send_reply(&mut writer, &mut out, arenas.as_mut())?;
                     }
                     Err(msg) => {
                         send_failure(&mut writer, &mut out, batch, &BatchFailure::Malformed(msg))?;
@@ -340,6 +377,40 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
             }
         }
     }
+}
+
+/// The arenas the parent gave this child (see [`crate::shm::arena`]).
+struct Arenas {
+    request: Arena,
+    reply: Arena,
+    /// Replies written to the reply arena so far.
+    replies: u64,
+}
+
+/// Sends a `DONE` frame built in `out`: through the reply arena if it is
+/// large, fits, and the parent has copied out the last reply there; else
+/// through the socket.
+fn send_reply(
+    writer: &mut impl Write,
+    out: &mut Vec<u8>,
+    arenas: Option<&mut Arenas>,
+) -> std::io::Result<()> {
+    let body = out.len() - 4;
+    if let Some(a) = arenas {
+        if body >= ARENA_FROM && body <= a.reply.capacity() && a.reply.released_count() == a.replies
+        {
+            // SAFETY: the parent has released every earlier reply (checked
+            // just above, an acquire load) and reads the arena again only
+            // after the frame below.
+            unsafe { a.reply.write(&out[4..]) };
+            a.replies += 1;
+            wire::begin_frame(out, wire::TAG_DONE_SHARED);
+            out.extend_from_slice(&a.replies.to_le_bytes());
+            out.extend_from_slice(&(body as u64).to_le_bytes());
+        }
+    }
+    wire::finish_frame(out)?;
+    writer.write_all(out)
 }
 
 fn send_failure(

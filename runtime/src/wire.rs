@@ -5,6 +5,11 @@
 //! as a LEB128 header `(len << 2) | status` followed by `len` bytes of
 //! postcard, so one bad item can be skipped without losing the others, and
 //! a batch can be split after a crash without re-encoding.
+//!
+//! A `RUN` or `DONE` body of 1 MiB or more travels through a shared buffer
+//! of the worker's instead ([`shm::arena`](crate::shm::arena)): the socket
+//! then carries a small `RUN_SHARED` or `DONE_SHARED` frame that says where
+//! it is.
 
 use std::any::{Any, TypeId, type_name};
 use std::io::{self, Read};
@@ -16,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+pub(crate) const PROTOCOL_VERSION: u32 = 5;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.
@@ -27,10 +32,20 @@ pub(crate) const TAG_RUN: u8 = 1;
 pub(crate) const TAG_SHUTDOWN: u8 = 2;
 /// First frame to a new child: carries its progress page as a descriptor.
 pub(crate) const TAG_SETUP: u8 = 3;
+/// A `RUN` frame whose payload is in the request arena (see
+/// [`shm::arena`](crate::shm::arena)): the head of a `RUN` frame, then the
+/// payload's length as a `u64`.
+pub(crate) const TAG_RUN_SHARED: u8 = 4;
+/// New arenas for the child: the request and the reply arena's lengths
+/// (`u64` each), their descriptors attached.
+pub(crate) const TAG_ARENAS: u8 = 5;
 // Child → parent.
 pub(crate) const TAG_HELLO: u8 = 16;
 pub(crate) const TAG_DONE: u8 = 17;
 pub(crate) const TAG_FAILED: u8 = 18;
+/// A `DONE` frame whose body is in the reply arena: the reply's sequence
+/// number and the body's length (`u64` each).
+pub(crate) const TAG_DONE_SHARED: u8 = 19;
 
 /// Item status in a framed item header.
 pub(crate) const ITEM_OK: u8 = 0;

@@ -19,6 +19,7 @@ use super::PoolShared;
 use super::job::{Failure, Job, Outcome, Runner};
 use crate::error::{Error, ErrorKind, ExitReason, Result};
 use crate::shm::Progress;
+use crate::shm::arena::{ARENA_FROM, Arena};
 use crate::shm::progress_clock as monotonic_ns;
 use crate::spawn::{self, Spawned};
 use crate::wire::{self, BatchFailure};
@@ -70,6 +71,56 @@ struct Worker {
     last_item: Option<(&'static str, u64)>,
     /// Over its memory limit: finish what is in flight, then retire.
     retiring: bool,
+    /// The shared buffers for large frames, once one is needed.
+    arenas: Option<Arenas>,
+    /// Largest reply body the reply arena should hold.
+    reply_wanted: usize,
+}
+
+/// The request and reply arenas of one worker process (see
+/// [`crate::shm::arena`]).
+struct Arenas {
+    request: Arena,
+    reply: Arena,
+}
+
+impl Worker {
+    /// Makes sure the arenas hold a request of `request` bytes and a reply
+    /// of [`Worker::reply_wanted`], making bigger ones and sending them to
+    /// the child if not. Only while no batch is in flight (the child maps
+    /// the new ones between batches). `Ok(false)` if they could not be
+    /// made: large frames then go through the socket.
+    ///
+    /// # Errors
+    ///
+    /// If the child cannot be written to (it is gone).
+    fn ensure_arenas(&mut self, request: usize) -> std::io::Result<bool> {
+        let (have_request, have_reply) = self
+            .arenas
+            .as_ref()
+            .map_or((0, 0), |a| (a.request.capacity(), a.reply.capacity()));
+        if request <= have_request && self.reply_wanted <= have_reply {
+            return Ok(true);
+        }
+        let (Ok(request), Ok(reply)) = (
+            Arena::create(request.max(have_request).max(ARENA_FROM)),
+            Arena::create(self.reply_wanted.max(have_reply).max(ARENA_FROM)),
+        ) else {
+            return Ok(false);
+        };
+        let fds = [request.fd(), reply.fd()].map(|fd| fd.try_clone_to_owned());
+        let [Ok(a), Ok(b)] = fds else {
+            return Ok(false);
+        };
+        let mut buf = Vec::new();
+        wire::begin_frame(&mut buf, wire::TAG_ARENAS);
+        buf.extend_from_slice(&(request.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&(reply.len() as u64).to_le_bytes());
+        wire::finish_frame(&mut buf)?;
+        crate::fdpass::write_with_fds(&mut self.writer, &buf, &[a, b])?;
+        self.arenas = Some(Arenas { request, reply });
+        Ok(true)
+    }
 }
 
 enum End {
@@ -159,6 +210,8 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Worker> {
         last_batch_ns: u64::MAX,
         last_item: None,
         retiring: false,
+        arenas: None,
+        reply_wanted: 0,
     };
     if let Some(init) = &shared.initializer {
         if let Err(e) = run_initializer(shared, &mut worker, init) {
@@ -217,6 +270,44 @@ pub(crate) fn encode_run(
     buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
     buf.extend_from_slice(worker.as_bytes());
     wire::finish_frame_with(buf, payload.len())
+}
+
+/// Sends `job` as a `RUN` frame, through the request arena if its payload
+/// is large (and the arenas can be had); only while nothing is in flight.
+fn send_run_maybe_shared(
+    worker: &mut Worker,
+    buf: &mut Vec<u8>,
+    batch: u64,
+    job: &Job,
+) -> std::io::Result<()> {
+    let large = job.payload.len() >= ARENA_FROM;
+    if large {
+        // Results are usually about as large as their arguments.
+        worker.reply_wanted = worker
+            .reply_wanted
+            .max(job.payload.len() + wire::DONE_HEADER + 64);
+    }
+    let ready = if large || worker.reply_wanted >= ARENA_FROM {
+        worker.ensure_arenas(if large { job.payload.len() } else { 0 })?
+    } else {
+        false
+    };
+    match &worker.arenas {
+        Some(arenas) if large && ready => {
+            // SAFETY: nothing is in flight, so the child has answered, and
+            // so finished reading, every earlier batch (shm::arena).
+            unsafe { arenas.request.write(&job.payload) };
+            encode_run(buf, batch, job.worker, &[], job.fds().len())?;
+            buf[4] = wire::TAG_RUN_SHARED;
+            buf.extend_from_slice(&(job.payload.len() as u64).to_le_bytes());
+            wire::finish_frame(buf)?;
+            send_run(&mut worker.writer, buf, &[], job.fds())
+        }
+        _ => {
+            encode_run(buf, batch, job.worker, &job.payload, job.fds().len())?;
+            send_run(&mut worker.writer, buf, &job.payload, job.fds())
+        }
+    }
 }
 
 /// Sends a `RUN` frame: the head built by [`encode_run`], then the payload.
@@ -304,8 +395,12 @@ fn serve(
             if in_flight.is_empty() {
                 runner.set_front(Some((batch, job.count)));
             }
-            let sent = encode_run(&mut buf, batch, job.worker, &job.payload, job.fds().len())
-                .and_then(|()| send_run(&mut worker.writer, &buf, &job.payload, job.fds()));
+            let sent = if in_flight.is_empty() {
+                send_run_maybe_shared(worker, &mut buf, batch, &job)
+            } else {
+                encode_run(&mut buf, batch, job.worker, &job.payload, job.fds().len())
+                    .and_then(|()| send_run(&mut worker.writer, &buf, &job.payload, job.fds()))
+            };
             if let Err(e) = sent {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     // Frame too large: this job alone fails.
@@ -510,7 +605,47 @@ fn read_reply(
             }
         }
     }
-    wire::read_frame(&mut worker.reader, frame)
+    let tag = wire::read_frame(&mut worker.reader, frame)?;
+    if tag == Some(wire::TAG_DONE_SHARED) {
+        return copy_out_reply(worker, frame).map(Some);
+    }
+    if tag == Some(wire::TAG_DONE) && frame.len() >= ARENA_FROM {
+        // A large reply that came through the socket: have a reply arena
+        // for the next one.
+        worker.reply_wanted = worker.reply_wanted.max(frame.len());
+    }
+    Ok(tag)
+}
+
+/// Replaces a `DONE_SHARED` frame with the `DONE` frame in the reply arena,
+/// and releases the arena to the child.
+fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
+    let mut cur = wire::Cursor(&frame[1..]);
+    let seq = cur.u64()?;
+    let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
+    let reply = worker.arenas.as_ref().map(|a| &a.reply);
+    let body = reply.and_then(|r| {
+        // SAFETY: the child wrote this reply before sending the frame, and
+        // writes the reply arena again only after the release below.
+        unsafe { r.bytes(len) }
+    });
+    let (Some(reply), Some(body)) = (reply, body) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a shared reply does not fit its buffer",
+        ));
+    };
+    frame.clear();
+    crate::shm::huge::reserve(frame, len);
+    frame.extend_from_slice(body);
+    reply.release(seq);
+    match frame.first() {
+        Some(&tag @ wire::TAG_DONE) => Ok(tag),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a shared reply is not a DONE frame",
+        )),
+    }
 }
 
 /// Asks a worker to exit and reaps it.

@@ -5,6 +5,7 @@
 //! when a process crashes, and the memory is gone with the last mapping.
 //! `unsafe` in this crate lives here; every block says why it is sound.
 
+pub(crate) mod arena;
 mod array;
 mod bytes;
 mod element;

@@ -1,0 +1,189 @@
+//! [`Arena`]: a shared buffer that carries large frames between a pool's
+//! driver and its worker process instead of the control socket.
+//!
+//! A unix socket moves at most its buffer (about 208 KiB) per wake-up of
+//! the reader: a 64 MiB result crossed it in ~1,800 reads of 36 KiB, each a
+//! wake-up and a context switch, which took 50–220 ms on the 2-core VM of
+//! BENCHMARKS.md. Through an arena, the same bytes are one copy into memory
+//! that both processes keep mapped (its pages stay faulted in from one frame
+//! to the next), one small frame on the socket, and one copy out.
+//!
+//! Each worker has two, both created by the parent and sent to the child:
+//! the *request* arena (parent → child) and the *reply* arena (child →
+//! parent). Who may touch which bytes when:
+//!
+//! - request: the parent writes a batch only while no batch is in flight
+//!   with that child, so the child has finished reading the previous one;
+//!   the child reads it while it runs that batch.
+//! - reply: the child writes a reply only when the parent has released the
+//!   previous one (the release counter in the arena's first word equals the
+//!   number of replies it wrote); otherwise it sends the reply through the
+//!   socket. The parent copies the reply out, then stores its sequence
+//!   number in the counter (release), which the child loads (acquire).
+//!
+//! So no byte is ever written by one process while the other reads it.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Segment;
+
+/// Frames with a body at least this large go through the arenas.
+pub(crate) const ARENA_FROM: usize = 1 << 20;
+
+/// Largest arena: the largest frame the protocol allows, plus the header.
+const MAX_ARENA: usize = (1 << 30) + HEADER;
+
+/// Bytes before the data: the release counter, on its own cache line.
+const HEADER: usize = 64;
+
+/// One shared buffer of an [`ARENA_FROM`]-or-larger frame.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    seg: Segment,
+}
+
+impl Arena {
+    /// An arena for frames of up to `capacity` bytes (rounded up to a power
+    /// of two: the pages that are never written cost nothing).
+    ///
+    /// # Errors
+    ///
+    /// If the memfd cannot be created or mapped, or `capacity` is over the
+    /// largest frame.
+    pub(crate) fn create(capacity: usize) -> io::Result<Arena> {
+        let len = (capacity + HEADER).next_power_of_two().max(2 << 20);
+        if len > MAX_ARENA.next_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame too large for a shared buffer",
+            ));
+        }
+        Ok(Arena {
+            seg: Segment::create(c"multiproc-frames", len)?,
+        })
+    }
+
+    /// Maps an arena received from the parent; `len` is its whole length.
+    ///
+    /// # Errors
+    ///
+    /// If the descriptor is not a sealed memfd of `len` bytes, or `len` is
+    /// not a size [`create`](Arena::create) makes.
+    pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Arena> {
+        if len <= HEADER || !len.is_power_of_two() || len > MAX_ARENA.next_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a shared frame buffer arrived with a bad length",
+            ));
+        }
+        Ok(Arena {
+            seg: Segment::from_fd(fd, len)?,
+        })
+    }
+
+    /// The whole length, to send with the descriptor.
+    pub(crate) fn len(&self) -> usize {
+        self.seg.len()
+    }
+
+    /// The memfd, to send to the child.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.seg.fd()
+    }
+
+    /// Largest frame body it holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.seg.len() - HEADER
+    }
+
+    fn released(&self) -> &AtomicU64 {
+        self.seg.atomic_u64(0)
+    }
+
+    /// How many replies the parent has released.
+    pub(crate) fn released_count(&self) -> u64 {
+        self.released().load(Ordering::Acquire)
+    }
+
+    /// Releases the replies up to and including number `seq`.
+    pub(crate) fn release(&self, seq: u64) {
+        self.released().store(seq, Ordering::Release);
+    }
+
+    /// Copies `bytes` to the start of the data.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is over [`capacity`](Arena::capacity).
+    ///
+    /// # Safety
+    ///
+    /// No other process may read or write the first `bytes.len()` bytes of
+    /// the data until this process hands them over (see the module docs).
+    pub(crate) unsafe fn write(&self, bytes: &[u8]) {
+        assert!(bytes.len() <= self.capacity(), "frame over the arena");
+        // SAFETY: in bounds (checked above) of a writable mapping that
+        // lives as long as `self`; nobody else touches the range (the
+        // caller's contract), and `bytes` is private memory, so the two
+        // cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.seg.as_ptr().add(HEADER),
+                bytes.len(),
+            );
+        }
+    }
+
+    /// The first `len` bytes of the data, or `None` if `len` is over the
+    /// capacity.
+    ///
+    /// # Safety
+    ///
+    /// No other process may write those bytes while the slice lives (see
+    /// the module docs).
+    pub(crate) unsafe fn bytes(&self, len: usize) -> Option<&[u8]> {
+        (len <= self.capacity()).then(|| {
+            // SAFETY: in bounds (checked) of a mapping that lives as long
+            // as `&self`; nobody writes the range meanwhile (the caller's
+            // contract), so it may be read as plain bytes.
+            unsafe { std::slice::from_raw_parts(self.seg.as_ptr().add(HEADER), len) }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_other_side_sees_the_bytes_and_the_release() {
+        let a = Arena::create(3 << 20).unwrap();
+        assert_eq!(a.len(), 4 << 20);
+        assert!(a.capacity() >= 3 << 20);
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        let b = Arena::from_fd(fd, a.len()).unwrap();
+        let data: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+        // SAFETY: single-threaded test; nothing else touches the arena.
+        unsafe { a.write(&data) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { b.bytes(data.len()) }.unwrap(), &data[..]);
+        // SAFETY: as above.
+        assert!(unsafe { b.bytes(b.capacity() + 1) }.is_none());
+        assert_eq!(b.released_count(), 0);
+        a.release(7);
+        assert_eq!(b.released_count(), 7);
+    }
+
+    #[test]
+    fn bad_lengths_are_refused() {
+        let a = Arena::create(1).unwrap();
+        let fd = || a.fd().try_clone_to_owned().unwrap();
+        assert!(Arena::from_fd(fd(), a.len() / 2).is_err()); // not its length
+        assert!(Arena::from_fd(fd(), 3 << 20).is_err()); // not a power of two
+        assert!(Arena::from_fd(fd(), 0).is_err());
+        assert!(Arena::create(2 << 30).is_err());
+    }
+}
