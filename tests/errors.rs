@@ -519,12 +519,22 @@ fn large_frames_go_through_shared_buffers_that_grow() {
     }
     // The worker did map them (a memfd named for them).
     let pid = pool.apply(pid_of, 0).unwrap();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    assert_eq!(
-        maps.matches("memfd:multiproc-frames").count(),
-        2,
-        "the request and the reply buffer:\n{maps}"
-    );
+    let mapped = || {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        maps.matches("memfd:multiproc-frames").count()
+    };
+    assert_eq!(mapped(), 2, "the request and the reply buffer");
+    // An idle pool gives their memory back after a second, and makes new
+    // ones when a large frame comes again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mapped() != 0 {
+        assert!(std::time::Instant::now() < deadline, "still mapped after 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let bytes = pattern(5 << 20, 9);
+    assert_eq!(pool.apply(echo_bytes, bytes.clone()).unwrap(), bytes);
+    assert_eq!(pool.apply(pid_of, 0).unwrap(), pid, "the same worker");
+    assert_eq!(mapped(), 2);
     // Large results from small arguments, several in flight: a reply finds
     // the buffer still held for the one before and takes the socket.
     let sizes = vec![3 << 20; 6];

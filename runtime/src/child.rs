@@ -251,7 +251,9 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 Ok((frame, fds))
             }
             Some(wire::TAG_ARENAS) => {
-                let fds = reader.get_mut().take_fds(2)?;
+                // Two descriptors, or none when the parent frees them.
+                let release = frame.get(1..17).is_some_and(|b| b.iter().all(|&x| x == 0));
+                let fds = reader.get_mut().take_fds(if release { 0 } else { 2 })?;
                 Ok((frame, fds))
             }
             Some(_) => Ok((frame, Vec::new())),
@@ -292,6 +294,10 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
             wire::TAG_ARENAS => {
                 let mut cur = wire::Cursor(&frame[1..]);
                 let (request, reply) = (cur.u64()?, cur.u64()?);
+                if request == 0 && reply == 0 {
+                    arenas = None; // unmapped: their memory is freed
+                    continue;
+                }
                 let mut fds = fds.into_iter();
                 let mut map = |len: u64| {
                     let fd = fds.next().expect("take_fds(2)");

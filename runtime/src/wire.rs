@@ -37,7 +37,8 @@ pub(crate) const TAG_SETUP: u8 = 3;
 /// payload's length as a `u64`.
 pub(crate) const TAG_RUN_SHARED: u8 = 4;
 /// New arenas for the child: the request and the reply arena's lengths
-/// (`u64` each), their descriptors attached.
+/// (`u64` each), their descriptors attached; two zero lengths and no
+/// descriptors to drop them.
 pub(crate) const TAG_ARENAS: u8 = 5;
 // Child → parent.
 pub(crate) const TAG_HELLO: u8 = 16;

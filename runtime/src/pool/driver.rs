@@ -16,7 +16,7 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::PoolShared;
-use super::job::{Failure, Job, Outcome, Runner};
+use super::job::{Failure, Job, Next, Outcome, Runner};
 use crate::error::{Error, ErrorKind, ExitReason, Result};
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Arena};
@@ -49,6 +49,11 @@ const PIPELINE_BELOW_NS: u64 = 2_000_000;
 /// of 1.5 and 4 ms made the primes bench slower than no pieces at all;
 /// 8, 16 and 32 ms made it faster, 32 ms the most).
 const PIECE_NS: u64 = 32_000_000;
+/// How long a worker keeps its shared buffers for large frames (up to
+/// twice the largest frame it has carried, shared with the child) while it
+/// has nothing to do. Reusing them is what makes large frames cheap (their
+/// pages stay faulted in); an idle pool gives the memory back.
+const ARENAS_KEPT_IDLE: Duration = Duration::from_secs(1);
 /// Replacement workers that may fail to start in a row before the slot
 /// gives up.
 const MAX_START_FAILURES: u32 = 3;
@@ -85,6 +90,23 @@ struct Arenas {
 }
 
 impl Worker {
+    /// Drops the arenas, and tells the child to drop its mappings: their
+    /// memory is freed (see [`ARENAS_KEPT_IDLE`]).
+    ///
+    /// # Errors
+    ///
+    /// If the child cannot be written to (it is gone).
+    fn release_arenas(&mut self) -> std::io::Result<()> {
+        self.arenas = None;
+        self.reply_wanted = 0;
+        let mut buf = Vec::new();
+        wire::begin_frame(&mut buf, wire::TAG_ARENAS);
+        buf.extend_from_slice(&0u64.to_le_bytes());
+        buf.extend_from_slice(&0u64.to_le_bytes());
+        wire::finish_frame(&mut buf)?;
+        self.writer.write_all(&buf)
+    }
+
     /// Makes sure the arenas hold a request of `request` bytes and a reply
     /// of [`Worker::reply_wanted`], making bigger ones and sending them to
     /// the child if not. Only while no batch is in flight (the child maps
@@ -376,15 +398,29 @@ fn serve(
                     .sum();
                 PIPELINE_MAX_BYTES.saturating_sub(ahead + FRAME_OVERHEAD)
             };
-            let Some(job) = shared
-                .queue
-                .next(runner.id, in_flight.is_empty(), max_bytes, &steal)
-            else {
-                if in_flight.is_empty() {
-                    return End::Shutdown;
-                }
-                break;
-            };
+            // A worker that holds shared buffers frees them once it has
+            // been idle for a while.
+            let idle =
+                (in_flight.is_empty() && worker.arenas.is_some()).then_some(ARENAS_KEPT_IDLE);
+            let job =
+                match shared
+                    .queue
+                    .next(runner.id, in_flight.is_empty(), max_bytes, &steal, idle)
+                {
+                    Next::Job(job) => job,
+                    Next::Idle => {
+                        if worker.release_arenas().is_err() {
+                            return End::Died(in_flight);
+                        }
+                        continue;
+                    }
+                    Next::Nothing => {
+                        if in_flight.is_empty() {
+                            return End::Shutdown;
+                        }
+                        break;
+                    }
+                };
             let job = cut_piece(shared, worker, job);
             let batch = shared.queue.next_batch_id();
             if let Some(control) = &job.control {

@@ -335,6 +335,17 @@ impl Runner {
     }
 }
 
+/// What [`Queue::next`] found.
+pub(crate) enum Next {
+    /// A job to run.
+    Job(Job),
+    /// Nothing to run now: the queue is closed, or the call did not block,
+    /// or the first job is too large to send ahead.
+    Nothing,
+    /// Nothing to run for the `idle` time the caller gave.
+    Idle,
+}
+
 /// State shared by a pool, its drivers, its tasks and streams.
 pub(crate) struct Queue {
     state: Mutex<QueueState>,
@@ -416,17 +427,23 @@ impl Queue {
     ///
     /// A job whose arguments are larger than `max_bytes` is left in the
     /// queue (and `None` returned) — for sending ahead, only small frames.
+    ///
+    /// With `idle`, a blocking call that has waited that long with nothing
+    /// to do returns [`Next::Idle`] (the driver then frees what it keeps
+    /// for busy times, and asks again without `idle`).
     pub(crate) fn next(
         &self,
         me: usize,
         block: bool,
         max_bytes: usize,
         steal: &dyn Fn() -> bool,
-    ) -> Option<Job> {
+        idle: Option<std::time::Duration>,
+    ) -> Next {
         let mut s = self.lock();
+        let mut waited = std::time::Duration::ZERO;
         loop {
             if s.terminated {
-                return None;
+                return Next::Nothing;
             }
             // Skip jobs nobody waits for; then take the first job not kept
             // for another worker that stole it (a reservation lapses after
@@ -447,16 +464,16 @@ impl Queue {
             }
             if let Some(i) = pick {
                 if s.jobs[i].payload.len() > max_bytes {
-                    return None;
+                    return Next::Nothing;
                 }
                 let job = s.jobs.remove(i).expect("the index was just found");
                 if job.is_dropped() {
                     continue;
                 }
-                return Some(job);
+                return Next::Job(job);
             }
             if !block || s.closed {
-                return None;
+                return Next::Nothing;
             }
             drop(s);
             let others_busy = steal();
@@ -474,6 +491,18 @@ impl Queue {
                     .wait_timeout(s, STEAL_AFTER)
                     .unwrap_or_else(|e| e.into_inner())
                     .0
+            } else if let Some(idle) = idle {
+                if waited >= idle {
+                    return Next::Idle;
+                }
+                let since = std::time::Instant::now();
+                let s = self
+                    .cond
+                    .wait_timeout(s, idle - waited)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                waited += since.elapsed();
+                s
             } else {
                 self.cond.wait(s).unwrap_or_else(|e| e.into_inner())
             };
