@@ -528,7 +528,10 @@ fn large_frames_go_through_shared_buffers_that_grow() {
     // ones when a large frame comes again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while mapped() != 0 {
-        assert!(std::time::Instant::now() < deadline, "still mapped after 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still mapped after 10 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let bytes = pattern(5 << 20, 9);

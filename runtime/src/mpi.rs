@@ -42,7 +42,7 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::job::{Failure, Job, Outcome, Queue, Reply, Runner, Sink};
+use crate::pool::job::{Failure, Job, Next, Outcome, Queue, Reply, Runner, Sink};
 use crate::pool::{Initializer, Pool, PoolBuilder, PoolShared};
 use crate::{registry, wire};
 
@@ -500,9 +500,10 @@ fn drive(world: &World, shared: &PoolShared, mut slots: Vec<RankSlot>) {
                 // With nothing in flight there is nothing to poll for:
                 // sleep on the queue until work (or the end) comes.
                 let block = flights.is_empty() && out.pending.is_empty();
-                let Some(job) = shared
-                    .queue
-                    .next(slot.runner.id, block, usize::MAX, &|| false)
+                let Next::Job(job) =
+                    shared
+                        .queue
+                        .next(slot.runner.id, block, usize::MAX, &|| false, None)
                 else {
                     closed = block;
                     break;
