@@ -352,12 +352,44 @@ pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
     }
 }
 
+/// A reply whose results are handed over once the next batch is on its
+/// way: delivering wakes the caller's thread, which on a busy machine may
+/// take this thread's CPU (decoding the results) before it has fed the
+/// child again, and the child would wait that long.
+struct Delivery {
+    job: Job,
+    data: Vec<u8>,
+    elapsed_ns: u64,
+}
+
+impl Delivery {
+    fn flush(pending: &mut Option<Delivery>, shared: &PoolShared) {
+        if let Some(d) = pending.take() {
+            deliver_done(shared, d.job, d.data, d.elapsed_ns);
+        }
+    }
+}
+
 fn serve(
     shared: &PoolShared,
     runner: &Arc<Runner>,
     progress: &Progress,
     worker: &mut Worker,
     timed_out: &mut Option<(u64, u64)>,
+) -> End {
+    let mut pending = None;
+    let end = serve_batches(shared, runner, progress, worker, timed_out, &mut pending);
+    Delivery::flush(&mut pending, shared);
+    end
+}
+
+fn serve_batches(
+    shared: &PoolShared,
+    runner: &Arc<Runner>,
+    progress: &Progress,
+    worker: &mut Worker,
+    timed_out: &mut Option<(u64, u64)>,
+    pending: &mut Option<Delivery>,
 ) -> End {
     let mut in_flight: VecDeque<Sent> = VecDeque::with_capacity(PIPELINE_DEPTH);
     let mut buf = Vec::new();
@@ -398,29 +430,30 @@ fn serve(
                     .sum();
                 PIPELINE_MAX_BYTES.saturating_sub(ahead + FRAME_OVERHEAD)
             };
-            // A worker that holds shared buffers frees them once it has
-            // been idle for a while.
-            let idle =
-                (in_flight.is_empty() && worker.arenas.is_some()).then_some(ARENAS_KEPT_IDLE);
-            let job =
-                match shared
-                    .queue
-                    .next(runner.id, in_flight.is_empty(), max_bytes, &steal, idle)
-                {
-                    Next::Job(job) => job,
-                    Next::Idle => {
-                        if worker.release_arenas().is_err() {
-                            return End::Died(in_flight);
-                        }
-                        continue;
+            // Wait for work only with nothing in flight and nothing held
+            // back; a worker that holds shared buffers frees them once it
+            // has been idle for a while.
+            let block = in_flight.is_empty() && pending.is_none();
+            let idle = (block && worker.arenas.is_some()).then_some(ARENAS_KEPT_IDLE);
+            let job = match shared.queue.next(runner.id, block, max_bytes, &steal, idle) {
+                Next::Job(job) => job,
+                Next::Idle => {
+                    if worker.release_arenas().is_err() {
+                        return End::Died(in_flight);
                     }
-                    Next::Nothing => {
-                        if in_flight.is_empty() {
-                            return End::Shutdown;
-                        }
-                        break;
+                    continue;
+                }
+                Next::Nothing if pending.is_some() => {
+                    Delivery::flush(pending, shared);
+                    continue;
+                }
+                Next::Nothing => {
+                    if in_flight.is_empty() {
+                        return End::Shutdown;
                     }
-                };
+                    break;
+                }
+            };
             let job = cut_piece(shared, worker, job);
             let batch = shared.queue.next_batch_id();
             if let Some(control) = &job.control {
@@ -454,7 +487,9 @@ fn serve(
                 return End::Died(in_flight);
             }
             in_flight.push_back(Sent { job, batch });
+            Delivery::flush(pending, shared);
         }
+        Delivery::flush(pending, shared);
         if buf.capacity() > 16 << 20 {
             buf = Vec::new();
         }
@@ -495,18 +530,36 @@ fn serve(
             }
             let data = std::mem::take(&mut frame);
             let job = if ran < front.job.count {
-                // Stopped early: the worker that asked for the rest takes it.
-                let (head, mut tail) = split(front.job, ran);
-                if let (Some(tail), Some(thief)) = (tail.as_mut(), thief) {
-                    tail.reserved = Some((thief, std::time::Instant::now()));
-                }
-                shared.queue.requeue_front(tail.into_iter().collect());
+                // Stopped early for an idle worker: the rest is split, the
+                // front half kept for this worker and the back half for the
+                // one that asked (see `Runner::steal_half`).
+                let (head, tail) = split(front.job, ran);
+                let now = std::time::Instant::now();
+                let halves = match (tail, thief) {
+                    (Some(tail), Some(thief)) if tail.count >= 2 => {
+                        let half = tail.count / 2;
+                        let (mut mine, mut theirs) = tail.split_at(half);
+                        mine.reserved = Some((runner.id, now));
+                        theirs.reserved = Some((thief, now));
+                        vec![mine, theirs]
+                    }
+                    (Some(mut tail), Some(thief)) => {
+                        tail.reserved = Some((thief, now));
+                        vec![tail]
+                    }
+                    (tail, _) => tail.into_iter().collect(),
+                };
+                shared.queue.requeue_front(halves);
                 head
             } else {
                 Some(front.job)
             };
             if let Some(job) = job {
-                deliver_done(shared, job, data, elapsed_ns);
+                *pending = Some(Delivery {
+                    job,
+                    data,
+                    elapsed_ns,
+                });
             }
         } else {
             if let Some(control) = &front.job.control {

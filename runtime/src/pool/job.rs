@@ -277,9 +277,12 @@ impl Runner {
         }
     }
 
-    /// Asks the child to stop its running batch halfway through what is
-    /// left; the driver re-queues the rest when the child answers. `false`
-    /// if there is nothing left to split.
+    /// Asks the child to stop its running batch after the item it is on;
+    /// when it answers, its driver splits what is left in two, one half for
+    /// itself and one for `thief`. (Stopping halfway instead would leave
+    /// the thief idle until the child got there, and the child idle once
+    /// the thief had the rest: the two halves would run one after the
+    /// other.) `false` if there is nothing left to split.
     pub(crate) fn steal_half(&self, thief: usize) -> bool {
         let mut s = self.lock();
         let (Some((batch, count, _)), Some(progress), Some(_)) =
@@ -295,7 +298,7 @@ impl Runner {
         if left < 2 {
             return false;
         }
-        progress.request_stop(batch, started + left.div_ceil(2));
+        progress.request_stop(batch, started);
         s.thief = Some(thief);
         true
     }
