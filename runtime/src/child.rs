@@ -296,6 +296,9 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let (request, reply) = (cur.u64()?, cur.u64()?);
                 if request == 0 && reply == 0 {
                     arenas = None; // unmapped: their memory is freed
+                    if out.capacity() > 16 << 20 {
+                        out = Vec::new();
+                    }
                     continue;
                 }
                 let mut fds = fds.into_iter();
@@ -369,8 +372,10 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     }
                 }
                 writer.flush()?;
-                // Do not keep a huge buffer alive between batches.
-                if out.capacity() > 16 << 20 {
+                // Do not keep a huge buffer alive between batches, unless
+                // large frames are coming (the parent holds the arenas; it
+                // drops them, and this buffer with them, once idle).
+                if out.capacity() > 16 << 20 && arenas.is_none() {
                     out = Vec::new();
                 }
             }
