@@ -353,9 +353,10 @@ pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
 }
 
 /// A reply whose results are handed over once the next batch is on its
-/// way: delivering wakes the caller's thread, which on a busy machine may
-/// take this thread's CPU (decoding the results) before it has fed the
-/// child again, and the child would wait that long.
+/// way, when the child has nothing else queued: delivering wakes the
+/// caller's thread, which on a busy machine may take this thread's CPU
+/// (decoding the results) before it has fed the child again, and the child
+/// would wait that long (about 1 ms per piece in the primes bench).
 struct Delivery {
     job: Job,
     data: Vec<u8>,
@@ -554,12 +555,20 @@ fn serve_batches(
             } else {
                 Some(front.job)
             };
-            if let Some(job) = job {
-                *pending = Some(Delivery {
-                    job,
-                    data,
-                    elapsed_ns,
-                });
+            match job {
+                // The child has more queued: hand over at once (when the
+                // caller's thread is what limits a `map`, it should not
+                // wait for the next send).
+                Some(job) if !in_flight.is_empty() => deliver_done(shared, job, data, elapsed_ns),
+                // The child is idle: feed it first.
+                Some(job) => {
+                    *pending = Some(Delivery {
+                        job,
+                        data,
+                        elapsed_ns,
+                    });
+                }
+                None => {}
             }
         } else {
             if let Some(control) = &front.job.control {
