@@ -396,6 +396,8 @@ fn serve_batches(
     let mut buf = Vec::new();
     let mut frame = Vec::new();
     let limit = shared.max_tasks_per_worker;
+    // A send found the child gone: only its last answers are left to read.
+    let mut gone = false;
     loop {
         // Keep the child busy: up to PIPELINE_DEPTH batches in flight.
         let depth = if worker.last_batch_ns < PIPELINE_BELOW_NS {
@@ -403,7 +405,7 @@ fn serve_batches(
         } else {
             1
         };
-        while in_flight.len() < depth {
+        while !gone && in_flight.len() < depth {
             if worker.retiring {
                 if in_flight.is_empty() {
                     return End::Retire;
@@ -480,12 +482,20 @@ fn serve_batches(
                     job.deliver(Outcome::Failed(Failure::Protocol(e.to_string())));
                     continue;
                 }
-                // The child is gone; this job never reached it.
+                // The child is gone; this job never reached it. What it
+                // answered before it died is still in the socket: read
+                // that first, so that the batch it died in is the front
+                // one (and is blamed, and counts a retry), not one whose
+                // answer merely went unread.
                 if let Some(control) = &job.control {
                     control.requeue();
                 }
                 shared.queue.requeue_front(vec![job]);
-                return End::Died(in_flight);
+                if in_flight.is_empty() {
+                    return End::Died(in_flight);
+                }
+                gone = true;
+                break;
             }
             in_flight.push_back(Sent { job, batch });
             Delivery::flush(pending, shared);
