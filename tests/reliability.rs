@@ -162,31 +162,7 @@ fn retries_rerun_a_crashed_task_in_a_new_process() {
 
 #[multiproc::test]
 fn retries_are_bounded() {
-    retries_are_bounded_in("retries-bounded");
-}
-
-#[multiproc::test]
-fn retries_stay_bounded_when_a_worker_dies_with_answers_unread() {
-    // The worker that dies may have answered the batches before the one it
-    // died in, and have more queued: the driver then finds it gone while
-    // sending, with those answers still unread in the socket. They must be
-    // read first, or the batch it died in looks as if it never started
-    // and its item is run once more than `retries` allows. A race, seen
-    // about once in 150 runs of `retries_are_bounded` under load: so many
-    // rounds, three pools at a time.
-    std::thread::scope(|s| {
-        for t in 0..3 {
-            s.spawn(move || {
-                for round in 0..40 {
-                    retries_are_bounded_in(&format!("retries-unread-{t}-{round}"));
-                }
-            });
-        }
-    });
-}
-
-fn retries_are_bounded_in(name: &str) {
-    let dir = fresh_dir(name);
+    let dir = fresh_dir("retries-bounded");
     let pool = Pool::builder().workers(2).retries(2).build().unwrap();
     let started = Instant::now();
     let results: Vec<_> = pool
@@ -198,6 +174,55 @@ fn retries_are_bounded_in(name: &str) {
         "{:?}",
         started.elapsed()
     );
+    check_retries_bounded(&dir, &results, &pool);
+}
+
+#[multiproc::test]
+fn retries_stay_bounded_when_a_worker_dies_with_answers_unread() {
+    // The worker that dies may have answered the batches before the one it
+    // died in, and have more queued: the driver then finds it gone while
+    // sending, with those answers still unread in the socket. They must be
+    // read first, or the batch it died in looks as if it never started
+    // and its item is run once more than `retries` allows. A race, seen
+    // about once in 150 runs of `retries_are_bounded` under load: so many
+    // rounds, three pools at a time (all made on this thread, so that
+    // their workers are this test's).
+    for round in 0..40 {
+        let dirs: Vec<_> = (0..3)
+            .map(|k| fresh_dir(&format!("retries-unread-{round}-{k}")))
+            .collect();
+        let pools: Vec<Pool> = (0..3)
+            .map(|_| Pool::builder().workers(2).retries(2).build().unwrap())
+            .collect();
+        let mut streams: Vec<_> = pools
+            .iter()
+            .zip(&dirs)
+            .map(|(p, d)| {
+                p.imap(faulty, items(d, 20, 5, Fault::KillAlways))
+                    .chunk_size(4)
+            })
+            .collect();
+        let mut results: Vec<Vec<_>> = (0..3).map(|_| Vec::new()).collect();
+        let mut open = true;
+        while open {
+            open = false;
+            for (k, s) in streams.iter_mut().enumerate() {
+                if let Some(r) = s.next() {
+                    results[k].push(r);
+                    open = true;
+                }
+            }
+        }
+        drop(streams);
+        for k in 0..3 {
+            check_retries_bounded(&dirs[k], &results[k], &pools[k]);
+        }
+    }
+}
+
+/// The checks of [`retries_are_bounded`]: item 5 of 20 killed its process
+/// on every run, with `retries(2)`.
+fn check_retries_bounded(dir: &Path, results: &[multiproc::Result<(u64, u32)>], pool: &Pool) {
     for (i, r) in results.iter().enumerate() {
         if i == 5 {
             let err = r.as_ref().unwrap_err();
@@ -208,7 +233,7 @@ fn retries_are_bounded_in(name: &str) {
             assert_eq!(r.as_ref().unwrap().0, 2 * i as u64, "item {i}");
         }
     }
-    let ran = runs(&dir, 5);
+    let ran = runs(dir, 5);
     assert_eq!(ran.len(), 3, "1 run + 2 retries, got {ran:?}");
     let distinct: HashSet<_> = ran.iter().collect();
     assert_eq!(distinct.len(), 3, "each run in a fresh process: {ran:?}");
