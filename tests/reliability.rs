@@ -240,7 +240,7 @@ fn check_retries_bounded(dir: &Path, results: &[multiproc::Result<(u64, u32)>], 
     // The error names the last process that died.
     assert_eq!(results[5].as_ref().unwrap_err().pid(), Some(ran[2]));
     assert_eq!(pool.map(pid_of, 0..4).unwrap().len(), 4);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[multiproc::test]
