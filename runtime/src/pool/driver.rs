@@ -764,8 +764,12 @@ fn stop(runner: &Runner, mut worker: Worker) {
         .and_then(|()| worker.writer.write_all(&buf))
         .is_ok();
     drop(worker.writer);
+    // The runner forgets the pid before reaping can free it for reuse, so
+    // that no other thread (`terminate`, a cancel) kills it by number once
+    // it may name a new process; from here only `worker.child` kills it.
+    runner.set_pid(None);
     if !asked {
-        runner.kill_if_running(None);
+        let _ = worker.child.kill();
     }
     // The child exits on SHUTDOWN or EOF: its end of the socket closes as it
     // goes (no sleeping and polling), then it is reaped. A child that hangs
@@ -773,10 +777,9 @@ fn stop(runner: &Runner, mut worker: Worker) {
     let fd = worker.reader.get_ref().as_raw_fd();
     let _ = spawn::wait_readable(fd, Duration::from_secs(2));
     if wait_exit(&mut worker.child, Duration::from_secs(1)).is_none() {
-        runner.kill_if_running(None);
+        let _ = worker.child.kill();
         let _ = worker.child.wait();
     }
-    runner.set_pid(None);
 }
 
 /// Polls for the exit of a child that is on its way out, with a short
