@@ -177,7 +177,10 @@
 //! ```
 //!
 //! Run them with plain `cargo test`. Tests that only call a worker as a
-//! function (`assert_eq!(double(2), 4)`) need nothing special.
+//! function (`assert_eq!(double(2), 4)`) need nothing special. Start a
+//! test's pools on the test's own thread: a pool started on a thread the
+//! test spawned cannot tell which test it belongs to, and its workers re-run
+//! whichever test started last.
 //!
 //! ## Many machines (feature `mpi`)
 //!
