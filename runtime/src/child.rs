@@ -252,7 +252,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
             }
             Some(wire::TAG_ARENAS) => {
                 // Two descriptors, or none when the parent frees them.
-                let release = frame.get(1..17).is_some_and(|b| b.iter().all(|&x| x == 0));
+                let release = wire::arena_lengths(&frame)? == (0, 0);
                 let fds = reader.get_mut().take_fds(if release { 0 } else { 2 })?;
                 Ok((frame, fds))
             }
@@ -292,8 +292,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
         };
         match tag {
             wire::TAG_ARENAS => {
-                let mut cur = wire::Cursor(&frame[1..]);
-                let (request, reply) = (cur.u64()?, cur.u64()?);
+                let (request, reply) = wire::arena_lengths(&frame)?;
                 if request == 0 && reply == 0 {
                     arenas = None; // unmapped: their memory is freed
                     if out.capacity() > 16 << 20 {

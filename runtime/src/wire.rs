@@ -121,9 +121,11 @@ fn get_varint_long(input: &mut &[u8]) -> Option<u64> {
 /// as it was.
 #[inline(always)]
 pub(crate) fn put_item<T: Serialize + 'static>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
-    if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
-        put_byte_vec(out, bytes);
-        return Ok(());
+    if is_byte_vec::<T>() {
+        if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+            put_byte_vec(out, bytes);
+            return Ok(());
+        }
     }
     let start = out.len();
     out.push(0); // room for a one-byte header, the common case
@@ -150,6 +152,13 @@ pub(crate) fn put_item<T: Serialize + 'static>(out: &mut Vec<u8>, value: &T) -> 
 // the wire are the same (postcard writes any `u8` sequence as its length and
 // then the bytes), so either side may take either path.
 
+/// Whether `T` is `Vec<u8>`: a comparison of constants, folded away in
+/// every other instance of the hot paths.
+#[inline(always)]
+fn is_byte_vec<T: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<Vec<u8>>()
+}
+
 /// Appends one item holding `bytes` as postcard encodes a `Vec<u8>`.
 #[inline(never)]
 fn put_byte_vec(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -166,7 +175,7 @@ fn put_byte_vec(out: &mut Vec<u8>, bytes: &[u8]) {
 /// malformed `Vec<u8>`, says what is wrong with it).
 #[inline(always)]
 fn take_byte_vec<T: 'static>(body: &[u8]) -> Option<T> {
-    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
+    if !is_byte_vec::<T>() {
         return None;
     }
     byte_vec(body).and_then(|v| {
@@ -555,8 +564,8 @@ pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(body: &[u8]) -> Option<
 /// is refused.
 #[inline]
 pub(crate) fn decode_fast_at<T: DeserializeOwned + 'static>(input: &[u8], len: usize) -> Option<T> {
-    if let Some(v) = take_byte_vec(&input[..len]) {
-        return Some(v);
+    if is_byte_vec::<T>() {
+        return take_byte_vec(input.get(..len)?);
     }
     let mut d = Decoder { input };
     let value = T::deserialize(&mut d).ok()?;
@@ -1126,6 +1135,22 @@ pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Re
 pub(crate) fn begin_frame(buf: &mut Vec<u8>, tag: u8) {
     buf.clear();
     buf.extend_from_slice(&[0, 0, 0, 0, tag]);
+}
+
+/// Builds an `ARENAS` frame in `buf`: the request and reply arenas'
+/// lengths, both zero to drop them (then no descriptors go with it).
+pub(crate) fn arenas_frame(buf: &mut Vec<u8>, request: u64, reply: u64) -> io::Result<()> {
+    begin_frame(buf, TAG_ARENAS);
+    buf.extend_from_slice(&request.to_le_bytes());
+    buf.extend_from_slice(&reply.to_le_bytes());
+    finish_frame(buf)
+}
+
+/// The request and reply lengths of an `ARENAS` frame (`frame` from its
+/// tag on); `(0, 0)` drops the arenas.
+pub(crate) fn arena_lengths(frame: &[u8]) -> io::Result<(u64, u64)> {
+    let mut cur = Cursor(frame.get(1..).unwrap_or_default());
+    Ok((cur.u64()?, cur.u64()?))
 }
 
 /// Fills in the length of a frame built with [`begin_frame`].

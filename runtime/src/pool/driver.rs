@@ -100,10 +100,7 @@ impl Worker {
         self.arenas = None;
         self.reply_wanted = 0;
         let mut buf = Vec::new();
-        wire::begin_frame(&mut buf, wire::TAG_ARENAS);
-        buf.extend_from_slice(&0u64.to_le_bytes());
-        buf.extend_from_slice(&0u64.to_le_bytes());
-        wire::finish_frame(&mut buf)?;
+        wire::arenas_frame(&mut buf, 0, 0)?;
         self.writer.write_all(&buf)
     }
 
@@ -135,10 +132,7 @@ impl Worker {
             return Ok(false);
         };
         let mut buf = Vec::new();
-        wire::begin_frame(&mut buf, wire::TAG_ARENAS);
-        buf.extend_from_slice(&(request.len() as u64).to_le_bytes());
-        buf.extend_from_slice(&(reply.len() as u64).to_le_bytes());
-        wire::finish_frame(&mut buf)?;
+        wire::arenas_frame(&mut buf, request.len() as u64, reply.len() as u64)?;
         crate::fdpass::write_with_fds(&mut self.writer, &buf, &[a, b])?;
         self.arenas = Some(Arenas { request, reply });
         Ok(true)
@@ -286,46 +280,60 @@ pub(crate) fn encode_run(
     payload: &[u8],
     fds: usize,
 ) -> std::io::Result<()> {
-    wire::begin_frame(buf, wire::TAG_RUN);
+    run_head(buf, wire::TAG_RUN, batch, worker, fds);
+    wire::finish_frame_with(buf, payload.len())
+}
+
+/// The head of a `RUN` or `RUN_SHARED` frame: tag, batch, descriptor count,
+/// worker name (the length is filled in later).
+fn run_head(buf: &mut Vec<u8>, tag: u8, batch: u64, worker: &str, fds: usize) {
+    wire::begin_frame(buf, tag);
     buf.extend_from_slice(&batch.to_le_bytes());
     buf.extend_from_slice(&(fds as u32).to_le_bytes());
     buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
     buf.extend_from_slice(worker.as_bytes());
-    wire::finish_frame_with(buf, payload.len())
 }
 
-/// Sends `job` as a `RUN` frame, through the request arena if its payload
-/// is large (and the arenas can be had); only while nothing is in flight.
-fn send_run_maybe_shared(
+/// Sends `job` as a `RUN` frame. With nothing in flight (`idle`), the
+/// arenas may be made or grown first, and a large payload goes through the
+/// request arena; otherwise, and when the arenas cannot be had, everything
+/// goes through the socket.
+fn send_job(
     worker: &mut Worker,
     buf: &mut Vec<u8>,
     batch: u64,
     job: &Job,
+    idle: bool,
 ) -> std::io::Result<()> {
-    let large = job.payload.len() >= ARENA_FROM;
+    let large = idle && job.payload.len() >= ARENA_FROM;
     if large {
         // Results are usually about as large as their arguments.
         worker.reply_wanted = worker
             .reply_wanted
             .max(job.payload.len() + wire::DONE_HEADER + 64);
     }
-    let ready = if large || worker.reply_wanted >= ARENA_FROM {
-        worker.ensure_arenas(if large { job.payload.len() } else { 0 })?
+    let shared = if idle && worker.reply_wanted.max(job.payload.len()) >= ARENA_FROM {
+        worker.ensure_arenas(if large { job.payload.len() } else { 0 })? && large
     } else {
         false
     };
-    match &worker.arenas {
-        Some(arenas) if large && ready => {
+    match worker.arenas.as_ref().filter(|_| shared) {
+        Some(arenas) => {
             // SAFETY: nothing is in flight, so the child has answered, and
             // so finished reading, every earlier batch (shm::arena).
             unsafe { arenas.request.write(&job.payload) };
-            encode_run(buf, batch, job.worker, &[], job.fds().len())?;
-            buf[4] = wire::TAG_RUN_SHARED;
+            run_head(
+                buf,
+                wire::TAG_RUN_SHARED,
+                batch,
+                job.worker,
+                job.fds().len(),
+            );
             buf.extend_from_slice(&(job.payload.len() as u64).to_le_bytes());
             wire::finish_frame(buf)?;
             send_run(&mut worker.writer, buf, &[], job.fds())
         }
-        _ => {
+        None => {
             encode_run(buf, batch, job.worker, &job.payload, job.fds().len())?;
             send_run(&mut worker.writer, buf, &job.payload, job.fds())
         }
@@ -467,12 +475,7 @@ fn serve_batches(
             if in_flight.is_empty() {
                 runner.set_front(Some((batch, job.count)));
             }
-            let sent = if in_flight.is_empty() {
-                send_run_maybe_shared(worker, &mut buf, batch, &job)
-            } else {
-                encode_run(&mut buf, batch, job.worker, &job.payload, job.fds().len())
-                    .and_then(|()| send_run(&mut worker.writer, &buf, &job.payload, job.fds()))
-            };
+            let sent = send_job(worker, &mut buf, batch, &job, in_flight.is_empty());
             if let Err(e) = sent {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     // Frame too large: this job alone fails.
