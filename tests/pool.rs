@@ -115,6 +115,81 @@ fn map_accepts_unsized_input() {
     assert_eq!(pool.map(square, counter).unwrap(), expected);
 }
 
+/// An iterator over `0..n` that claims to have `claimed` items.
+struct Claims {
+    next: u64,
+    n: u64,
+    claimed: usize,
+}
+
+impl Iterator for Claims {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        (self.next < self.n).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claimed, Some(self.claimed))
+    }
+}
+
+#[multiproc::test]
+fn map_survives_input_that_misstates_its_length() {
+    // A sized input has its results stored in place by the drivers; one
+    // that yields more or fewer items than it said still gets all of them,
+    // in order (the extra ones go the ordinary way).
+    let pool = Pool::new(2).unwrap();
+    for (n, claimed) in [(5_000, 1_000), (1_000, 5_000), (3, 1), (1, 3)] {
+        let input = Claims {
+            next: 0,
+            n,
+            claimed,
+        };
+        assert_eq!(
+            pool.map(square, input).unwrap(),
+            squares(n),
+            "{n} items claiming {claimed}"
+        );
+    }
+    // Strings too (values that own memory): none lost, none doubled.
+    let words = (0..2_000).map(|i| Word {
+        text: i.to_string(),
+        repeat: 2,
+    });
+    let out = pool.map(expand, words).unwrap();
+    assert_eq!(out.len(), 2_000);
+    assert!(out.iter().enumerate().all(|(i, s)| *s == format!("{i}{i}")));
+}
+
+#[worker]
+fn square_unless_13(x: u64) -> String {
+    assert!(x % 1000 != 13, "no {x}");
+    (x * x).to_string()
+}
+
+#[multiproc::test]
+fn a_failing_item_in_a_large_sized_map_is_reported_by_position() {
+    // Item 13 of 200,000 fails; map reports the first failure by input
+    // position (not whichever batch came back first) and gives the rest up.
+    let pool = Pool::new(2).unwrap();
+    let err = pool.map(square_unless_13, 0..200_000).unwrap_err();
+    match err.kind() {
+        ErrorKind::Panic { index, message, .. } => {
+            assert_eq!(*index, Some(13));
+            assert!(message.contains("no 13"), "{message}");
+        }
+        other => panic!("expected a panic of item 13, got {other:?}"),
+    }
+    // The pool goes on, and a map of the same size that does not fail is whole.
+    let ok = pool
+        .map(square_unless_13, (0..200_000).map(|x| x / 1000 * 1000))
+        .unwrap();
+    assert_eq!(ok.len(), 200_000);
+    assert_eq!(ok[199_999], (199_000u64 * 199_000).to_string());
+}
+
 #[multiproc::test]
 fn map_takes_tuples_for_several_arguments() {
     let pool = Pool::new(2).unwrap();

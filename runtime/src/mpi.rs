@@ -880,6 +880,7 @@ fn run_batch(message: &[u8], pool: Option<&RankPool>, tx: &Sender<(u64, Reply)>)
     p.pool.shared.queue.push(Job {
         worker: entry.name(),
         payload: payload.to_vec(),
+        marks: Vec::new(),
         count,
         first_index: Some(0),
         sink: Sink::Relay(batch, tx.clone()),
@@ -939,6 +940,9 @@ fn send_reply(
             }
         }
         Outcome::Failed(failure) => Some(failure),
+        Outcome::Stored { .. } => Some(Failure::Protocol(
+            "a relayed batch was stored in place (a bug)".to_owned(),
+        )),
         Outcome::Local(error) => Some(Failure::Protocol(
             error.map_or_else(|| "lost result".to_owned(), |e| e.to_string()),
         )),
@@ -975,6 +979,7 @@ mod tests {
         let job = Job {
             worker: "w",
             payload: vec![9, 9],
+            marks: Vec::new(),
             count: 2,
             first_index: Some(0),
             sink: Sink::Relay(1, tx),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::collect::Store;
 use super::task::{Control, TaskSlot};
 use crate::error::{Error, ErrorKind, ExitReason};
 use crate::wire;
@@ -16,6 +17,10 @@ pub(crate) struct Job {
     pub(crate) worker: &'static str,
     /// Framed argument items (see [`crate::wire`]).
     pub(crate) payload: Vec<u8>,
+    /// Where some items start in `payload`, as (item, byte offset) in
+    /// ascending order: a split walks the items from the last mark before
+    /// it, not from the front (see [`MARK_EVERY`]). May be empty.
+    pub(crate) marks: Vec<(u32, u32)>,
     pub(crate) count: u32,
     /// Input position of the first item; `None` for `submit`/`apply`.
     pub(crate) first_index: Option<u64>,
@@ -35,18 +40,33 @@ pub(crate) struct Job {
     pub(crate) reserved: Option<(usize, std::time::Instant)>,
 }
 
+/// A batch's encoder marks where every this many items start (see
+/// [`Job::marks`]): cutting a long batch into pieces, and stealing half of
+/// one, used to walk up to hundreds of thousands of items on the driver's
+/// thread while its child waited (as much time as decoding the results,
+/// in the primes bench).
+pub(crate) const MARK_EVERY: u32 = 512;
+
 impl Job {
     /// Splits a batch after its first `n` items (`0 < n < count`).
     pub(crate) fn split_at(self, n: u32) -> (Job, Job) {
         debug_assert!(n > 0 && n < self.count);
-        let mut rest = &self.payload[..];
-        for _ in 0..n {
+        let marked = self.marks.partition_point(|&(item, _)| item <= n);
+        let (mut item, offset) = marked.checked_sub(1).map_or((0, 0), |i| self.marks[i]);
+        let mut rest = &self.payload[offset as usize..];
+        while item < n {
             wire::next_item(&mut rest).expect("the parent framed this payload itself");
+            item += 1;
         }
         let cut = self.payload.len() - rest.len();
+        let marks = self.marks[marked..]
+            .iter()
+            .map(|&(item, offset)| (item - n, offset - cut as u32))
+            .collect();
         let second = Job {
             worker: self.worker,
             payload: self.payload[cut..].to_vec(),
+            marks,
             count: self.count - n,
             first_index: self.first_index.map(|i| i + u64::from(n)),
             sink: self.sink.clone(),
@@ -59,6 +79,7 @@ impl Job {
         };
         let mut first = self;
         first.payload.truncate(cut);
+        first.marks.retain(|&(item, _)| item < n);
         first.count = n;
         (first, second)
     }
@@ -87,6 +108,7 @@ impl Job {
         Job {
             worker: self.worker,
             payload,
+            marks: Vec::new(),
             count: 1,
             first_index: self.first_index.map(|i| i + u64::from(k)),
             sink: self.sink.clone(),
@@ -115,6 +137,11 @@ impl Job {
                 let _ = tx.send(reply);
             }
             Sink::Task(slot) => slot.fill(reply),
+            Sink::Collect(store, tx) => {
+                for reply in store.store(reply).into_iter().flatten() {
+                    let _ = tx.send(reply);
+                }
+            }
             #[cfg(feature = "mpi")]
             Sink::Relay(batch, tx) => {
                 let _ = tx.send((*batch, reply));
@@ -135,6 +162,9 @@ pub(crate) enum Sink {
     Stream(Sender<Reply>),
     /// A submitted task.
     Task(Arc<TaskSlot>),
+    /// A `map` batch whose results the driver decodes straight into the
+    /// output (see [`super::collect`]); the stream hears what was stored.
+    Collect(Arc<dyn Store>, Sender<Reply>),
     /// A batch that an MPI rank runs for rank 0: replies go back tagged
     /// with rank 0's batch id.
     #[cfg(feature = "mpi")]
@@ -154,6 +184,14 @@ pub(crate) enum Outcome {
         data: Vec<u8>,
         start: usize,
         elapsed_ns: u64,
+    },
+    /// The results were decoded into a `map`'s output by the driver
+    /// ([`Sink::Collect`]): `bytes` of them, and the buffer they came in,
+    /// for the caller to encode into again.
+    Stored {
+        elapsed_ns: u64,
+        bytes: usize,
+        data: Option<Vec<u8>>,
     },
     /// Every item of the batch failed the same way.
     Failed(Failure),
@@ -545,6 +583,90 @@ impl Queue {
         self.cond.notify_all();
         for job in jobs {
             job.deliver(Outcome::Failed(failure.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(values: std::ops::Range<u64>) -> Job {
+        let mut payload = Vec::new();
+        let mut marks = Vec::new();
+        for (k, v) in values.clone().enumerate() {
+            if k > 0 && k as u32 % MARK_EVERY == 0 {
+                marks.push((k as u32, payload.len() as u32));
+            }
+            wire::put_item(&mut payload, &(v * 1000)).unwrap();
+        }
+        Job {
+            worker: "w",
+            payload,
+            marks,
+            count: (values.end - values.start) as u32,
+            first_index: Some(values.start),
+            sink: Sink::Stream(std::sync::mpsc::channel().0),
+            control: None,
+            abandoned: None,
+            retries: 0,
+            panic_retries: 0,
+            fds: None,
+            reserved: None,
+        }
+    }
+
+    fn items(job: &Job) -> Vec<u64> {
+        let mut rest = &job.payload[..];
+        let mut out = Vec::new();
+        while let Some((_, body, _)) = wire::next_item(&mut rest) {
+            out.push(wire::decode_exact::<u64>(body).unwrap() / 1000);
+        }
+        assert_eq!(out.len(), job.count as usize);
+        for &(item, offset) in &job.marks {
+            let mut at = &job.payload[offset as usize..];
+            let (_, body, _) = wire::next_item(&mut at).expect("a mark points at an item");
+            assert_eq!(
+                wire::decode_exact::<u64>(body).unwrap() / 1000,
+                out[item as usize]
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn splits_cut_at_the_same_item_with_or_without_marks() {
+        let n = 3 * u64::from(MARK_EVERY) + 17;
+        for cut in [
+            1,
+            5,
+            MARK_EVERY - 1,
+            MARK_EVERY,
+            MARK_EVERY + 1,
+            2 * MARK_EVERY + 3,
+            n as u32 - 1,
+        ] {
+            let (head, tail) = batch(0..n).split_at(cut);
+            assert_eq!(items(&head), (0..u64::from(cut)).collect::<Vec<_>>());
+            assert_eq!(items(&tail), (u64::from(cut)..n).collect::<Vec<_>>());
+            assert_eq!(tail.first_index, Some(u64::from(cut)));
+            // Splitting a part again still finds its items.
+            if tail.count > 2 {
+                let half = tail.count / 2;
+                let (a, b) = tail.split_at(half);
+                assert_eq!(
+                    items(&a).len() + items(&b).len(),
+                    (n - u64::from(cut)) as usize
+                );
+                assert_eq!(items(&b)[0], u64::from(cut + half));
+            }
+            let mut plain = batch(0..n);
+            plain.marks.clear();
+            let (h, t) = plain.split_at(cut);
+            assert_eq!(
+                (h.payload, t.payload),
+                (head.payload, batch(0..n).split_at(cut).1.payload)
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! [`Pool`]: a fixed set of worker processes that run `#[worker]` functions.
 
+pub(crate) mod collect;
 pub(crate) mod driver;
 pub(crate) mod job;
 pub(crate) mod stream;
@@ -437,7 +438,58 @@ impl Pool {
         )
     }
 
-    fn collect<W, I>(&self, _worker: W, items: I, chunking: Chunking) -> Result<Vec<W::Output>>
+    fn collect<W, I>(&self, worker: W, items: I, chunking: Chunking) -> Result<Vec<W::Output>>
+    where
+        W: Worker,
+        I: Iterator<Item = W::Args>,
+    {
+        match items.size_hint() {
+            (len, Some(hi)) if len == hi && len > 0 => {
+                self.collect_stored(worker, items, chunking, len)
+            }
+            _ => self.collect_here(worker, items, chunking),
+        }
+    }
+
+    /// [`collect`](Pool::collect) for an input that says how long it is:
+    /// the drivers decode the results into the output themselves (see
+    /// [`collect::Slots`]); this thread only encodes, keeps count, and
+    /// stores what reaches it (items past `len`, should the input yield
+    /// more than it said, come after).
+    fn collect_stored<W, I>(
+        &self,
+        _worker: W,
+        items: I,
+        chunking: Chunking,
+        len: usize,
+    ) -> Result<Vec<W::Output>>
+    where
+        W: Worker,
+        I: Iterator<Item = W::Args>,
+    {
+        let slots = Arc::new(collect::Slots::<W::Output>::new(len));
+        let mut stream = Stream::<W, I>::new(self, items, self.cap_chunk(chunking), true);
+        stream.store_into(slots.clone(), len as u64);
+        let mut extra = Vec::new();
+        while let Some((index, result)) = stream.next_item() {
+            if let Err(value) = slots.put(index, result?) {
+                extra.push(value);
+            }
+        }
+        let stored = usize::try_from(stream.taken()).map_or(len, |n| n.min(len));
+        drop(stream);
+        let mut out = slots.take(stored).ok_or_else(|| {
+            Error::new(ErrorKind::Protocol(format!(
+                "the results of a map of worker `{}` do not add up",
+                W::NAME
+            )))
+        })?;
+        out.append(&mut extra);
+        Ok(out)
+    }
+
+    /// [`collect`](Pool::collect) with every result decoded on this thread.
+    fn collect_here<W, I>(&self, _worker: W, items: I, chunking: Chunking) -> Result<Vec<W::Output>>
     where
         W: Worker,
         I: Iterator<Item = W::Args>,
@@ -531,6 +583,7 @@ impl Pool {
         let job = Job {
             worker: W::NAME,
             payload,
+            marks: Vec::new(),
             count: 1,
             first_index: None,
             sink: Sink::Task(slot.clone()),

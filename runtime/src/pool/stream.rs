@@ -13,7 +13,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 use super::Pool;
-use super::job::{Job, Outcome, Reply, Sink};
+use super::collect::Store;
+use super::job::{Job, MARK_EVERY, Outcome, Reply, Sink};
 use crate::error::{CodecSide, Error, ErrorKind, Result};
 use crate::wire::{self, PanicReport};
 use crate::worker::Worker;
@@ -36,6 +37,9 @@ pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
     match reply.outcome {
         Outcome::Failed(f) => Err(f.to_error(worker, None)),
         Outcome::Local(err) => Err(err.expect("a local error is decoded once")),
+        Outcome::Stored { .. } => Err(Error::new(ErrorKind::Protocol(format!(
+            "the result of a call of worker `{worker}` went to a map's output"
+        )))),
         Outcome::Done { data, start, .. } => {
             let mut rest = &data[start..];
             decode_item(worker, None, &mut rest)
@@ -167,6 +171,9 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     pending_errors: VecDeque<Error>,
     abandoned: Arc<AtomicBool>,
     buf: Vec<u8>,
+    /// Where the drivers store the results of the first `.1` items
+    /// themselves (`map` over a sized input, see [`super::collect`]).
+    store: Option<(Arc<dyn Store>, u64)>,
     _worker: PhantomData<W>,
 }
 
@@ -195,8 +202,20 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             pending_errors: VecDeque::new(),
             abandoned: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
+            store: None,
             _worker: PhantomData,
         }
+    }
+
+    /// Has the drivers store the results of the first `len` items in
+    /// `store` ([`Outcome::Stored`] replies then only account for them).
+    pub(crate) fn store_into(&mut self, store: Arc<dyn Store>, len: u64) {
+        self.store = Some((store, len));
+    }
+
+    /// Items taken from the input so far.
+    pub(crate) fn taken(&self) -> u64 {
+        self.next_input
     }
 
     pub(crate) fn set_chunk_size(&mut self, size: usize) {
@@ -237,6 +256,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     .min(MAX_BATCH_BYTES + 1024),
             );
             let first = self.next_input;
+            let mut marks = Vec::new();
             let ((count, encode_error, exhausted), fds) = crate::fdpass::capture(|| {
                 let mut count = 0usize;
                 let mut encode_error = None;
@@ -246,6 +266,12 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                         exhausted = true;
                         break;
                     };
+                    if count % MARK_EVERY as usize == 0 && count > 0 {
+                        // Lossless: this is checked before the item, so the
+                        // payload is under MAX_BATCH_BYTES, and so is the
+                        // count (items take a byte at least).
+                        marks.push((count as u32, payload.len() as u32));
+                    }
                     if let Err(message) = wire::put_item(&mut payload, &args) {
                         // This item fails alone; the batch goes on without it.
                         encode_error =
@@ -263,12 +289,20 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 self.bytes_per_item = per_item.max(1);
             }
             if count > 0 {
+                let end = first + count as u64;
+                let sink = match &self.store {
+                    Some((store, len)) if end <= *len => {
+                        Sink::Collect(store.clone(), self.tx.clone())
+                    }
+                    _ => Sink::Stream(self.tx.clone()),
+                };
                 let job = Job {
                     worker: W::NAME,
                     payload,
                     count: count as u32,
                     first_index: Some(first),
-                    sink: Sink::Stream(self.tx.clone()),
+                    marks,
+                    sink,
                     control: None,
                     abandoned: Some(self.abandoned.clone()),
                     retries: self.pool.shared.retries,
@@ -327,24 +361,28 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 }
             }
         }
-        if let (
-            Chunking::Adaptive(size),
+        let timing = match &reply.outcome {
             Outcome::Done {
                 elapsed_ns,
                 data,
                 start,
-            },
-        ) = (&mut self.chunking, &reply.outcome)
+            } => Some((*elapsed_ns, data.len().saturating_sub(*start))),
+            Outcome::Stored {
+                elapsed_ns, bytes, ..
+            } => Some((*elapsed_ns, *bytes)),
+            Outcome::Failed(_) | Outcome::Local(_) => None,
+        };
+        if let (Chunking::Adaptive(size), Some((elapsed_ns, bytes))) = (&mut self.chunking, timing)
         {
             if reply.count as usize >= *size / 2 {
                 let count = reply.count.max(1);
-                let per_item = (*elapsed_ns / u64::from(count)).max(1);
+                let per_item = (elapsed_ns / u64::from(count)).max(1);
                 let ideal = usize::try_from(TARGET_BATCH_NS / per_item).unwrap_or(MAX_BATCH_ITEMS);
                 // Results are capped like arguments: a batch's results stay
                 // under MAX_BATCH_BYTES, so that the window of batches in
                 // flight bounds the memory they take even when the consumer
                 // stalls (the faster the tasks, the larger the batches).
-                let result_bytes = (data.len().saturating_sub(*start) / count as usize).max(1);
+                let result_bytes = (bytes / count as usize).max(1);
                 *size = ideal
                     .clamp((*size / 2).max(1), size.saturating_mul(8))
                     .min(MAX_BATCH_ITEMS)
@@ -419,6 +457,12 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             }
             if let Some(cur) = &mut self.current {
                 if cur.left > 0 {
+                    if let Outcome::Stored { .. } = &cur.reply.outcome {
+                        // In the output already: only counted.
+                        self.yielded += u64::from(cur.left);
+                        cur.left = 0;
+                        continue;
+                    }
                     if let Outcome::Done { data, .. } = &cur.reply.outcome {
                         let max = cur.left.min(DECODE_RUN);
                         // A fresh buffer per run: one allocation per
@@ -450,19 +494,21 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                             Err(err.take().expect("a local error is yielded once"))
                         }
                         Outcome::Failed(f) => Err(f.to_error(W::NAME, Some(index))),
+                        Outcome::Stored { .. } => unreachable!("counted above"),
                     };
                     self.yielded += 1;
                     return Some((index, result));
                 }
-                if let Some(Current {
-                    reply:
-                        Reply {
-                            outcome: Outcome::Done { data, .. },
-                            ..
-                        },
-                    ..
-                }) = self.current.take()
-                {
+                let spent = self.current.take().and_then(|cur| match cur.reply.outcome {
+                    Outcome::Done { data, .. }
+                    | Outcome::Stored {
+                        data: Some(data), ..
+                    } => Some(data),
+                    Outcome::Stored { data: None, .. } | Outcome::Failed(_) | Outcome::Local(_) => {
+                        None
+                    }
+                });
+                if let Some(data) = spent {
                     // Encode the next batch into this reply's buffer: its
                     // pages are already mapped, where a fresh buffer of
                     // megabytes would fault each one in again.
@@ -483,7 +529,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             }
             let pos = match &reply.outcome {
                 Outcome::Done { start, .. } => *start,
-                Outcome::Failed(_) | Outcome::Local(_) => 0,
+                Outcome::Stored { .. } | Outcome::Failed(_) | Outcome::Local(_) => 0,
             };
             self.current = Some(Current {
                 next_index: reply.first_index.unwrap_or(0),
