@@ -190,6 +190,88 @@ fn a_failing_item_in_a_large_sized_map_is_reported_by_position() {
     assert_eq!(ok[199_999], (199_000u64 * 199_000).to_string());
 }
 
+#[worker]
+fn neg_i64(x: i64) -> i64 {
+    x.wrapping_neg()
+}
+
+#[worker]
+fn half_f64(x: f64) -> f64 {
+    x / 2.0
+}
+
+#[worker]
+fn not(b: bool) -> bool {
+    !b
+}
+
+#[worker]
+fn widen(x: u8) -> u16 {
+    u16::from(x) * 256
+}
+
+#[worker]
+fn even(x: usize) -> bool {
+    x % 2 == 0
+}
+
+#[worker]
+fn panics_on_7(x: u32) -> u32 {
+    assert!(x % 10 != 7, "seven");
+    x + 1
+}
+
+#[multiproc::test]
+fn primitive_arguments_and_results_keep_their_values() {
+    // Batches of primitives travel dense (fixed-width, no item headers):
+    // every type, at its extremes, both ways, through map and imap.
+    let pool = Pool::new(2).unwrap();
+    let ints = vec![i64::MIN + 1, -1, 0, 1, i64::MAX];
+    assert_eq!(
+        pool.map(neg_i64, ints.clone()).unwrap(),
+        ints.iter().map(|x| -x).collect::<Vec<_>>()
+    );
+    let floats = vec![-0.0, 1.5, f64::MAX, f64::INFINITY, -3.25e-300];
+    let halves = pool.map(half_f64, floats.clone()).unwrap();
+    assert_eq!(halves, floats.iter().map(|x| x / 2.0).collect::<Vec<_>>());
+    assert!(halves[0].is_sign_negative());
+    assert!(pool.apply(half_f64, f64::NAN).unwrap().is_nan());
+    assert_eq!(
+        pool.map(not, [true, false, true]).unwrap(),
+        [false, true, false]
+    );
+    assert_eq!(
+        pool.map(widen, 0..=255u8).unwrap(),
+        (0..=255u16).map(|x| x * 256).collect::<Vec<_>>()
+    );
+    let n = 100_000usize;
+    let flags: Vec<bool> = pool.imap(even, 0..n).map(Result::unwrap).collect();
+    assert_eq!(flags.len(), n);
+    assert!(flags.iter().enumerate().all(|(i, &f)| f == (i % 2 == 0)));
+    // Sized and cut into pieces and halves by the scheduler: still in order.
+    let big = pool.map(neg_i64, -500_000..500_000i64).unwrap();
+    assert!(big.iter().zip(-500_000..500_000i64).all(|(&y, x)| y == -x));
+}
+
+#[multiproc::test]
+fn a_panic_in_a_dense_batch_costs_only_its_item() {
+    let pool = Pool::builder().workers(2).retry_panics(0).build().unwrap();
+    let results: Vec<_> = pool.imap(panics_on_7, 0..1_000u32).collect();
+    for (x, r) in (0..1_000u32).zip(&results) {
+        match r {
+            Ok(y) => assert_eq!(*y, x + 1),
+            Err(e) => {
+                assert_eq!(x % 10, 7, "item {x} failed: {e}");
+                assert_eq!(e.item_index(), Some(u64::from(x)));
+                assert_eq!(e.panic_message(), Some("seven"));
+            }
+        }
+    }
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 100);
+    let err = pool.map(panics_on_7, 0..1_000u32).unwrap_err();
+    assert_eq!(err.item_index(), Some(7));
+}
+
 #[multiproc::test]
 fn map_takes_tuples_for_several_arguments() {
     let pool = Pool::new(2).unwrap();

@@ -237,7 +237,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, FdReader::new(stream.try_clone()?));
     let mut next_frame = move || -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         let mut frame = Vec::new();
-        match wire::read_frame(&mut reader, &mut frame)? {
+        match wire::read_frame(&mut reader, &mut frame)?.map(|tag| tag & !wire::DENSE) {
             Some(wire::TAG_RUN | wire::TAG_RUN_SHARED) => {
                 // The handles in the arguments came with the frame.
                 let n = frame
@@ -290,6 +290,8 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
         let Some(&tag) = frame.first() else {
             return Ok(()); // the parent went away or closed the pool
         };
+        let dense = tag & wire::DENSE != 0;
+        let tag = tag & !wire::DENSE;
         match tag {
             wire::TAG_ARENAS => {
                 let (request, reply) = wire::arena_lengths(&frame)?;
@@ -354,16 +356,20 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     BATCH.with(|b| b.set(batch));
                 }
                 IN_TASK.with(|t| t.set(true));
-                let result = crate::fdpass::with_table(fds, || (entry.invoke())(payload, &mut out));
+                let result =
+                    crate::fdpass::with_table(fds, || (entry.invoke())(payload, dense, &mut out));
                 IN_TASK.with(|t| t.set(false));
                 if let Some(p) = PROGRESS.get() {
                     p.end_batch();
                 }
                 let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 match result {
-                    Ok(ran) => {
+                    Ok((ran, dense_results)) => {
                         out[timing_at..timing_at + 8].copy_from_slice(&elapsed.to_le_bytes());
                         out[timing_at + 8..timing_at + 12].copy_from_slice(&ran.to_le_bytes());
+                        if dense_results {
+                            out[4] |= wire::DENSE; // the tag, after the length
+                        }
                         send_reply(&mut writer, &mut out, arenas.as_mut())?;
                     }
                     Err(msg) => {

@@ -457,6 +457,7 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
         max_worker_rss: builder.max_worker_rss,
         runners: Vec::new(),
         slots_alive: AtomicUsize::new(slots.len()),
+        dense_batches: false,
     });
     let for_thread = shared.clone();
     let thread = std::thread::Builder::new()
@@ -599,6 +600,7 @@ fn deliver_reply(bytes: &[u8], flights: &mut HashMap<u64, Flight>) -> Option<usi
                 .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
             data: bytes.to_vec(),
             start: REPLY_HEAD + 8,
+            dense: false, // relayed batches are framed (`dense_batches`)
         },
         _ => Outcome::Failed(
             postcard::from_bytes(&bytes[REPLY_HEAD..]).unwrap_or_else(|e| {
@@ -881,6 +883,7 @@ fn run_batch(message: &[u8], pool: Option<&RankPool>, tx: &Sender<(u64, Reply)>)
         worker: entry.name(),
         payload: payload.to_vec(),
         marks: Vec::new(),
+        dense: None,
         count,
         first_index: Some(0),
         sink: Sink::Relay(batch, tx.clone()),
@@ -921,10 +924,14 @@ fn send_reply(
     relay.extend_from_slice(&offset.to_le_bytes());
     relay.extend_from_slice(&reply.count.to_le_bytes());
     let failure = match reply.outcome {
+        Outcome::Done { dense: true, .. } => Some(Failure::Protocol(
+            "a relayed batch came back dense (a bug)".to_owned(),
+        )),
         Outcome::Done {
             data,
             start,
             elapsed_ns,
+            dense: false,
         } => {
             let results = &data[start..];
             if i32::try_from(REPLY_HEAD + 8 + results.len()).is_ok() {
@@ -980,6 +987,7 @@ mod tests {
             worker: "w",
             payload: vec![9, 9],
             marks: Vec::new(),
+            dense: None,
             count: 2,
             first_index: Some(0),
             sink: Sink::Relay(1, tx),

@@ -200,6 +200,7 @@ fn supervise(
                     data: std::mem::take(&mut frame),
                     start: wire::DONE_HEADER,
                     elapsed_ns: 0,
+                    dense: false, // one call goes framed
                 },
             });
             wire::begin_frame(&mut buf, wire::TAG_SHUTDOWN);

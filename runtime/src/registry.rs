@@ -10,8 +10,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::wire::invoke_batch;
 use crate::worker::Worker;
 
-/// Runs a batch of encoded argument items and appends the encoded results.
-pub(crate) type InvokeFn = fn(input: &[u8], out: &mut Vec<u8>) -> Result<u32, String>;
+/// Runs a batch of encoded arguments (dense or framed, see
+/// [`crate::wire::dense_width`]) and appends the encoded results: how many
+/// ran, and whether the results are dense.
+pub(crate) type InvokeFn =
+    fn(input: &[u8], dense: bool, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
 
 /// One registered worker function: its name and how to run a batch of it.
 ///

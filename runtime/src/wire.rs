@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 5;
+pub(crate) const PROTOCOL_VERSION: u32 = 6;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.
@@ -47,6 +47,10 @@ pub(crate) const TAG_FAILED: u8 = 18;
 /// A `DONE` frame whose body is in the reply arena: the reply's sequence
 /// number and the body's length (`u64` each).
 pub(crate) const TAG_DONE_SHARED: u8 = 19;
+
+/// Set in the tag of a `RUN` (or `RUN_SHARED`) frame whose arguments are
+/// dense, and of a `DONE` frame whose results are (see [`dense_width`]).
+pub(crate) const DENSE: u8 = 0x40;
 
 /// Item status in a framed item header.
 pub(crate) const ITEM_OK: u8 = 0;
@@ -141,6 +145,121 @@ pub(crate) fn put_item<T: Serialize + 'static>(out: &mut Vec<u8>, value: &T) -> 
         long_header(out, start, header);
     }
     Ok(())
+}
+
+// ---- dense batches --------------------------------------------------------
+//
+// `map(is_prime, 0..n)` moves one integer each way per item; framed, each
+// took a header and a varint to write and to read, in the caller, the
+// child and the driver: at millions of items that was most of what the
+// pool cost on top of the work (see BENCHMARKS.md). A batch whose
+// arguments are all of one primitive type (integers, floats, `bool`) is
+// sent dense instead: the values little-endian, one after the other, with
+// no headers, so that item `k` is at `k * width`. Its results come back
+// dense too when they are primitive and every item ran fine; one that
+// panicked turns the rest of the reply back into framed items (which say
+// what went wrong). `submit` and `apply` send framed items as before.
+
+/// The width of a `T` in a dense batch, if it goes in one: the primitive
+/// numbers and `bool`. A comparison of constants, folded away in every
+/// instance.
+#[inline(always)]
+pub(crate) fn dense_width<T: 'static>() -> Option<usize> {
+    let t = TypeId::of::<T>();
+    macro_rules! widths {
+        ($($ty:ty),*) => {$(
+            if t == TypeId::of::<$ty>() {
+                return Some(std::mem::size_of::<$ty>());
+            }
+        )*};
+    }
+    widths!(u64, u32, u16, u8, i64, i32, i16, i8, f64, f32, bool);
+    if t == TypeId::of::<usize>() || t == TypeId::of::<isize>() {
+        return Some(8); // as 64-bit, whatever this machine's width
+    }
+    None
+}
+
+/// Appends `value` to a dense batch; does nothing for a `T` without a
+/// [`dense_width`].
+#[inline(always)]
+pub(crate) fn put_dense<T: 'static>(out: &mut Vec<u8>, value: &T) {
+    let any = value as &dyn Any;
+    let t = TypeId::of::<T>();
+    macro_rules! le {
+        ($($ty:ty),*) => {$(
+            if t == TypeId::of::<$ty>() {
+                if let Some(v) = any.downcast_ref::<$ty>() {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                return;
+            }
+        )*};
+    }
+    le!(u64, u32, u16, u8, i64, i32, i16, i8, f64, f32);
+    if t == TypeId::of::<usize>() {
+        if let Some(&v) = any.downcast_ref::<usize>() {
+            out.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+    } else if t == TypeId::of::<isize>() {
+        if let Some(&v) = any.downcast_ref::<isize>() {
+            out.extend_from_slice(&(v as i64).to_le_bytes());
+        }
+    } else if t == TypeId::of::<bool>() {
+        if let Some(&v) = any.downcast_ref::<bool>() {
+            out.push(u8::from(v));
+        }
+    }
+}
+
+/// The `T` in `bytes` (exactly its [`dense_width`]); `None` if they are
+/// not one (a `bool` other than 0 or 1, a `usize` too large for this
+/// machine) or `T` has no dense form.
+#[inline(always)]
+pub(crate) fn get_dense<T: 'static>(bytes: &[u8]) -> Option<T> {
+    #[inline(always)]
+    fn cast<T: 'static, U: 'static>(value: U) -> Option<T> {
+        (&mut Some(value) as &mut dyn Any)
+            .downcast_mut::<Option<T>>()?
+            .take()
+    }
+    let t = TypeId::of::<T>();
+    macro_rules! le {
+        ($($ty:ty),*) => {$(
+            if t == TypeId::of::<$ty>() {
+                return cast(<$ty>::from_le_bytes(bytes.try_into().ok()?));
+            }
+        )*};
+    }
+    le!(u64, u32, u16, u8, i64, i32, i16, i8, f64, f32);
+    if t == TypeId::of::<usize>() {
+        return cast(usize::try_from(u64::from_le_bytes(bytes.try_into().ok()?)).ok()?);
+    }
+    if t == TypeId::of::<isize>() {
+        return cast(isize::try_from(i64::from_le_bytes(bytes.try_into().ok()?)).ok()?);
+    }
+    if t == TypeId::of::<bool>() {
+        return match bytes {
+            [0] => cast(false),
+            [1] => cast(true),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// Turns the first `n` dense results at `out[start..]` into framed items,
+/// in place: the reply goes on framed once an item has failed.
+#[cold]
+fn reframe<R: Serialize + 'static>(out: &mut Vec<u8>, start: usize) {
+    let Some(width) = dense_width::<R>() else {
+        return;
+    };
+    let dense = out.split_off(start);
+    for bytes in dense.chunks_exact(width) {
+        let value: R = get_dense(bytes).expect("written by put_dense just now");
+        put_item(out, &value).expect("a primitive always encodes");
+    }
 }
 
 // ---- byte buffers ---------------------------------------------------------
@@ -1077,9 +1196,22 @@ fn decode_error(e: &postcard::Error) -> String {
 }
 
 /// Runs the items of a `RUN` body through worker `W` and appends one result
-/// item per argument item to `out`; returns how many it ran (all, unless
-/// the parent asked it to stop early). Runs in the child.
-pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, String> {
+/// per argument to `out`; returns how many it ran (all, unless the parent
+/// asked it to stop early), and whether the results are dense (only if the
+/// arguments were). Runs in the child.
+pub(crate) fn invoke_batch<W: Worker>(
+    input: &[u8],
+    dense: bool,
+    out: &mut Vec<u8>,
+) -> Result<(u32, bool), String> {
+    if dense {
+        return invoke_dense::<W>(input, out);
+    }
+    invoke_framed::<W>(input, out).map(|ran| (ran, false))
+}
+
+/// [`invoke_batch`] of framed argument items.
+fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, String> {
     // Results are usually about as large as their arguments: room for that
     // up front saves growing (and copying) the buffer several times.
     crate::shm::huge::reserve(out, input.len());
@@ -1119,14 +1251,66 @@ pub(crate) fn invoke_batch<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Re
                     );
                 }
             }
-            Err(payload) => {
-                let report = crate::child::take_panic_report(&*payload);
-                let bytes = postcard::to_stdvec(&report).unwrap_or_default();
-                put_raw_item(out, ITEM_PANIC, &bytes);
-            }
+            Err(payload) => put_panic(out, &*payload),
         }
     }
     Ok(index as u32)
+}
+
+/// [`invoke_batch`] of a dense batch (see [`dense_width`]).
+fn invoke_dense<W: Worker>(input: &[u8], out: &mut Vec<u8>) -> Result<(u32, bool), String> {
+    let Some(width) = dense_width::<W::Args>().filter(|&w| w > 0 && input.len() % w == 0) else {
+        return Err(format!(
+            "a dense batch of {} bytes for arguments of type `{}`",
+            input.len(),
+            type_name::<W::Args>()
+        ));
+    };
+    let results = dense_width::<W::Output>();
+    let start = out.len();
+    crate::shm::huge::reserve(out, input.len() / width * results.map_or(width + 1, |w| w));
+    let mut dense = results.is_some();
+    let mut index = 0u64;
+    for bytes in input.chunks_exact(width) {
+        if !crate::child::item_started(index) {
+            break; // the parent took the rest of the batch for another worker
+        }
+        index += 1;
+        let Some(args) = get_dense::<W::Args>(bytes) else {
+            return Err(format!(
+                "argument {} of a dense batch is not a `{}`",
+                index - 1,
+                type_name::<W::Args>()
+            ));
+        };
+        match catch_unwind(AssertUnwindSafe(|| W::call(args))) {
+            Ok(value) if dense => put_dense(out, &value),
+            Ok(value) => {
+                if let Err(e) = put_item(out, &value) {
+                    put_raw_item(
+                        out,
+                        ITEM_ENCODE_ERROR,
+                        format!("{e} (type `{}`)", type_name::<W::Output>()).as_bytes(),
+                    );
+                }
+            }
+            Err(payload) => {
+                if dense {
+                    reframe::<W::Output>(out, start);
+                    dense = false;
+                }
+                put_panic(out, &*payload);
+            }
+        }
+    }
+    Ok((index as u32, dense))
+}
+
+/// Appends the report of a panic caught in a task.
+fn put_panic(out: &mut Vec<u8>, payload: &(dyn Any + Send)) {
+    let report = crate::child::take_panic_report(payload);
+    let bytes = postcard::to_stdvec(&report).unwrap_or_default();
+    put_raw_item(out, ITEM_PANIC, &bytes);
 }
 
 // ---- frames ---------------------------------------------------------------
@@ -1283,6 +1467,120 @@ mod tests {
             assert_eq!(decode_fast::<Vec<u8>>(body).unwrap(), v);
             assert_eq!(postcard::from_bytes::<Vec<u8>>(body).unwrap(), v);
         }
+    }
+
+    fn dense_round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static>(
+        values: &[T],
+        width: usize,
+    ) {
+        assert_eq!(dense_width::<T>(), Some(width), "{}", type_name::<T>());
+        let mut out = vec![0xAA];
+        for v in values {
+            put_dense(&mut out, v);
+        }
+        assert_eq!(out.len(), 1 + width * values.len(), "{}", type_name::<T>());
+        for (v, bytes) in values.iter().zip(out[1..].chunks_exact(width)) {
+            assert_eq!(get_dense::<T>(bytes).as_ref(), Some(v));
+        }
+    }
+
+    #[test]
+    fn dense_values_round_trip_at_their_extremes() {
+        dense_round_trip(&[0u64, 1, u64::MAX], 8);
+        dense_round_trip(&[0u32, u32::MAX], 4);
+        dense_round_trip(&[0u16, u16::MAX], 2);
+        dense_round_trip(&[0u8, 255], 1);
+        dense_round_trip(&[i64::MIN, -1, 0, i64::MAX], 8);
+        dense_round_trip(&[i32::MIN, i32::MAX], 4);
+        dense_round_trip(&[i16::MIN, i16::MAX], 2);
+        dense_round_trip(&[i8::MIN, i8::MAX], 1);
+        dense_round_trip(&[usize::MAX, 0], 8);
+        dense_round_trip(&[isize::MIN, isize::MAX], 8);
+        dense_round_trip(&[-0.0f64, f64::MIN_POSITIVE, f64::INFINITY], 8);
+        dense_round_trip(&[1.5f32, f32::MAX], 4);
+        dense_round_trip(&[false, true], 1);
+        let nan = get_dense::<f64>(&f64::NAN.to_le_bytes()).unwrap();
+        assert!(nan.is_nan());
+        // Not one of them.
+        assert_eq!(get_dense::<bool>(&[2]), None);
+        assert_eq!(get_dense::<u64>(&[1, 2, 3]), None, "too short");
+        assert_eq!(dense_width::<()>(), None);
+        assert_eq!(dense_width::<(u64, u64)>(), None);
+        assert_eq!(dense_width::<String>(), None);
+        assert_eq!(dense_width::<char>(), None);
+    }
+
+    /// A stand-in for `#[worker]`: panics on 13, doubles the rest.
+    #[derive(Clone, Copy)]
+    struct Double;
+
+    impl Worker for Double {
+        type Args = u32;
+        type Output = u64;
+        const NAME: &'static str = "double";
+        fn call(x: u32) -> u64 {
+            assert!(x != 13, "thirteen");
+            u64::from(x) * 2
+        }
+    }
+
+    #[test]
+    fn dense_batches_run_dense_until_an_item_fails() {
+        let mut input = Vec::new();
+        for x in [1u32, 2, 3] {
+            put_dense(&mut input, &x);
+        }
+        let mut out = vec![7];
+        assert_eq!(
+            invoke_batch::<Double>(&input, true, &mut out),
+            Ok((3, true))
+        );
+        assert_eq!(
+            out[1..],
+            [2u64, 4, 6]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>()
+        );
+
+        // A panic turns the results so far, and those after, into items.
+        put_dense(&mut input, &13u32);
+        put_dense(&mut input, &20u32);
+        let mut out = vec![7];
+        assert_eq!(
+            invoke_batch::<Double>(&input, true, &mut out),
+            Ok((5, false))
+        );
+        let mut rest = &out[1..];
+        for want in [2u64, 4, 6] {
+            let (status, body, _) = next_item(&mut rest).unwrap();
+            assert_eq!(
+                (status, decode_exact::<u64>(body).unwrap()),
+                (ITEM_OK, want)
+            );
+        }
+        let (status, body, _) = next_item(&mut rest).unwrap();
+        assert_eq!(status, ITEM_PANIC);
+        let report: PanicReport = decode_exact(body).unwrap();
+        assert!(report.message.contains("thirteen"), "{report:?}");
+        let (status, body, _) = next_item(&mut rest).unwrap();
+        assert_eq!((status, decode_exact::<u64>(body).unwrap()), (ITEM_OK, 40));
+        assert!(rest.is_empty());
+
+        // A dense batch whose length is not a whole number of arguments.
+        let err = invoke_batch::<Double>(&input[..7], true, &mut out).unwrap_err();
+        assert!(err.contains("dense batch of 7 bytes"), "{err}");
+        // The same items framed: framed results.
+        let mut framed = Vec::new();
+        for x in [1u32, 2] {
+            put_item(&mut framed, &x).unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            invoke_batch::<Double>(&framed, false, &mut out),
+            Ok((2, false))
+        );
+        assert_eq!(next_item(&mut &out[..]).map(|i| i.0), Some(ITEM_OK));
     }
 
     #[test]

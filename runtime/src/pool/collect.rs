@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 
 use super::job::{Outcome, Reply};
-use crate::wire;
+use super::stream::decode_results;
 
 /// What a driver calls with each reply of a batch whose results go
 /// straight into a `map`'s output.
@@ -172,6 +172,7 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
                     data,
                     start,
                     elapsed_ns,
+                    dense,
                 },
         } = reply
         else {
@@ -185,11 +186,18 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
                 data,
                 start,
                 elapsed_ns,
+                dense,
             };
             return [Some(reply_of(first, count, outcome)), None];
         };
-        // SAFETY: positions at..at + count were claimed above.
-        let (stored, used) = unsafe { store_run(&data[start..], count, self.ptr.add(at)) };
+        let dst = self.ptr.wrapping_add(at);
+        let mut k = 0;
+        let (stored, used) = decode_results(&data[start..], count, dense, |value: R| {
+            // SAFETY: positions at..at + count were claimed above, and
+            // `decode_results` hands over at most `count` values.
+            unsafe { dst.add(k).write(value) };
+            k += 1;
+        });
         self.end(at, stored as usize);
         let bytes = data.len() - start;
         if stored == count {
@@ -218,6 +226,7 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
             data,
             start: start + used,
             elapsed_ns,
+            dense,
         };
         [
             done,
@@ -234,40 +243,11 @@ fn reply_of(first: u64, count: u32, outcome: Outcome) -> Reply {
     }
 }
 
-/// Decodes up to `max` consecutive results that came back fine from the
-/// front of `data` into `dst`, `dst + 1`, …, and stops at the first that
-/// did not (see `stream::decode_run`, its twin for the caller's thread).
-/// Returns how many it stored and how many bytes they took.
-///
-/// # Safety
-///
-/// `dst..dst + max` must be claimed, writable room for `R`s.
-unsafe fn store_run<R: DeserializeOwned + 'static>(
-    data: &[u8],
-    max: u32,
-    dst: *mut R,
-) -> (u32, usize) {
-    let mut rest = data;
-    let mut n = 0;
-    while n < max {
-        let mut after = rest;
-        let Some((len, body)) = wire::next_ok_item(&mut after) else {
-            break;
-        };
-        let Some(value) = wire::decode_fast_at::<R>(body, len) else {
-            break;
-        };
-        // SAFETY: n < max, inside the room the caller vouched for.
-        unsafe { dst.add(n as usize).write(value) };
-        rest = after;
-        n += 1;
-    }
-    (n, data.len() - rest.len())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use crate::wire;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
@@ -293,6 +273,7 @@ mod tests {
                 data,
                 start: 3,
                 elapsed_ns: 5,
+                dense: false,
             },
         }
     }

@@ -324,7 +324,7 @@ fn send_job(
             unsafe { arenas.request.write(&job.payload) };
             run_head(
                 buf,
-                wire::TAG_RUN_SHARED,
+                wire::TAG_RUN_SHARED | dense_flag(job),
                 batch,
                 job.worker,
                 job.fds().len(),
@@ -334,10 +334,22 @@ fn send_job(
             send_run(&mut worker.writer, buf, &[], job.fds())
         }
         None => {
-            encode_run(buf, batch, job.worker, &job.payload, job.fds().len())?;
+            run_head(
+                buf,
+                wire::TAG_RUN | dense_flag(job),
+                batch,
+                job.worker,
+                job.fds().len(),
+            );
+            wire::finish_frame_with(buf, job.payload.len())?;
             send_run(&mut worker.writer, buf, &job.payload, job.fds())
         }
     }
+}
+
+/// [`wire::DENSE`] for a job whose arguments are dense.
+fn dense_flag(job: &Job) -> u8 {
+    if job.dense.is_some() { wire::DENSE } else { 0 }
 }
 
 /// Sends a `RUN` frame: the head built by [`encode_run`], then the payload.
@@ -369,12 +381,13 @@ struct Delivery {
     job: Job,
     data: Vec<u8>,
     elapsed_ns: u64,
+    dense: bool,
 }
 
 impl Delivery {
     fn flush(pending: &mut Option<Delivery>, shared: &PoolShared) {
         if let Some(d) = pending.take() {
-            deliver_done(shared, d.job, d.data, d.elapsed_ns);
+            deliver_done(shared, d.job, d.data, d.elapsed_ns, d.dense);
         }
     }
 }
@@ -520,6 +533,8 @@ fn serve_batches(
         };
         let mut cur = wire::Cursor(&frame[1..]);
         let batch = cur.u64().unwrap_or(0);
+        let dense = tag & wire::DENSE != 0;
+        let tag = tag & !wire::DENSE;
         if batch != front.batch || !(tag == wire::TAG_DONE || tag == wire::TAG_FAILED) {
             // Out of step: the channel cannot be trusted any more.
             runner.kill_if_running(None);
@@ -572,13 +587,16 @@ fn serve_batches(
                 // The child has more queued: hand over at once (when the
                 // caller's thread is what limits a `map`, it should not
                 // wait for the next send).
-                Some(job) if !in_flight.is_empty() => deliver_done(shared, job, data, elapsed_ns),
+                Some(job) if !in_flight.is_empty() => {
+                    deliver_done(shared, job, data, elapsed_ns, dense);
+                }
                 // The child is idle: feed it first.
                 Some(job) => {
                     *pending = Some(Delivery {
                         job,
                         data,
                         elapsed_ns,
+                        dense,
                     });
                 }
                 None => {}
@@ -627,10 +645,11 @@ fn cut_piece(shared: &PoolShared, worker: &Worker, job: Job) -> Job {
 /// Hands a finished batch to its sink; with `retry_panics`, items that
 /// panicked go back to the queue instead (each alone) and the others are
 /// delivered in contiguous runs.
-fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64) {
+fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64, dense: bool) {
     const START: usize = wire::DONE_HEADER;
     let mut results: Vec<(bool, &[u8])> = Vec::new();
-    if job.panic_retries > 0 {
+    // Dense results are all fine (a panic turns a reply back to framed).
+    if job.panic_retries > 0 && !dense {
         let mut rest = &data[START..];
         while let Some((status, _, whole)) = wire::next_item(&mut rest) {
             results.push((status == wire::ITEM_PANIC, whole));
@@ -645,14 +664,11 @@ fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64) {
             data,
             start: START,
             elapsed_ns,
+            dense,
         });
         return;
     }
-    let mut args = Vec::with_capacity(results.len());
-    let mut rest = &job.payload[..];
-    while let Some((_, _, whole)) = wire::next_item(&mut rest) {
-        args.push(whole);
-    }
+    let args = job.item_args();
     let mut retry = Vec::new();
     let mut run_start = 0;
     for k in 0..=results.len() {
@@ -669,6 +685,7 @@ fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64) {
                     data: bytes,
                     start: 0,
                     elapsed_ns,
+                    dense: false,
                 },
             );
         }
@@ -720,7 +737,7 @@ fn read_reply(
     if tag == Some(wire::TAG_DONE_SHARED) {
         return copy_out_reply(worker, frame).map(Some);
     }
-    if tag == Some(wire::TAG_DONE) && frame.len() >= ARENA_FROM {
+    if tag.is_some_and(|t| t & !wire::DENSE == wire::TAG_DONE) && frame.len() >= ARENA_FROM {
         // A large reply that came through the socket: have a reply arena
         // for the next one.
         worker.reply_wanted = worker.reply_wanted.max(frame.len());
@@ -751,7 +768,7 @@ fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
     frame.extend_from_slice(body);
     reply.release(seq);
     match frame.first() {
-        Some(&tag @ wire::TAG_DONE) => Ok(tag),
+        Some(&tag) if tag & !wire::DENSE == wire::TAG_DONE => Ok(tag),
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "a shared reply is not a DONE frame",

@@ -21,6 +21,9 @@ pub(crate) struct Job {
     /// ascending order: a split walks the items from the last mark before
     /// it, not from the front (see [`MARK_EVERY`]). May be empty.
     pub(crate) marks: Vec<(u32, u32)>,
+    /// `Some(width)` if the arguments are dense: item `k` is the `width`
+    /// bytes at `k * width` (see [`wire::dense_width`]).
+    pub(crate) dense: Option<usize>,
     pub(crate) count: u32,
     /// Input position of the first item; `None` for `submit`/`apply`.
     pub(crate) first_index: Option<u64>,
@@ -51,6 +54,9 @@ impl Job {
     /// Splits a batch after its first `n` items (`0 < n < count`).
     pub(crate) fn split_at(self, n: u32) -> (Job, Job) {
         debug_assert!(n > 0 && n < self.count);
+        if let Some(width) = self.dense {
+            return self.cut_at(n, n as usize * width, 0);
+        }
         let marked = self.marks.partition_point(|&(item, _)| item <= n);
         let (mut item, offset) = marked.checked_sub(1).map_or((0, 0), |i| self.marks[i]);
         let mut rest = &self.payload[offset as usize..];
@@ -59,7 +65,13 @@ impl Job {
             item += 1;
         }
         let cut = self.payload.len() - rest.len();
-        let marks = self.marks[marked..]
+        self.cut_at(n, cut, marked)
+    }
+
+    /// [`split_at`](Job::split_at) item `n`, which starts at byte `cut`;
+    /// the marks from `marked` on are the second part's.
+    fn cut_at(self, n: u32, cut: usize, marked: usize) -> (Job, Job) {
+        let marks = self.marks[marked.min(self.marks.len())..]
             .iter()
             .map(|&(item, offset)| (item - n, offset - cut as u32))
             .collect();
@@ -67,6 +79,7 @@ impl Job {
             worker: self.worker,
             payload: self.payload[cut..].to_vec(),
             marks,
+            dense: self.dense,
             count: self.count - n,
             first_index: self.first_index.map(|i| i + u64::from(n)),
             sink: self.sink.clone(),
@@ -102,13 +115,30 @@ impl Job {
             || self.control.as_ref().is_some_and(|c| c.is_settled())
     }
 
-    /// A one-item job for item `k` of this batch, with its framed
-    /// arguments (the task's control goes with it when the batch is one call).
+    /// The encoded arguments of each item, in order.
+    pub(crate) fn item_args(&self) -> Vec<&[u8]> {
+        match self.dense {
+            Some(width) => self.payload.chunks_exact(width).collect(),
+            None => {
+                let mut rest = &self.payload[..];
+                let mut args = Vec::with_capacity(self.count as usize);
+                while let Some((_, _, whole)) = wire::next_item(&mut rest) {
+                    args.push(whole);
+                }
+                args
+            }
+        }
+    }
+
+    /// A one-item job for item `k` of this batch, with its arguments as
+    /// [`item_args`](Job::item_args) gives them (the task's control goes
+    /// with it when the batch is one call).
     pub(crate) fn part(&self, k: u32, payload: Vec<u8>) -> Job {
         Job {
             worker: self.worker,
             payload,
             marks: Vec::new(),
+            dense: self.dense,
             count: 1,
             first_index: self.first_index.map(|i| i + u64::from(k)),
             sink: self.sink.clone(),
@@ -179,11 +209,13 @@ pub(crate) struct Reply {
 }
 
 pub(crate) enum Outcome {
-    /// The child ran the batch: framed result items start at `data[start..]`.
+    /// The child ran the batch: its results start at `data[start..]`,
+    /// dense or as framed items.
     Done {
         data: Vec<u8>,
         start: usize,
         elapsed_ns: u64,
+        dense: bool,
     },
     /// The results were decoded into a `map`'s output by the driver
     /// ([`Sink::Collect`]): `bytes` of them, and the buffer they came in,
@@ -604,6 +636,7 @@ mod tests {
             worker: "w",
             payload,
             marks,
+            dense: None,
             count: (values.end - values.start) as u32,
             first_index: Some(values.start),
             sink: Sink::Stream(std::sync::mpsc::channel().0),

@@ -48,6 +48,10 @@ pub(crate) struct PoolShared {
     pub(crate) max_worker_rss: Option<u64>,
     pub(crate) runners: Vec<Arc<Runner>>,
     pub(crate) slots_alive: AtomicUsize,
+    /// Whether `map` and `imap` may send dense batches (see
+    /// [`wire::dense_width`]): not over MPI, whose messages carry framed
+    /// items only.
+    pub(crate) dense_batches: bool,
 }
 
 impl PoolShared {
@@ -296,6 +300,7 @@ impl PoolBuilder {
             max_worker_rss: self.max_worker_rss,
             runners: runners.clone(),
             slots_alive: AtomicUsize::new(workers),
+            dense_batches: true,
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut drivers = Vec::with_capacity(workers);
@@ -584,6 +589,7 @@ impl Pool {
             worker: W::NAME,
             payload,
             marks: Vec::new(),
+            dense: None,
             count: 1,
             first_index: None,
             sink: Sink::Task(slot.clone()),

@@ -40,11 +40,38 @@ pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
         Outcome::Stored { .. } => Err(Error::new(ErrorKind::Protocol(format!(
             "the result of a call of worker `{worker}` went to a map's output"
         )))),
-        Outcome::Done { data, start, .. } => {
+        Outcome::Done {
+            data, start, dense, ..
+        } => {
             let mut rest = &data[start..];
-            decode_item(worker, None, &mut rest)
+            if dense {
+                decode_dense_item(worker, None, &mut rest)
+            } else {
+                decode_item(worker, None, &mut rest)
+            }
         }
     }
+}
+
+/// Decodes the next result of a dense `DONE` body (see
+/// [`wire::dense_width`]).
+pub(crate) fn decode_dense_item<R: DeserializeOwned + 'static>(
+    worker: &'static str,
+    index: Option<u64>,
+    rest: &mut &[u8],
+) -> Result<R> {
+    let width = wire::dense_width::<R>().unwrap_or(usize::MAX);
+    let value = rest.split_at_checked(width).and_then(|(bytes, after)| {
+        *rest = after;
+        wire::get_dense::<R>(bytes)
+    });
+    value.ok_or_else(|| {
+        *rest = &[];
+        Error::new(ErrorKind::Protocol(format!(
+            "worker `{worker}` sent a result for task {index:?} that is not a `{}`",
+            type_name::<R>()
+        )))
+    })
 }
 
 /// Decodes the next framed result item of a `DONE` body.
@@ -97,28 +124,42 @@ pub(crate) fn decode_item<R: DeserializeOwned + 'static>(
 }
 
 /// Decodes up to `max` consecutive results that came back fine from the
-/// front of `data` into `out`, and stops early at the first one that did
-/// not (a panic, an encode error in the child, a value that does not
-/// decode): those take the per-item path, which reports them. Returns how
-/// many it decoded and how many bytes they took.
+/// front of `data` (dense if `dense`, else framed items), handing each to
+/// `put`, and stops early at the first one that did not (a panic, an
+/// encode error in the child, a value that does not decode): those take
+/// the per-item path, which reports them. Returns how many it decoded and
+/// how many bytes they took.
 ///
-/// This is the hot loop of `map` and `imap` in the parent: one tight loop
-/// per run of results instead of a trip through the iterator's state
-/// machine and the error handling for each.
-fn decode_run<R: DeserializeOwned + 'static>(
+/// This is the hot loop of `map` and `imap` in the parent (on the caller's
+/// thread, or a driver's for a `map` stored in place): one tight loop per
+/// run of results instead of a trip through the iterator's state machine
+/// and the error handling for each.
+#[inline(always)]
+pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
     data: &[u8],
     max: u32,
-    out: &mut Vec<R>,
+    dense: bool,
+    mut put: impl FnMut(R),
 ) -> (u32, usize) {
-    let mut rest = data;
     let mut n = 0;
+    if let (true, Some(width)) = (dense, wire::dense_width::<R>()) {
+        for bytes in data.chunks_exact(width).take(max as usize) {
+            let Some(value) = wire::get_dense::<R>(bytes) else {
+                break;
+            };
+            put(value);
+            n += 1;
+        }
+        return (n, n as usize * width);
+    }
+    let mut rest = data;
     while n < max {
         let mut after = rest;
         let Some((len, body)) = wire::next_ok_item(&mut after) else {
             break;
         };
         match wire::decode_fast_at::<R>(body, len) {
-            Some(value) => out.push(value),
+            Some(value) => put(value),
             None => break,
         }
         rest = after;
@@ -257,31 +298,47 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             );
             let first = self.next_input;
             let mut marks = Vec::new();
-            let ((count, encode_error, exhausted), fds) = crate::fdpass::capture(|| {
+            let dense = wire::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
+            let ((count, encode_error, exhausted), fds) = if dense.is_some() {
+                // Primitives: no handles to capture, no encoding that fails.
                 let mut count = 0usize;
-                let mut encode_error = None;
                 let mut exhausted = false;
                 while count < limit && payload.len() < MAX_BATCH_BYTES {
                     let Some(args) = input.next() else {
                         exhausted = true;
                         break;
                     };
-                    if count % MARK_EVERY as usize == 0 && count > 0 {
-                        // Lossless: this is checked before the item, so the
-                        // payload is under MAX_BATCH_BYTES, and so is the
-                        // count (items take a byte at least).
-                        marks.push((count as u32, payload.len() as u32));
-                    }
-                    if let Err(message) = wire::put_item(&mut payload, &args) {
-                        // This item fails alone; the batch goes on without it.
-                        encode_error =
-                            Some(wire::args_error::<W>(Some(first + count as u64), message));
-                        break;
-                    }
+                    wire::put_dense(&mut payload, &args);
                     count += 1;
                 }
-                (count, encode_error, exhausted)
-            });
+                ((count, None, exhausted), Vec::new())
+            } else {
+                crate::fdpass::capture(|| {
+                    let mut count = 0usize;
+                    let mut encode_error = None;
+                    let mut exhausted = false;
+                    while count < limit && payload.len() < MAX_BATCH_BYTES {
+                        let Some(args) = input.next() else {
+                            exhausted = true;
+                            break;
+                        };
+                        if count % MARK_EVERY as usize == 0 && count > 0 {
+                            // Lossless: this is checked before the item, so the
+                            // payload is under MAX_BATCH_BYTES, and so is the
+                            // count (items take a byte at least).
+                            marks.push((count as u32, payload.len() as u32));
+                        }
+                        if let Err(message) = wire::put_item(&mut payload, &args) {
+                            // This item fails alone; the batch goes on without it.
+                            encode_error =
+                                Some(wire::args_error::<W>(Some(first + count as u64), message));
+                            break;
+                        }
+                        count += 1;
+                    }
+                    (count, encode_error, exhausted)
+                })
+            };
             if exhausted {
                 self.input = None;
             }
@@ -302,6 +359,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     count: count as u32,
                     first_index: Some(first),
                     marks,
+                    dense,
                     sink,
                     control: None,
                     abandoned: Some(self.abandoned.clone()),
@@ -366,6 +424,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 elapsed_ns,
                 data,
                 start,
+                ..
             } => Some((*elapsed_ns, data.len().saturating_sub(*start))),
             Outcome::Stored {
                 elapsed_ns, bytes, ..
@@ -434,7 +493,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
     #[inline]
     pub(crate) fn next_item(&mut self) -> Option<(u64, Result<W::Output>)> {
         // The common case, small enough to inline into the caller's loop:
-        // a result decoded ahead by `decode_run`.
+        // a result decoded ahead by `decode_results`.
         if let Some(value) = self.decoded.next() {
             let index = self.decoded_next;
             self.decoded_next += 1;
@@ -463,13 +522,14 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                         cur.left = 0;
                         continue;
                     }
-                    if let Outcome::Done { data, .. } = &cur.reply.outcome {
+                    if let Outcome::Done { data, dense, .. } = &cur.reply.outcome {
                         let max = cur.left.min(DECODE_RUN);
                         // A fresh buffer per run: one allocation per
                         // DECODE_RUN results, and popping from a
                         // `vec::IntoIter` is a pointer increment.
                         let mut run = Vec::with_capacity(max as usize);
-                        let (n, used) = decode_run(&data[cur.pos..], max, &mut run);
+                        let (n, used) =
+                            decode_results(&data[cur.pos..], max, *dense, |v| run.push(v));
                         self.decoded = run.into_iter();
                         if n > 0 {
                             self.decoded_next = cur.next_index;
@@ -483,10 +543,14 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     let index = cur.next_index;
                     cur.next_index += 1;
                     let result = match &mut cur.reply.outcome {
-                        Outcome::Done { data, .. } => {
+                        Outcome::Done { data, dense, .. } => {
                             let mut rest = &data[cur.pos..];
                             let before = rest.len();
-                            let r = decode_item::<W::Output>(W::NAME, Some(index), &mut rest);
+                            let r = if *dense {
+                                decode_dense_item::<W::Output>(W::NAME, Some(index), &mut rest)
+                            } else {
+                                decode_item::<W::Output>(W::NAME, Some(index), &mut rest)
+                            };
                             cur.pos += before - rest.len();
                             r
                         }
