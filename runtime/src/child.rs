@@ -297,6 +297,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let (request, reply) = wire::arena_lengths(&frame)?;
                 if request == 0 && reply == 0 {
                     arenas = None; // unmapped: their memory is freed
+                    crate::shm::huge::release_spares();
                     if out.capacity() > 16 << 20 {
                         out = Vec::new();
                     }

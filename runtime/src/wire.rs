@@ -283,10 +283,24 @@ fn is_byte_vec<T: 'static>() -> bool {
 fn put_byte_vec(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut prefix = [0u8; 10];
     let n = varint_into(&mut prefix, bytes.len() as u64);
-    crate::shm::huge::reserve(out, 10 + n + bytes.len());
+    crate::shm::huge::reserve_bytes(out, 10 + n + bytes.len());
     put_varint(out, ((n + bytes.len()) as u64) << 2 | u64::from(ITEM_OK));
     out.extend_from_slice(&prefix[..n]);
     out.extend_from_slice(bytes);
+}
+
+/// Gives `value` to the spare buffers if it is a large `Vec<u8>` (an
+/// argument once encoded, a result once sent); drops it otherwise.
+#[inline(always)]
+pub(crate) fn recycle_value<T: 'static>(value: T) {
+    if is_byte_vec::<T>() {
+        if let Some(bytes) = (&mut Some(value) as &mut dyn Any)
+            .downcast_mut::<Option<Vec<u8>>>()
+            .and_then(Option::take)
+        {
+            crate::shm::huge::recycle(bytes);
+        }
+    }
 }
 
 /// `body` as a `T`, if `T` is `Vec<u8>` and `body` is a well-formed one;
@@ -1250,6 +1264,7 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
                         format!("{e} (type `{}`)", type_name::<W::Output>()).as_bytes(),
                     );
                 }
+                recycle_value(value);
             }
             Err(payload) => put_panic(out, &*payload),
         }
@@ -1376,7 +1391,7 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
         ));
     }
     buf.clear();
-    crate::shm::huge::reserve(buf, len);
+    crate::shm::huge::reserve_bytes(buf, len);
     // `take` + `read_to_end` fills spare capacity without zeroing it first.
     let got = r.take(len as u64).read_to_end(buf)?;
     if got < len {

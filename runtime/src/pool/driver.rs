@@ -462,6 +462,7 @@ fn serve_batches(
             let job = match shared.queue.next(runner.id, block, max_bytes, &steal, idle) {
                 Next::Job(job) => job,
                 Next::Idle => {
+                    crate::shm::huge::release_spares();
                     if worker.release_arenas().is_err() {
                         return End::Died(in_flight);
                     }
@@ -645,7 +646,7 @@ fn cut_piece(shared: &PoolShared, worker: &Worker, job: Job) -> Job {
 /// Hands a finished batch to its sink; with `retry_panics`, items that
 /// panicked go back to the queue instead (each alone) and the others are
 /// delivered in contiguous runs.
-fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64, dense: bool) {
+fn deliver_done(shared: &PoolShared, mut job: Job, data: Vec<u8>, elapsed_ns: u64, dense: bool) {
     const START: usize = wire::DONE_HEADER;
     let mut results: Vec<(bool, &[u8])> = Vec::new();
     // Dense results are all fine (a panic turns a reply back to framed).
@@ -660,6 +661,9 @@ fn deliver_done(shared: &PoolShared, job: Job, data: Vec<u8>, elapsed_ns: u64, d
             control.finish();
         }
         drop(results);
+        // Answered: its arguments are not needed again (and the caller,
+        // about to decode, may want their buffer).
+        crate::shm::huge::recycle(std::mem::take(&mut job.payload));
         job.deliver(Outcome::Done {
             data,
             start: START,
@@ -764,7 +768,7 @@ fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
         ));
     };
     frame.clear();
-    crate::shm::huge::reserve(frame, len);
+    crate::shm::huge::reserve_bytes(frame, len);
     frame.extend_from_slice(body);
     reply.release(seq);
     match frame.first() {

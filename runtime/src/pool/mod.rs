@@ -583,6 +583,9 @@ impl Pool {
                 return Task::new(slot, Arc::new(Control::new()), W::NAME);
             }
         };
+        // Encoded: a large `Vec<u8>` argument can hold the next large
+        // buffer (the result, say) instead of being freed.
+        wire::recycle_value(args);
         let slot = Arc::new(TaskSlot::new());
         let control = Arc::new(Control::new());
         let job = Job {

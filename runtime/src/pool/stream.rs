@@ -44,11 +44,13 @@ pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
             data, start, dense, ..
         } => {
             let mut rest = &data[start..];
-            if dense {
+            let result = if dense {
                 decode_dense_item(worker, None, &mut rest)
             } else {
                 decode_item(worker, None, &mut rest)
-            }
+            };
+            crate::shm::huge::recycle(data);
+            result
         }
     }
 }

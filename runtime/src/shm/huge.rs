@@ -44,10 +44,76 @@ pub(crate) fn reserve<T>(buf: &mut Vec<T>, additional: usize) {
     }
 }
 
-/// A `Vec<u8>` holding a copy of `bytes`, huge-page backed if it is large.
+/// A `Vec<u8>` holding a copy of `bytes`, huge-page backed if it is large
+/// (a spare buffer if one fits, see [`recycle`]).
 pub(crate) fn to_vec(bytes: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    reserve(&mut v, bytes.len());
+    reserve_bytes(&mut v, bytes.len());
     v.extend_from_slice(bytes);
     v
+}
+
+// ---- spare buffers ---------------------------------------------------------
+//
+// A 64 MiB round trip fills a fresh buffer of that size at each of its
+// steps (the encoded argument, the reply copied out of shared memory, the
+// decoded result; in the child, the decoded argument), and on the VM of
+// BENCHMARKS.md writing into memory just mapped costs about twice what
+// writing into memory already touched does. Large byte buffers that the
+// runtime is done with (a reply once decoded, a batch once answered, a
+// `Vec<u8>` argument once encoded or a result once sent) are kept here
+// instead of freed, and the next large buffer starts from one of them. An
+// idle pool gives them back (with its shared buffers, see `ARENAS_KEPT_IDLE`
+// in the driver), and so does an idle worker.
+
+/// Most buffers kept.
+const SPARES: usize = 4;
+
+static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn spares() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    SPARE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps `buf` for reuse if it is large; frees it otherwise (or when the
+/// spares are full and it is the smallest).
+pub(crate) fn recycle(mut buf: Vec<u8>) {
+    if buf.capacity() < HUGE_FROM {
+        return;
+    }
+    buf.clear();
+    let mut spare = spares();
+    spare.push(buf);
+    if spare.len() > SPARES {
+        // Keep the largest: they fit the most.
+        spare.sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
+        spare.truncate(SPARES);
+    }
+}
+
+/// Frees every spare buffer.
+pub(crate) fn release_spares() {
+    let freed = std::mem::take(&mut *spares());
+    drop(freed);
+}
+
+/// [`reserve`] for bytes: an empty `buf` too small for a large buffer
+/// takes the smallest spare that fits instead, if there is one.
+pub(crate) fn reserve_bytes(buf: &mut Vec<u8>, additional: usize) {
+    if buf.is_empty() && buf.capacity() < additional && additional >= HUGE_FROM {
+        let mut spare = spares();
+        let fit = (0..spare.len())
+            .filter(|&i| spare[i].capacity() >= additional)
+            .min_by_key(|&i| spare[i].capacity());
+        if let Some(i) = fit {
+            *buf = spare.swap_remove(i);
+            return;
+        }
+        drop(spare);
+        // Whole huge pages: buffers for about the same size (an argument,
+        // the frame that carries it, the reply) then fit one another.
+        reserve(buf, additional.next_multiple_of(HUGE_PAGE));
+        return;
+    }
+    reserve(buf, additional);
 }
