@@ -1332,3 +1332,72 @@ fn imap_unordered_over_endless_input_keeps_memory_bounded() {
     let growth = endless(false);
     assert!(growth < 50 * 1024, "grew by {growth} KiB");
 }
+
+/// Returns its argument.
+#[worker]
+fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
+
+/// Anonymous memory of a process in KiB (`RssAnon` of `/proc/<pid>/status`).
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+const LARGE: usize = 48 << 20;
+
+#[multiproc::test]
+#[ignore = "helper process of an_idle_pool_gives_its_large_buffers_back"]
+fn helper_idle_release() {
+    if !is_helper() {
+        return;
+    }
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.map(pid_of, 0..1).unwrap()[0];
+    let bytes: Vec<u8> = (0..LARGE).map(|i| (i % 251) as u8).collect();
+    for _ in 0..3 {
+        let back = pool.apply(echo_bytes, bytes.clone()).unwrap();
+        assert!(back == bytes, "the bytes came back changed");
+    }
+    let (busy, busy_worker) = (rss_anon_kib(std::process::id()), rss_anon_kib(worker));
+    std::thread::sleep(Duration::from_millis(2500));
+    let (idle, idle_worker) = (rss_anon_kib(std::process::id()), rss_anon_kib(worker));
+    println!("parent KiB: {busy} {idle}");
+    println!("worker KiB: {busy_worker} {idle_worker}");
+    // And the buffers come back when there is work again.
+    assert!(pool.apply(echo_bytes, bytes.clone()).unwrap() == bytes);
+}
+
+#[test]
+fn an_idle_pool_gives_its_large_buffers_back() {
+    // Large buffers are kept for reuse while a pool works (spare buffers
+    // in both processes), and freed after a second of idleness.
+    let mut h = Helper::start(helper("helper_idle_release"));
+    let status = h.wait(Duration::from_secs(60));
+    let out = h.rest();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?} {out:?} {}",
+        h.stderr()
+    );
+    let kib = |who: &str| -> (u64, u64) {
+        let line = out
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{who} KiB: ")))
+            .unwrap_or_else(|| panic!("no {who} line in {out:?}"));
+        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    };
+    let large = (LARGE / 1024) as u64;
+    for who in ["parent", "worker"] {
+        let (busy, idle) = kib(who);
+        eprintln!("{who}: {busy} KiB busy, {idle} KiB idle");
+        assert!(
+            busy >= idle + large,
+            "{who} kept {} KiB of {busy} KiB",
+            idle
+        );
+    }
+}

@@ -50,9 +50,10 @@ const PIPELINE_BELOW_NS: u64 = 2_000_000;
 /// 8, 16 and 32 ms made it faster, 32 ms the most).
 const PIECE_NS: u64 = 32_000_000;
 /// How long a worker keeps its shared buffers for large frames (up to
-/// twice the largest frame it has carried, shared with the child) while it
-/// has nothing to do. Reusing them is what makes large frames cheap (their
-/// pages stay faulted in); an idle pool gives the memory back.
+/// twice the largest frame it has carried, shared with the child), and the
+/// process its spare buffers (`shm::huge`), while it has nothing to do.
+/// Reusing them is what makes large frames cheap (their pages stay faulted
+/// in); an idle pool gives the memory back, and has its workers do the same.
 const ARENAS_KEPT_IDLE: Duration = Duration::from_secs(1);
 /// Replacement workers that may fail to start in a row before the slot
 /// gives up.
@@ -455,10 +456,12 @@ fn serve_batches(
                 PIPELINE_MAX_BYTES.saturating_sub(ahead + FRAME_OVERHEAD)
             };
             // Wait for work only with nothing in flight and nothing held
-            // back; a worker that holds shared buffers frees them once it
-            // has been idle for a while.
+            // back; a worker that holds shared buffers (or a process that
+            // holds spare ones, `shm::huge`) frees them once it has been
+            // idle for a while, and has its child free its own.
             let block = in_flight.is_empty() && pending.is_none();
-            let idle = (block && worker.arenas.is_some()).then_some(ARENAS_KEPT_IDLE);
+            let holds = worker.arenas.is_some() || crate::shm::huge::has_spares();
+            let idle = (block && holds).then_some(ARENAS_KEPT_IDLE);
             let job = match shared.queue.next(runner.id, block, max_bytes, &steal, idle) {
                 Next::Job(job) => job,
                 Next::Idle => {

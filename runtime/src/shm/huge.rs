@@ -91,6 +91,11 @@ pub(crate) fn recycle(mut buf: Vec<u8>) {
     }
 }
 
+/// Whether any spare buffer is kept.
+pub(crate) fn has_spares() -> bool {
+    !spares().is_empty()
+}
+
 /// Frees every spare buffer.
 pub(crate) fn release_spares() {
     let freed = std::mem::take(&mut *spares());
