@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc::{Pool, SharedBytes, as_completed, worker};
 use rayon::prelude::*;
@@ -128,6 +128,13 @@ impl Sizes {
 }
 
 // ---- measuring --------------------------------------------------------------
+
+/// Lets rayon's threads, which look for work for a while after a job,
+/// go to sleep before the next contender is timed: otherwise they take
+/// the CPU from the start of its first measurement.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(20));
+}
 
 fn seconds<T>(f: impl FnOnce() -> T) -> f64 {
     let t = Instant::now();
@@ -561,6 +568,7 @@ fn map_and_growth(
                     .collect::<Vec<u64>>()
             })
         }));
+        settle();
         for (i, &size) in sizes.growth.iter().enumerate() {
             let cpu = thread_cpu();
             let t = Instant::now();
