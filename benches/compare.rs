@@ -414,6 +414,7 @@ fn primes(
                     .count()
             }));
         }));
+        settle();
         let mut r = Ok(());
         let cpu = thread_cpu();
         mp.push(seconds(|| match pool.map(is_prime, 0..black_box(n)) {

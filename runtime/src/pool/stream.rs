@@ -241,7 +241,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             decoded_next: 0,
             next_yield: 0,
             yielded: 0,
-            bytes_per_item: 2,
+            // Exact for dense batches; a guess for framed ones.
+            bytes_per_item: wire::dense_width::<W::Args>().unwrap_or(2),
             pending_errors: VecDeque::new(),
             abandoned: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
@@ -292,8 +293,10 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let mut payload = std::mem::take(&mut self.buf);
             payload.clear();
             // Size the buffer from the last batch's bytes per item, so that
-            // encoding does not reallocate (and copy) as it grows.
-            payload.reserve(
+            // encoding does not reallocate (and copy) as it grows (a spare
+            // buffer if it is large, `shm::huge`).
+            crate::shm::huge::reserve_bytes(
+                &mut payload,
                 (limit.min(MAX_BATCH_ITEMS * 16))
                     .saturating_mul(self.bytes_per_item)
                     .min(MAX_BATCH_BYTES + 1024),
