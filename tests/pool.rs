@@ -272,6 +272,52 @@ fn a_panic_in_a_dense_batch_costs_only_its_item() {
     assert_eq!(err.item_index(), Some(7));
 }
 
+/// A result whose decoding panics on 4242 (the parent decodes results).
+#[derive(Serialize, Debug, PartialEq)]
+struct Touchy(u64);
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Touchy, D::Error> {
+        let v = u64::deserialize(d)?;
+        assert!(v != 4242, "touchy about {v}");
+        Ok(Touchy(v))
+    }
+}
+
+#[worker]
+fn touchy(x: u64) -> Touchy {
+    Touchy(x)
+}
+
+#[multiproc::test]
+fn a_panicking_result_decoder_panics_in_the_caller_and_nothing_hangs() {
+    // `map` has the drivers decode results into its output: a panic in the
+    // result type's `Deserialize` must still come out of `map`, on the
+    // caller's thread, and leave the pool working.
+    let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+    // On a thread of its own, so that a hang fails the test instead.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let for_thread = pool.clone();
+    std::thread::spawn(move || {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for_thread.map(touchy, 0..10_000).map(|v| v.len())
+        }));
+        let _ = tx.send(caught);
+    });
+    let caught = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("map hung");
+    let payload = caught.expect_err("decoding item 4242 panics");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("touchy about 4242"), "{message:?}");
+    let fine = pool.map(touchy, 0..4_000).unwrap();
+    assert_eq!(fine.len(), 4_000);
+    assert_eq!(fine[3_999], Touchy(3_999));
+}
+
 #[multiproc::test]
 fn map_takes_tuples_for_several_arguments() {
     let pool = Pool::new(2).unwrap();

@@ -192,12 +192,29 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
         };
         let dst = self.ptr.wrapping_add(at);
         let mut k = 0;
-        let (stored, used) = decode_results(&data[start..], count, dense, |value: R| {
-            // SAFETY: positions at..at + count were claimed above, and
-            // `decode_results` hands over at most `count` values.
-            unsafe { dst.add(k).write(value) };
-            k += 1;
-        });
+        // The results' `Deserialize` is the caller's code, run on a
+        // driver's thread here: if it panics, the reply goes to the caller
+        // as it came, and the panic happens again there, where `map` was
+        // called (the values decoded before it are not dropped: a leak,
+        // never a double drop), instead of taking the driver down.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode_results(&data[start..], count, dense, |value: R| {
+                // SAFETY: positions at..at + count were claimed above, and
+                // `decode_results` hands over at most `count` values.
+                unsafe { dst.add(k).write(value) };
+                k += 1;
+            })
+        }));
+        let Ok((stored, used)) = decoded else {
+            self.end(at, 0);
+            let outcome = Outcome::Done {
+                data,
+                start,
+                elapsed_ns,
+                dense,
+            };
+            return [Some(reply_of(first, count, outcome)), None];
+        };
         self.end(at, stored as usize);
         let bytes = data.len() - start;
         if stored == count {
