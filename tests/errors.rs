@@ -549,6 +549,31 @@ fn large_frames_go_through_shared_buffers_that_grow() {
 }
 
 #[multiproc::test]
+fn a_large_result_not_yet_waited_for_holds_its_buffer_and_others_go_around() {
+    // A submitted task's large result is decoded where the worker left it;
+    // until it is, the worker's next large results take the socket, and
+    // when it is, the buffer is the worker's again. One worker: all of it
+    // through the same buffers.
+    let pool = Pool::new(1).unwrap();
+    let first = pool.submit(echo_bytes, pattern(6 << 20, 1));
+    let second = pool.submit(echo_bytes, pattern(6 << 20, 2));
+    let third = pool.submit(echo_bytes, pattern(4 << 20, 3));
+    // Waited for out of order: the first holds the shared buffer meanwhile.
+    assert!(third.wait().unwrap() == pattern(4 << 20, 3));
+    assert!(second.wait().unwrap() == pattern(6 << 20, 2));
+    assert!(first.wait().unwrap() == pattern(6 << 20, 1));
+    // Dropped without a wait: the buffer is released all the same.
+    drop(pool.submit(echo_bytes, pattern(5 << 20, 4)));
+    for k in 5..8 {
+        let bytes = pattern(5 << 20, k);
+        assert!(
+            pool.apply(echo_bytes, bytes.clone()).unwrap() == bytes,
+            "{k}"
+        );
+    }
+}
+
+#[multiproc::test]
 fn a_worker_that_fails_on_a_large_frame_loses_nothing_else() {
     let pool = Pool::new(2).unwrap();
     let mut panicking = pattern(5 << 20, 0);

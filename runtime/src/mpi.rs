@@ -598,7 +598,7 @@ fn deliver_reply(bytes: &[u8], flights: &mut HashMap<u64, Flight>) -> Option<usi
             elapsed_ns: bytes
                 .get(REPLY_HEAD..REPLY_HEAD + 8)
                 .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
-            data: bytes.to_vec(),
+            data: bytes.to_vec().into(),
             start: REPLY_HEAD + 8,
             dense: false, // relayed batches are framed (`dense_batches`)
         },

@@ -197,7 +197,7 @@ fn supervise(
                 first_index: None,
                 count: 1,
                 outcome: Outcome::Done {
-                    data: std::mem::take(&mut frame),
+                    data: std::mem::take(&mut frame).into(),
                     start: wire::DONE_HEADER,
                     elapsed_ns: 0,
                     dense: false, // one call goes framed

@@ -6,6 +6,12 @@
 //! postcard, so one bad item can be skipped without losing the others, and
 //! a batch can be split after a crash without re-encoding.
 //!
+//! A batch of `map` or `imap` whose arguments are all of one primitive type
+//! (integers, floats, `bool`) is *dense* instead: the values little-endian
+//! one after the other, no headers, and the [`DENSE`] bit set in the tag;
+//! its results come back dense too when they are primitive and none failed
+//! (see [`dense_width`]).
+//!
 //! A `RUN` or `DONE` body of 1 MiB or more travels through a shared buffer
 //! of the worker's instead ([`shm::arena`](crate::shm::arena)): the socket
 //! then carries a small `RUN_SHARED` or `DONE_SHARED` frame that says where

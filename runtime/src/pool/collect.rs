@@ -219,7 +219,7 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
         let bytes = data.len() - start;
         if stored == count {
             // The buffer goes back to the caller, to encode into again.
-            let data = Some(data);
+            let data = data.into_vec();
             let done = Outcome::Stored {
                 elapsed_ns,
                 bytes,
@@ -279,10 +279,17 @@ mod tests {
     }
 
     fn done_reply(first: u64, values: &[u64]) -> Reply {
+        done_reply_with(first, values, &[])
+    }
+
+    /// A reply with `values`, then the framed items `more`.
+    fn done_reply_with(first: u64, values: &[u64], more: &[u8]) -> Reply {
         let mut data = vec![0xee; 3]; // a header the store must skip
         for v in values {
             wire::put_item(&mut data, v).unwrap();
         }
+        data.extend_from_slice(more);
+        let data = data.into();
         Reply {
             first_index: Some(first),
             count: values.len() as u32,
@@ -311,11 +318,10 @@ mod tests {
     #[test]
     fn what_cannot_be_stored_comes_back_from_the_first_such_item() {
         let slots = Slots::<u64>::new(4);
-        let mut reply = done_reply(0, &[7, 8]);
-        if let Outcome::Done { data, .. } = &mut reply.outcome {
-            wire::put_raw_item(data, wire::ITEM_PANIC, b"report");
-            wire::put_item(data, &9u64).unwrap();
-        }
+        let mut more = Vec::new();
+        wire::put_raw_item(&mut more, wire::ITEM_PANIC, b"report");
+        wire::put_item(&mut more, &9u64).unwrap();
+        let mut reply = done_reply_with(0, &[7, 8], &more);
         reply.count = 4;
         let [done, rest] = slots.store(reply);
         assert_eq!(done.map(|d| d.count), Some(2));

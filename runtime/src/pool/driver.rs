@@ -16,10 +16,10 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::PoolShared;
-use super::job::{Failure, Job, Next, Outcome, Runner};
+use super::job::{Failure, Job, Next, Outcome, ReplyBytes, Runner, Sink};
 use crate::error::{Error, ErrorKind, ExitReason, Result};
 use crate::shm::Progress;
-use crate::shm::arena::{ARENA_FROM, Arena};
+use crate::shm::arena::{ARENA_FROM, Arena, Lease};
 use crate::shm::progress_clock as monotonic_ns;
 use crate::spawn::{self, Spawned};
 use crate::wire::{self, BatchFailure};
@@ -87,7 +87,8 @@ struct Worker {
 /// [`crate::shm::arena`]).
 struct Arenas {
     request: Arena,
-    reply: Arena,
+    /// Shared with the leases of replies decoded in place.
+    reply: Arc<Arena>,
 }
 
 impl Worker {
@@ -135,7 +136,10 @@ impl Worker {
         let mut buf = Vec::new();
         wire::arenas_frame(&mut buf, request.len() as u64, reply.len() as u64)?;
         crate::fdpass::write_with_fds(&mut self.writer, &buf, &[a, b])?;
-        self.arenas = Some(Arenas { request, reply });
+        self.arenas = Some(Arenas {
+            request,
+            reply: Arc::new(reply),
+        });
         Ok(true)
     }
 }
@@ -380,7 +384,7 @@ pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
 /// would wait that long (about 1 ms per piece in the primes bench).
 struct Delivery {
     job: Job,
-    data: Vec<u8>,
+    data: ReplyBytes,
     elapsed_ns: u64,
     dense: bool,
 }
@@ -525,8 +529,22 @@ fn serve_batches(
             buf = Vec::new();
         }
 
+        // A submitted task's large result is decoded where the child put
+        // it, by the caller (the other results are copied out: a `map`
+        // may hold a reply a long while, the child's next one would then
+        // take the socket).
+        let lease_ok = in_flight
+            .front()
+            .is_some_and(|s| matches!(s.job.sink, Sink::Task(_)));
+        let mut lease = None;
         let tag = match read_reply(
-            shared, runner, progress, worker, &in_flight, &mut frame, timed_out,
+            shared,
+            runner,
+            progress,
+            worker,
+            &in_flight,
+            (&mut frame, &mut lease, lease_ok),
+            timed_out,
         ) {
             Ok(Some(tag)) => tag,
             Ok(None) | Err(_) => return End::Died(in_flight),
@@ -561,7 +579,10 @@ fn serve_batches(
             if let Some(limit) = shared.max_worker_rss {
                 worker.retiring = spawn::rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
             }
-            let data = std::mem::take(&mut frame);
+            let data = match lease.take() {
+                Some(lease) => ReplyBytes::Shared(lease),
+                None => ReplyBytes::Owned(std::mem::take(&mut frame)),
+            };
             let job = if ran < front.job.count {
                 // Stopped early for an idle worker: the rest is split, the
                 // front half kept for this worker and the back half for the
@@ -649,7 +670,7 @@ fn cut_piece(shared: &PoolShared, worker: &Worker, job: Job) -> Job {
 /// Hands a finished batch to its sink; with `retry_panics`, items that
 /// panicked go back to the queue instead (each alone) and the others are
 /// delivered in contiguous runs.
-fn deliver_done(shared: &PoolShared, mut job: Job, data: Vec<u8>, elapsed_ns: u64, dense: bool) {
+fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns: u64, dense: bool) {
     const START: usize = wire::DONE_HEADER;
     let mut results: Vec<(bool, &[u8])> = Vec::new();
     // Dense results are all fine (a panic turns a reply back to framed).
@@ -689,7 +710,7 @@ fn deliver_done(shared: &PoolShared, mut job: Job, data: Vec<u8>, elapsed_ns: u6
                 run_start as u32,
                 (k - run_start) as u32,
                 Outcome::Done {
-                    data: bytes,
+                    data: bytes.into(),
                     start: 0,
                     elapsed_ns,
                     dense: false,
@@ -718,7 +739,7 @@ fn read_reply(
     progress: &Progress,
     worker: &mut Worker,
     in_flight: &VecDeque<Sent>,
-    frame: &mut Vec<u8>,
+    (frame, lease, lease_ok): (&mut Vec<u8>, &mut Option<Lease>, bool),
     timed_out: &mut Option<(u64, u64)>,
 ) -> std::io::Result<Option<u8>> {
     if let Some(limit) = shared.task_timeout {
@@ -742,6 +763,9 @@ fn read_reply(
     }
     let tag = wire::read_frame(&mut worker.reader, frame)?;
     if tag == Some(wire::TAG_DONE_SHARED) {
+        if lease_ok {
+            return lease_reply(worker, frame, lease).map(Some);
+        }
         return copy_out_reply(worker, frame).map(Some);
     }
     if tag.is_some_and(|t| t & !wire::DENSE == wire::TAG_DONE) && frame.len() >= ARENA_FROM {
@@ -752,28 +776,43 @@ fn read_reply(
     Ok(tag)
 }
 
-/// Replaces a `DONE_SHARED` frame with the `DONE` frame in the reply arena,
-/// and releases the arena to the child.
-fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
+/// The reply number and body length a `DONE_SHARED` frame gives, and the
+/// body in the reply arena.
+fn shared_reply(worker: &Worker, frame: &[u8]) -> std::io::Result<(u64, usize, Arc<Arena>)> {
     let mut cur = wire::Cursor(&frame[1..]);
     let seq = cur.u64()?;
     let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
-    let reply = worker.arenas.as_ref().map(|a| &a.reply);
-    let body = reply.and_then(|r| {
-        // SAFETY: the child wrote this reply before sending the frame, and
-        // writes the reply arena again only after the release below.
-        unsafe { r.bytes(len) }
-    });
-    let (Some(reply), Some(body)) = (reply, body) else {
-        return Err(std::io::Error::new(
+    match worker.arenas.as_ref() {
+        Some(a) if len <= a.reply.capacity() && len >= wire::DONE_HEADER => {
+            Ok((seq, len, a.reply.clone()))
+        }
+        _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "a shared reply does not fit its buffer",
-        ));
-    };
+        )),
+    }
+}
+
+/// Leaves the `DONE` frame of a `DONE_SHARED` one in the reply arena, held
+/// by `lease` until it is decoded; `frame` gets a copy of its head.
+fn lease_reply(
+    worker: &Worker,
+    frame: &mut Vec<u8>,
+    lease: &mut Option<Lease>,
+) -> std::io::Result<u8> {
+    let (seq, len, arena) = shared_reply(worker, frame)?;
+    // SAFETY: the child wrote reply `seq` before sending the frame, and
+    // writes the reply arena again only once it is released (the lease's
+    // drop).
+    let held = unsafe { Lease::new(arena, seq, len) }.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a shared reply does not fit",
+        )
+    })?;
     frame.clear();
-    crate::shm::huge::reserve_bytes(frame, len);
-    frame.extend_from_slice(body);
-    reply.release(seq);
+    frame.extend_from_slice(&held[..wire::DONE_HEADER]);
+    *lease = Some(held);
     match frame.first() {
         Some(&tag) if tag & !wire::DENSE == wire::TAG_DONE => Ok(tag),
         _ => Err(std::io::Error::new(
@@ -781,6 +820,19 @@ fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
             "a shared reply is not a DONE frame",
         )),
     }
+}
+
+/// Replaces a `DONE_SHARED` frame with the `DONE` frame in the reply arena,
+/// and releases the arena to the child.
+fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
+    let mut lease = None;
+    let tag = lease_reply(worker, frame, &mut lease)?;
+    if let Some(held) = lease {
+        frame.clear();
+        crate::shm::huge::reserve_bytes(frame, held.len());
+        frame.extend_from_slice(&held);
+    } // released here
+    Ok(tag)
 }
 
 /// Asks a worker to exit and reaps it.

@@ -212,7 +212,7 @@ pub(crate) enum Outcome {
     /// The child ran the batch: its results start at `data[start..]`,
     /// dense or as framed items.
     Done {
-        data: Vec<u8>,
+        data: ReplyBytes,
         start: usize,
         elapsed_ns: u64,
         dense: bool,
@@ -229,6 +229,41 @@ pub(crate) enum Outcome {
     Failed(Failure),
     /// One item that failed in the parent before it was sent.
     Local(Option<Error>),
+}
+
+/// The bytes of a `DONE` frame: owned, or still in the worker's reply
+/// arena (a large result of a submitted task, decoded from there).
+#[derive(Debug)]
+pub(crate) enum ReplyBytes {
+    Owned(Vec<u8>),
+    Shared(crate::shm::arena::Lease),
+}
+
+impl ReplyBytes {
+    /// The buffer, if it is one of this process's own (to reuse).
+    pub(crate) fn into_vec(self) -> Option<Vec<u8>> {
+        match self {
+            ReplyBytes::Owned(v) => Some(v),
+            ReplyBytes::Shared(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for ReplyBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReplyBytes::Owned(v) => v,
+            ReplyBytes::Shared(lease) => lease,
+        }
+    }
+}
+
+impl From<Vec<u8>> for ReplyBytes {
+    fn from(v: Vec<u8>) -> ReplyBytes {
+        ReplyBytes::Owned(v)
+    }
 }
 
 /// A failure that applies to every item of a batch.

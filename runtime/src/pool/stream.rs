@@ -49,7 +49,9 @@ pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
             } else {
                 decode_item(worker, None, &mut rest)
             };
-            crate::shm::huge::recycle(data);
+            if let Some(buf) = data.into_vec() {
+                crate::shm::huge::recycle(buf);
+            }
             result
         }
     }
@@ -569,8 +571,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     return Some((index, result));
                 }
                 let spent = self.current.take().and_then(|cur| match cur.reply.outcome {
-                    Outcome::Done { data, .. }
-                    | Outcome::Stored {
+                    Outcome::Done { data, .. } => data.into_vec(),
+                    Outcome::Stored {
                         data: Some(data), ..
                     } => Some(data),
                     Outcome::Stored { data: None, .. } | Outcome::Failed(_) | Outcome::Local(_) => {

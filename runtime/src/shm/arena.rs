@@ -154,6 +154,45 @@ impl Arena {
     }
 }
 
+/// A reply left in the reply arena for its reader to decode in place
+/// (instead of being copied out first): released to the child when it is
+/// dropped. Until then the child sends its replies through the socket.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    arena: std::sync::Arc<Arena>,
+    seq: u64,
+    len: usize,
+}
+
+impl Lease {
+    /// The `len` bytes of reply number `seq` in `arena`; `None` if `len`
+    /// is over its capacity.
+    ///
+    /// # Safety
+    ///
+    /// The child wrote reply `seq` there and has not been told it is
+    /// released (so it does not write the arena until this lease drops).
+    pub(crate) unsafe fn new(arena: std::sync::Arc<Arena>, seq: u64, len: usize) -> Option<Lease> {
+        (len <= arena.capacity()).then_some(Lease { arena, seq, len })
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: in range (checked in `new`); the child does not write the
+        // arena before `drop` releases it (the contract of `new`).
+        unsafe { self.arena.bytes(self.len) }.unwrap_or_default()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.arena.release(self.seq);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
