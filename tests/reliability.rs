@@ -1401,3 +1401,31 @@ fn an_idle_pool_gives_its_large_buffers_back() {
         );
     }
 }
+
+#[multiproc::test]
+fn a_worker_killed_while_idle_is_reaped_and_replaced_without_new_work() {
+    let pool = Pool::new(2).unwrap();
+    let pids: HashSet<u32> = pool
+        .map_chunked(pid_of, 0..64, 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let victim = *pids.iter().next().expect("a worker");
+    // SAFETY: kill(2) on a child of this process that is alive (it just
+    // answered) and that no one else reaps.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while process_state(victim).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "killed worker {victim} still not reaped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after: HashSet<u32> = pool
+        .map_chunked(pid_of, 0..64, 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!after.contains(&victim), "{after:?}");
+}

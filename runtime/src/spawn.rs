@@ -152,9 +152,10 @@ pub(crate) fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> io::Re
         events: libc::POLLIN,
         revents: 0,
     };
+    // At least 1 ms unless asked not to wait at all.
     let ms = libc::c_int::try_from(timeout.as_millis())
         .unwrap_or(libc::c_int::MAX)
-        .max(1);
+        .max(libc::c_int::from(!timeout.is_zero()));
     loop {
         // SAFETY: poll on one valid pollfd that lives across the call.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };

@@ -55,6 +55,10 @@ const PIECE_NS: u64 = 32_000_000;
 /// Reusing them is what makes large frames cheap (their pages stay faulted
 /// in); an idle pool gives the memory back, and has its workers do the same.
 const ARENAS_KEPT_IDLE: Duration = Duration::from_secs(1);
+/// How often a driver with nothing to do looks at its child: one that died
+/// meanwhile (killed from outside, say) is reaped and replaced within this
+/// long, not when work next comes (Python's pool looks every 100 ms too).
+const WATCH_IDLE: Duration = Duration::from_millis(100);
 /// Replacement workers that may fail to start in a row before the slot
 /// gives up.
 const MAX_START_FAILURES: u32 = 3;
@@ -424,6 +428,8 @@ fn serve_batches(
     let limit = shared.max_tasks_per_worker;
     // A send found the child gone: only its last answers are left to read.
     let mut gone = false;
+    // Since when the child has had nothing to do.
+    let mut idle_since: Option<std::time::Instant> = None;
     loop {
         // Keep the child busy: up to PIPELINE_DEPTH batches in flight.
         let depth = if worker.last_batch_ns < PIPELINE_BELOW_NS {
@@ -460,18 +466,33 @@ fn serve_batches(
                 PIPELINE_MAX_BYTES.saturating_sub(ahead + FRAME_OVERHEAD)
             };
             // Wait for work only with nothing in flight and nothing held
-            // back; a worker that holds shared buffers (or a process that
-            // holds spare ones, `shm::huge`) frees them once it has been
-            // idle for a while, and has its child free its own.
+            // back, looking at the child every WATCH_IDLE; a worker that
+            // holds shared buffers (or a process that holds spare ones,
+            // `shm::huge`) frees them once it has been idle for a while,
+            // and has its child free its own.
             let block = in_flight.is_empty() && pending.is_none();
-            let holds = worker.arenas.is_some() || crate::shm::huge::has_spares();
-            let idle = (block && holds).then_some(ARENAS_KEPT_IDLE);
+            let idle = block.then_some(WATCH_IDLE);
             let job = match shared.queue.next(runner.id, block, max_bytes, &steal, idle) {
-                Next::Job(job) => job,
+                Next::Job(job) => {
+                    idle_since = None;
+                    job
+                }
                 Next::Idle => {
-                    crate::shm::huge::release_spares();
-                    if worker.release_arenas().is_err() {
+                    // Nothing in flight: anything to read means the child
+                    // is gone (or broke the protocol).
+                    let fd = worker.reader.get_ref().as_raw_fd();
+                    if !worker.reader.buffer().is_empty()
+                        || spawn::wait_readable(fd, Duration::ZERO).unwrap_or(true)
+                    {
                         return End::Died(in_flight);
+                    }
+                    let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+                    let holds = worker.arenas.is_some() || crate::shm::huge::has_spares();
+                    if holds && since.elapsed() >= ARENAS_KEPT_IDLE {
+                        crate::shm::huge::release_spares();
+                        if worker.release_arenas().is_err() {
+                            return End::Died(in_flight);
+                        }
                     }
                     continue;
                 }

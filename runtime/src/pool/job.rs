@@ -594,26 +594,24 @@ impl Queue {
             {
                 continue;
             }
-            s = if others_busy {
-                self.cond
-                    .wait_timeout(s, STEAL_AFTER)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            } else if let Some(idle) = idle {
-                if waited >= idle {
-                    return Next::Idle;
+            if idle.is_some_and(|idle| waited >= idle) {
+                return Next::Idle;
+            }
+            // Wake up to steal again while others are busy, and when `idle`
+            // is up; otherwise sleep until there is work.
+            let steal_in = others_busy.then_some(STEAL_AFTER);
+            let idle_in = idle.map(|idle| idle - waited);
+            let since = std::time::Instant::now();
+            s = match steal_in.into_iter().chain(idle_in).min() {
+                Some(limit) => {
+                    self.cond
+                        .wait_timeout(s, limit)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
-                let since = std::time::Instant::now();
-                let s = self
-                    .cond
-                    .wait_timeout(s, idle - waited)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                waited += since.elapsed();
-                s
-            } else {
-                self.cond.wait(s).unwrap_or_else(|e| e.into_inner())
+                None => self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
             };
+            waited += since.elapsed();
         }
     }
 
