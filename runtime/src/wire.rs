@@ -1263,13 +1263,7 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
         };
         match catch_unwind(AssertUnwindSafe(|| W::call(args))) {
             Ok(value) => {
-                if let Err(e) = put_item(out, &value) {
-                    put_raw_item(
-                        out,
-                        ITEM_ENCODE_ERROR,
-                        format!("{e} (type `{}`)", type_name::<W::Output>()).as_bytes(),
-                    );
-                }
+                put_result::<W>(out, &value);
                 recycle_value(value);
             }
             Err(payload) => put_panic(out, &*payload),
@@ -1306,15 +1300,7 @@ fn invoke_dense<W: Worker>(input: &[u8], out: &mut Vec<u8>) -> Result<(u32, bool
         };
         match catch_unwind(AssertUnwindSafe(|| W::call(args))) {
             Ok(value) if dense => put_dense(out, &value),
-            Ok(value) => {
-                if let Err(e) = put_item(out, &value) {
-                    put_raw_item(
-                        out,
-                        ITEM_ENCODE_ERROR,
-                        format!("{e} (type `{}`)", type_name::<W::Output>()).as_bytes(),
-                    );
-                }
-            }
+            Ok(value) => put_result::<W>(out, &value),
             Err(payload) => {
                 if dense {
                     reframe::<W::Output>(out, start);
@@ -1325,6 +1311,17 @@ fn invoke_dense<W: Worker>(input: &[u8], out: &mut Vec<u8>) -> Result<(u32, bool
         }
     }
     Ok((index as u32, dense))
+}
+
+/// Appends the framed result of a task, or why it could not be encoded.
+fn put_result<W: Worker>(out: &mut Vec<u8>, value: &W::Output) {
+    if let Err(e) = put_item(out, value) {
+        put_raw_item(
+            out,
+            ITEM_ENCODE_ERROR,
+            format!("{e} (type `{}`)", type_name::<W::Output>()).as_bytes(),
+        );
+    }
 }
 
 /// Appends the report of a panic caught in a task.

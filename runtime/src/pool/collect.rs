@@ -178,17 +178,21 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
         else {
             return [Some(reply), None];
         };
-        let claimed = usize::try_from(first)
-            .ok()
-            .filter(|&at| self.begin(at, count as usize));
-        let Some(at) = claimed else {
+        // What is not stored goes to the caller as it came.
+        let unchanged = |data| {
             let outcome = Outcome::Done {
                 data,
                 start,
                 elapsed_ns,
                 dense,
             };
-            return [Some(reply_of(first, count, outcome)), None];
+            [Some(reply_of(first, count, outcome)), None]
+        };
+        let claimed = usize::try_from(first)
+            .ok()
+            .filter(|&at| self.begin(at, count as usize));
+        let Some(at) = claimed else {
+            return unchanged(data);
         };
         let dst = self.ptr.wrapping_add(at);
         let mut k = 0;
@@ -207,13 +211,7 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
         }));
         let Ok((stored, used)) = decoded else {
             self.end(at, 0);
-            let outcome = Outcome::Done {
-                data,
-                start,
-                elapsed_ns,
-                dense,
-            };
-            return [Some(reply_of(first, count, outcome)), None];
+            return unchanged(data);
         };
         self.end(at, stored as usize);
         let bytes = data.len() - start;
