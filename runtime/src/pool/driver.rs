@@ -326,34 +326,28 @@ fn send_job(
     } else {
         false
     };
-    match worker.arenas.as_ref().filter(|_| shared) {
+    // The payload goes in the request arena, or on the socket after the head.
+    let (tag, inline) = match worker.arenas.as_ref().filter(|_| shared) {
         Some(arenas) => {
             // SAFETY: nothing is in flight, so the child has answered, and
             // so finished reading, every earlier batch (shm::arena).
             unsafe { arenas.request.write(&job.payload) };
-            run_head(
-                buf,
-                wire::TAG_RUN_SHARED | dense_flag(job),
-                batch,
-                job.worker,
-                job.fds().len(),
-            );
-            buf.extend_from_slice(&(job.payload.len() as u64).to_le_bytes());
-            wire::finish_frame(buf)?;
-            send_run(&mut worker.writer, buf, &[], job.fds())
+            (wire::TAG_RUN_SHARED, &[][..])
         }
-        None => {
-            run_head(
-                buf,
-                wire::TAG_RUN | dense_flag(job),
-                batch,
-                job.worker,
-                job.fds().len(),
-            );
-            wire::finish_frame_with(buf, job.payload.len())?;
-            send_run(&mut worker.writer, buf, &job.payload, job.fds())
-        }
+        None => (wire::TAG_RUN, &job.payload[..]),
+    };
+    run_head(
+        buf,
+        tag | dense_flag(job),
+        batch,
+        job.worker,
+        job.fds().len(),
+    );
+    if tag == wire::TAG_RUN_SHARED {
+        buf.extend_from_slice(&(job.payload.len() as u64).to_le_bytes());
     }
+    wire::finish_frame_with(buf, inline.len())?;
+    send_run(&mut worker.writer, buf, inline, job.fds())
 }
 
 /// [`wire::DENSE`] for a job whose arguments are dense.
