@@ -881,7 +881,7 @@ fn run_batch(message: &[u8], pool: Option<&RankPool>, tx: &Sender<(u64, Reply)>)
     };
     p.pool.shared.queue.push(Job {
         worker: entry.name(),
-        payload: payload.to_vec(),
+        payload: payload.to_vec().into(),
         marks: Vec::new(),
         dense: None,
         count,
@@ -985,7 +985,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel();
         let job = Job {
             worker: "w",
-            payload: vec![9, 9],
+            payload: vec![9, 9].into(),
             marks: Vec::new(),
             dense: None,
             count: 2,

@@ -702,7 +702,9 @@ fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns:
         drop(results);
         // Answered: its arguments are not needed again (and the caller,
         // about to decode, may want their buffer).
-        crate::shm::huge::recycle(std::mem::take(&mut job.payload));
+        if let Some(buf) = std::mem::take(&mut job.payload).into_vec() {
+            crate::shm::huge::recycle(buf);
+        }
         job.deliver(Outcome::Done {
             data,
             start: START,

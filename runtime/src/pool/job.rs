@@ -16,7 +16,7 @@ use crate::wire;
 pub(crate) struct Job {
     pub(crate) worker: &'static str,
     /// Framed argument items (see [`crate::wire`]).
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Payload,
     /// Where some items start in `payload`, as (item, byte offset) in
     /// ascending order: a split walks the items from the last mark before
     /// it, not from the front (see [`MARK_EVERY`]). May be empty.
@@ -41,6 +41,83 @@ pub(crate) struct Job {
     pub(crate) fds: Option<Arc<Vec<OwnedFd>>>,
     /// Kept for the worker slot that stole it, for a short while.
     pub(crate) reserved: Option<(usize, std::time::Instant)>,
+}
+
+/// The encoded arguments of a [`Job`]: a buffer of its own, or a part of
+/// one that it shares with the other parts of a batch it was split from.
+/// Cutting a long batch into pieces used to copy each piece out (into
+/// memory faulted in afresh) on the driver's thread while its child
+/// waited; now a split only counts a reference.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Owned(Vec<u8>),
+    Shared {
+        buf: Arc<Vec<u8>>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload::Owned(Vec::new())
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(buf: Vec<u8>) -> Self {
+        Payload::Owned(buf)
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Owned(buf) => buf,
+            Payload::Shared { buf, start, end } => &buf[*start..*end],
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl Payload {
+    /// Splits off the bytes from `at` on (`at <= len`), without copying
+    /// them: both parts then share the buffer.
+    fn split_off(&mut self, at: usize) -> Payload {
+        assert!(at <= self.len(), "split beyond the payload");
+        let (buf, start, end) = match std::mem::take(self) {
+            Payload::Owned(buf) => {
+                let end = buf.len();
+                (Arc::new(buf), 0, end)
+            }
+            Payload::Shared { buf, start, end } => (buf, start, end),
+        };
+        *self = Payload::Shared {
+            buf: buf.clone(),
+            start,
+            end: start + at,
+        };
+        Payload::Shared {
+            buf,
+            start: start + at,
+            end,
+        }
+    }
+
+    /// The whole buffer back, for reuse, once no other part shares it.
+    pub(crate) fn into_vec(self) -> Option<Vec<u8>> {
+        match self {
+            Payload::Owned(buf) => Some(buf),
+            Payload::Shared { buf, .. } => Arc::try_unwrap(buf).ok(),
+        }
+    }
 }
 
 /// A batch's encoder marks where every this many items start (see
@@ -75,23 +152,22 @@ impl Job {
             .iter()
             .map(|&(item, offset)| (item - n, offset - cut as u32))
             .collect();
+        let mut first = self;
         let second = Job {
-            worker: self.worker,
-            payload: self.payload[cut..].to_vec(),
+            worker: first.worker,
+            payload: first.payload.split_off(cut),
             marks,
-            dense: self.dense,
-            count: self.count - n,
-            first_index: self.first_index.map(|i| i + u64::from(n)),
-            sink: self.sink.clone(),
+            dense: first.dense,
+            count: first.count - n,
+            first_index: first.first_index.map(|i| i + u64::from(n)),
+            sink: first.sink.clone(),
             control: None,
-            abandoned: self.abandoned.clone(),
-            retries: self.retries,
-            panic_retries: self.panic_retries,
-            fds: self.fds.clone(),
+            abandoned: first.abandoned.clone(),
+            retries: first.retries,
+            panic_retries: first.panic_retries,
+            fds: first.fds.clone(),
             reserved: None,
         };
-        let mut first = self;
-        first.payload.truncate(cut);
         first.marks.retain(|&(item, _)| item < n);
         first.count = n;
         (first, second)
@@ -136,7 +212,7 @@ impl Job {
     pub(crate) fn part(&self, k: u32, payload: Vec<u8>) -> Job {
         Job {
             worker: self.worker,
-            payload,
+            payload: payload.into(),
             marks: Vec::new(),
             dense: self.dense,
             count: 1,
@@ -667,7 +743,7 @@ mod tests {
         }
         Job {
             worker: "w",
-            payload,
+            payload: payload.into(),
             marks,
             dense: None,
             count: (values.end - values.start) as u32,
@@ -698,6 +774,28 @@ mod tests {
             );
         }
         out
+    }
+
+    #[test]
+    fn a_split_shares_the_buffer_and_gives_it_back_when_the_parts_are_done() {
+        let job = batch(0..2000);
+        let (len, ptr) = (job.payload.len(), job.payload.as_ptr());
+        let (head, tail) = job.split_at(1500);
+        let (head, middle) = head.split_at(700);
+        assert_eq!(head.payload.as_ptr(), ptr, "not copied");
+        assert_eq!(
+            head.payload.len() + middle.payload.len() + tail.payload.len(),
+            len
+        );
+        assert_eq!(items(&middle), (700..1500).collect::<Vec<_>>());
+        assert_eq!(items(&tail), (1500..2000).collect::<Vec<_>>());
+        assert!(tail.payload.into_vec().is_none(), "still shared");
+        assert!(head.payload.into_vec().is_none(), "still shared");
+        let whole = middle
+            .payload
+            .into_vec()
+            .expect("the last part gets the buffer");
+        assert_eq!((whole.as_ptr(), whole.len()), (ptr, len));
     }
 
     #[test]

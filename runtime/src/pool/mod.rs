@@ -590,7 +590,7 @@ impl Pool {
         let control = Arc::new(Control::new());
         let job = Job {
             worker: W::NAME,
-            payload,
+            payload: payload.into(),
             marks: Vec::new(),
             dense: None,
             count: 1,

@@ -308,16 +308,9 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let dense = wire::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
             let ((count, encode_error, exhausted), fds) = if dense.is_some() {
                 // Primitives: no handles to capture, no encoding that fails.
-                let mut count = 0usize;
-                let mut exhausted = false;
-                while count < limit && payload.len() < MAX_BATCH_BYTES {
-                    let Some(args) = input.next() else {
-                        exhausted = true;
-                        break;
-                    };
-                    wire::put_dense(&mut payload, &args);
-                    count += 1;
-                }
+                let width = dense.unwrap_or(1);
+                let room = limit.min(MAX_BATCH_BYTES.div_ceil(width));
+                let (count, exhausted) = wire::fill_dense(&mut payload, input, room);
                 ((count, None, exhausted), Vec::new())
             } else {
                 crate::fdpass::capture(|| {
@@ -362,7 +355,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 };
                 let job = Job {
                     worker: W::NAME,
-                    payload,
+                    payload: payload.into(),
                     count: count as u32,
                     first_index: Some(first),
                     marks,
