@@ -421,6 +421,43 @@ fn codec_errors_fail_only_their_item() {
     assert_eq!(pool.apply(give_no_seven, 8).unwrap(), NoSeven(8));
 }
 
+#[multiproc::test]
+fn map_returns_an_argument_that_failed_to_encode_after_all_the_others() {
+    // Every other item goes to batches whose results the drivers store in
+    // the output; the one that never left the parent must not be waited
+    // for (that would hang) nor lost (the map would then succeed).
+    let mut pool = Pool::new(2).unwrap();
+    for n in [20u64, 5_000] {
+        // On a thread, so that a hang fails the test instead of stalling it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = pool.map(take_no_thirteen, (0..n).rev().map(NoThirteen));
+            let _ = tx.send((result, pool));
+        });
+        let (result, back) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the map hung");
+        pool = back;
+        let err = result.unwrap_err();
+        assert_eq!(err.item_index(), Some(n - 14), "{err}");
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::Codec {
+                    side: multiproc::CodecSide::EncodeArgs,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    // The pool is fine afterwards, and a map that fails nowhere succeeds.
+    let out = pool
+        .map(take_no_thirteen, (14..5_000).map(NoThirteen))
+        .unwrap();
+    assert_eq!(out, (14..5_000).collect::<Vec<u64>>());
+}
+
 #[worker]
 fn panic_with_a_number(x: u64) -> u64 {
     std::panic::panic_any(x)

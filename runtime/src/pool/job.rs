@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::collect::Store;
+use super::collect::Collector;
 use super::task::{Control, TaskSlot};
 use crate::error::{Error, ErrorKind, ExitReason};
 use crate::wire;
@@ -243,11 +243,7 @@ impl Job {
                 let _ = tx.send(reply);
             }
             Sink::Task(slot) => slot.fill(reply),
-            Sink::Collect(store, tx) => {
-                for reply in store.store(reply).into_iter().flatten() {
-                    let _ = tx.send(reply);
-                }
-            }
+            Sink::Collect(collector) => collector.deliver(reply),
             #[cfg(feature = "mpi")]
             Sink::Relay(batch, tx) => {
                 let _ = tx.send((*batch, reply));
@@ -270,7 +266,7 @@ pub(crate) enum Sink {
     Task(Arc<TaskSlot>),
     /// A `map` batch whose results the driver decodes straight into the
     /// output (see [`super::collect`]); the stream hears what was stored.
-    Collect(Arc<dyn Store>, Sender<Reply>),
+    Collect(Arc<Collector>),
     /// A batch that an MPI rank runs for rank 0: replies go back tagged
     /// with rank 0's batch id.
     #[cfg(feature = "mpi")]
@@ -543,6 +539,10 @@ struct QueueState {
     terminated: bool,
     /// Set when no worker can be started any more: every job fails with it.
     fatal: Option<Failure>,
+    /// Drivers waiting on the condition variable: a push wakes one only if
+    /// there is one (a notify is a system call even with nobody to wake,
+    /// and `map` pushes its batches in a burst).
+    sleeping: usize,
 }
 
 impl Queue {
@@ -553,6 +553,7 @@ impl Queue {
                 closed: false,
                 terminated: false,
                 fatal: None,
+                sleeping: 0,
             }),
             cond: Condvar::new(),
             batch_ids: AtomicU64::new(1),
@@ -582,8 +583,11 @@ impl Queue {
             return;
         }
         s.jobs.push_back(job);
+        let wake = s.sleeping > 0;
         drop(s);
-        self.cond.notify_one();
+        if wake {
+            self.cond.notify_one();
+        }
     }
 
     /// Puts jobs back at the front (after a crash), keeping their order.
@@ -678,6 +682,7 @@ impl Queue {
             let steal_in = others_busy.then_some(STEAL_AFTER);
             let idle_in = idle.map(|idle| idle - waited);
             let since = std::time::Instant::now();
+            s.sleeping += 1;
             s = match steal_in.into_iter().chain(idle_in).min() {
                 Some(limit) => {
                     self.cond
@@ -687,6 +692,7 @@ impl Queue {
                 }
                 None => self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
             };
+            s.sleeping -= 1;
             waited += since.elapsed();
         }
     }

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 use super::Pool;
-use super::collect::Store;
+use super::collect::{Collector, Store};
 use super::job::{Job, MARK_EVERY, Outcome, Reply, Sink};
 use crate::error::{CodecSide, Error, ErrorKind, Result};
 use crate::wire::{self, PanicReport};
@@ -218,7 +218,9 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     buf: Vec<u8>,
     /// Where the drivers store the results of the first `.1` items
     /// themselves (`map` over a sized input, see [`super::collect`]).
-    store: Option<(Arc<dyn Store>, u64)>,
+    store: Option<(Arc<Collector>, u64)>,
+    /// Items sent in batches whose results go to `store`.
+    collected: u64,
     _worker: PhantomData<W>,
 }
 
@@ -249,6 +251,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             abandoned: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
             store: None,
+            collected: 0,
             _worker: PhantomData,
         }
     }
@@ -256,7 +259,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
     /// Has the drivers store the results of the first `len` items in
     /// `store` ([`Outcome::Stored`] replies then only account for them).
     pub(crate) fn store_into(&mut self, store: Arc<dyn Store>, len: u64) {
-        self.store = Some((store, len));
+        self.store = Some((Arc::new(Collector::new(store, self.tx.clone())), len));
     }
 
     /// Items taken from the input so far.
@@ -349,7 +352,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 let end = first + count as u64;
                 let sink = match &self.store {
                     Some((store, len)) if end <= *len => {
-                        Sink::Collect(store.clone(), self.tx.clone())
+                        self.collected += count as u64;
+                        Sink::Collect(store.clone())
                     }
                     _ => Sink::Stream(self.tx.clone()),
                 };
@@ -471,6 +475,12 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     }
                 }
                 return None;
+            }
+            if let (Some((collector, _)), None) = (&self.store, &self.input) {
+                // Nothing more to send: hear of the batches stored in
+                // place when they are all in (or one fails), not one by
+                // one (see `Collector`).
+                collector.quiet_until(self.collected);
             }
             match self.rx.recv() {
                 Ok(reply) => self.received(reply),
