@@ -321,13 +321,14 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let name_len = cur.u32()? as usize;
                 let name = std::str::from_utf8(cur.take(name_len)?).unwrap_or("<invalid utf-8>");
                 let payload = if tag == wire::TAG_RUN_SHARED {
+                    let offset = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
                     let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
                     let request = arenas.as_ref().and_then(|a| {
                         // SAFETY: the parent wrote the payload before
-                        // sending this frame and writes the request arena
-                        // again only when this batch has been answered
-                        // (shm::arena).
-                        unsafe { a.request.bytes(len) }
+                        // sending this frame and writes those bytes of the
+                        // request arena again only when this batch has
+                        // been answered (shm::arena).
+                        unsafe { a.request.bytes_at(offset, len) }
                     });
                     request.ok_or_else(|| {
                         std::io::Error::new(

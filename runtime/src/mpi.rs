@@ -504,7 +504,7 @@ fn drive(world: &World, shared: &PoolShared, mut slots: Vec<RankSlot>) {
                 let Next::Job(job) =
                     shared
                         .queue
-                        .next(slot.runner.id, block, usize::MAX, &|| false, None)
+                        .next(slot.runner.id, block, &|_| true, &|| false, None)
                 else {
                     closed = block;
                     break;

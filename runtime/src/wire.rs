@@ -12,10 +12,10 @@
 //! its results come back dense too when they are primitive and none failed
 //! (see [`dense_width`]).
 //!
-//! A `RUN` or `DONE` body of 1 MiB or more travels through a shared buffer
-//! of the worker's instead ([`shm::arena`](crate::shm::arena)): the socket
-//! then carries a small `RUN_SHARED` or `DONE_SHARED` frame that says where
-//! it is.
+//! A `RUN` or `DONE` body of 64 KiB or more may travel through a shared
+//! buffer of the worker's instead ([`shm::arena`](crate::shm::arena)): the
+//! socket then carries a small `RUN_SHARED` or `DONE_SHARED` frame that says
+//! where it is.
 
 use std::any::{Any, TypeId, type_name};
 use std::io::{self, Read};
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 6;
+pub(crate) const PROTOCOL_VERSION: u32 = 7;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.
@@ -40,7 +40,7 @@ pub(crate) const TAG_SHUTDOWN: u8 = 2;
 pub(crate) const TAG_SETUP: u8 = 3;
 /// A `RUN` frame whose payload is in the request arena (see
 /// [`shm::arena`](crate::shm::arena)): the head of a `RUN` frame, then the
-/// payload's length as a `u64`.
+/// payload's offset in the arena and its length, as `u64`s.
 pub(crate) const TAG_RUN_SHARED: u8 = 4;
 /// New arenas for the child: the request and the reply arena's lengths
 /// (`u64` each), their descriptors attached; two zero lengths and no

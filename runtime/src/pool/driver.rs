@@ -66,6 +66,42 @@ const MAX_START_FAILURES: u32 = 3;
 struct Sent {
     job: Job,
     batch: u64,
+    /// Where its payload lies in the request arena (`None`: it went on the
+    /// socket).
+    region: Option<(usize, usize)>,
+}
+
+/// The request arena is made to hold this many batches of the size that
+/// needed it (short of [`RING_MOST`]): one running, the next ones waiting.
+const RING_BATCHES: usize = 3;
+/// Largest request arena made for waiting batches (one batch may need a
+/// larger one).
+const RING_MOST: usize = 32 << 20;
+
+/// Where `len` bytes fit in a request arena of `capacity` bytes after the
+/// payloads of the batches in flight (their regions, oldest first): a
+/// ring, since the child answers them in the order they were sent and is
+/// done with a payload once answered.
+fn ring_offset(
+    mut regions: impl DoubleEndedIterator<Item = (usize, usize)>,
+    capacity: usize,
+    len: usize,
+) -> Option<usize> {
+    let Some((oldest, oldest_end)) = regions.next() else {
+        return (len <= capacity).then_some(0);
+    };
+    let newest_end = regions.next_back().map_or(oldest_end, |(_, end)| end);
+    if newest_end > oldest {
+        // Not wrapped: room after the newest, or else before the oldest.
+        if newest_end + len <= capacity {
+            Some(newest_end)
+        } else {
+            (len <= oldest).then_some(0)
+        }
+    } else {
+        // Wrapped: the room is between the newest and the oldest.
+        (newest_end + len <= oldest).then_some(newest_end)
+    }
 }
 
 struct Worker {
@@ -303,38 +339,51 @@ fn run_head(buf: &mut Vec<u8>, tag: u8, batch: u64, worker: &str, fds: usize) {
     buf.extend_from_slice(worker.as_bytes());
 }
 
-/// Sends `job` as a `RUN` frame. With nothing in flight (`idle`), the
-/// arenas may be made or grown first, and a large payload goes through the
-/// request arena; otherwise, and when the arenas cannot be had, everything
-/// goes through the socket.
+/// The request arena regions of the batches in flight, oldest first.
+fn regions(in_flight: &VecDeque<Sent>) -> impl DoubleEndedIterator<Item = (usize, usize)> + '_ {
+    in_flight.iter().filter_map(|s| s.region)
+}
+
+/// Sends `job` as a `RUN` frame, and returns where in the request arena
+/// its payload went (`None`: on the socket, after the head). A payload of
+/// [`ARENA_FROM`] bytes or more goes through the request arena if it fits
+/// after those of the batches in flight ([`ring_offset`]); with nothing in
+/// flight, the arenas may be made or grown for it first.
 fn send_job(
     worker: &mut Worker,
     buf: &mut Vec<u8>,
     batch: u64,
     job: &Job,
-    idle: bool,
-) -> std::io::Result<()> {
-    let large = idle && job.payload.len() >= ARENA_FROM;
-    if large {
-        // Results are usually about as large as their arguments.
-        worker.reply_wanted = worker
-            .reply_wanted
-            .max(job.payload.len() + wire::DONE_HEADER + 64);
+    in_flight: &VecDeque<Sent>,
+) -> std::io::Result<Option<(usize, usize)>> {
+    let len = job.payload.len();
+    let large = len >= ARENA_FROM;
+    if in_flight.is_empty() {
+        if large {
+            // Results are usually about as large as their arguments.
+            worker.reply_wanted = worker.reply_wanted.max(len + wire::DONE_HEADER + 64);
+        }
+        if worker.reply_wanted.max(len) >= ARENA_FROM {
+            let ring = len.saturating_mul(RING_BATCHES).min(RING_MOST.max(len));
+            // Without them (`false`), frames go through the socket.
+            worker.ensure_arenas(if large { ring } else { 0 })?;
+        }
     }
-    let shared = if idle && worker.reply_wanted.max(job.payload.len()) >= ARENA_FROM {
-        worker.ensure_arenas(if large { job.payload.len() } else { 0 })? && large
-    } else {
-        false
-    };
+    let region = match &worker.arenas {
+        Some(arenas) if large => ring_offset(regions(in_flight), arenas.request.capacity(), len),
+        _ => None,
+    }
+    .map(|at| (at, at + len));
     // The payload goes in the request arena, or on the socket after the head.
-    let (tag, inline) = match worker.arenas.as_ref().filter(|_| shared) {
-        Some(arenas) => {
-            // SAFETY: nothing is in flight, so the child has answered, and
-            // so finished reading, every earlier batch (shm::arena).
-            unsafe { arenas.request.write(&job.payload) };
+    let (tag, inline) = match (&worker.arenas, region) {
+        (Some(arenas), Some((at, _))) => {
+            // SAFETY: no batch in flight has its payload in these bytes
+            // (`ring_offset`), and the child has answered, and so finished
+            // reading, every earlier one (shm::arena).
+            unsafe { arenas.request.write_at(at, &job.payload) };
             (wire::TAG_RUN_SHARED, &[][..])
         }
-        None => (wire::TAG_RUN, &job.payload[..]),
+        _ => (wire::TAG_RUN, &job.payload[..]),
     };
     run_head(
         buf,
@@ -343,11 +392,13 @@ fn send_job(
         job.worker,
         job.fds().len(),
     );
-    if tag == wire::TAG_RUN_SHARED {
-        buf.extend_from_slice(&(job.payload.len() as u64).to_le_bytes());
+    if let Some((at, _)) = region {
+        buf.extend_from_slice(&(at as u64).to_le_bytes());
+        buf.extend_from_slice(&(len as u64).to_le_bytes());
     }
     wire::finish_frame_with(buf, inline.len())?;
-    send_run(&mut worker.writer, buf, inline, job.fds())
+    send_run(&mut worker.writer, buf, inline, job.fds())?;
+    Ok(region)
 }
 
 /// [`wire::DENSE`] for a job whose arguments are dense.
@@ -448,16 +499,25 @@ fn serve_batches(
                 }
             }
             let steal = || shared.steal_for(runner);
-            // Ahead of a running batch, only frames that cannot block.
-            let max_bytes = if in_flight.is_empty() {
+            // Ahead of a running batch, only frames that cannot block: small
+            // enough for the socket's buffer, or with room in the request
+            // arena.
+            let socket_room = if in_flight.is_empty() {
                 usize::MAX
             } else {
                 let ahead: usize = in_flight
                     .iter()
                     .skip(1)
-                    .map(|s| s.job.payload.len() + FRAME_OVERHEAD)
+                    .map(|s| s.region.map_or(s.job.payload.len(), |_| 0) + FRAME_OVERHEAD)
                     .sum();
                 PIPELINE_MAX_BYTES.saturating_sub(ahead + FRAME_OVERHEAD)
+            };
+            let ring = worker.arenas.as_ref().map(|a| a.request.capacity());
+            let fits = |n: usize| {
+                n <= socket_room
+                    || (n >= ARENA_FROM
+                        && ring
+                            .is_some_and(|cap| ring_offset(regions(&in_flight), cap, n).is_some()))
             };
             // Wait for work only with nothing in flight and nothing held
             // back, looking at the child every WATCH_IDLE; a worker that
@@ -466,7 +526,7 @@ fn serve_batches(
             // and has its child free its own.
             let block = in_flight.is_empty() && pending.is_none();
             let idle = block.then_some(WATCH_IDLE);
-            let job = match shared.queue.next(runner.id, block, max_bytes, &steal, idle) {
+            let job = match shared.queue.next(runner.id, block, &fits, &steal, idle) {
                 Next::Job(job) => {
                     idle_since = None;
                     job
@@ -511,32 +571,35 @@ fn serve_batches(
             if in_flight.is_empty() {
                 runner.set_front(Some((batch, job.count)));
             }
-            let sent = send_job(worker, &mut buf, batch, &job, in_flight.is_empty());
-            if let Err(e) = sent {
-                if e.kind() == std::io::ErrorKind::InvalidInput {
-                    // Frame too large: this job alone fails.
-                    if let Some(control) = &job.control {
-                        control.finish();
+            let sent = send_job(worker, &mut buf, batch, &job, &in_flight);
+            let region = match sent {
+                Ok(region) => region,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::InvalidInput {
+                        // Frame too large: this job alone fails.
+                        if let Some(control) = &job.control {
+                            control.finish();
+                        }
+                        job.deliver(Outcome::Failed(Failure::Protocol(e.to_string())));
+                        continue;
                     }
-                    job.deliver(Outcome::Failed(Failure::Protocol(e.to_string())));
-                    continue;
+                    // The child is gone; this job never reached it. What it
+                    // answered before it died is still in the socket: read
+                    // that first, so that the batch it died in is the front
+                    // one (and is blamed, and counts a retry), not one whose
+                    // answer merely went unread.
+                    if let Some(control) = &job.control {
+                        control.requeue();
+                    }
+                    shared.queue.requeue_front(vec![job]);
+                    if in_flight.is_empty() {
+                        return End::Died(in_flight);
+                    }
+                    gone = true;
+                    break;
                 }
-                // The child is gone; this job never reached it. What it
-                // answered before it died is still in the socket: read
-                // that first, so that the batch it died in is the front
-                // one (and is blamed, and counts a retry), not one whose
-                // answer merely went unread.
-                if let Some(control) = &job.control {
-                    control.requeue();
-                }
-                shared.queue.requeue_front(vec![job]);
-                if in_flight.is_empty() {
-                    return End::Died(in_flight);
-                }
-                gone = true;
-                break;
-            }
-            in_flight.push_back(Sent { job, batch });
+            };
+            in_flight.push_back(Sent { job, batch, region });
             Delivery::flush(pending, shared);
         }
         Delivery::flush(pending, shared);
@@ -1013,5 +1076,54 @@ fn split(job: Job, n: u32) -> (Option<Job>, Option<Job>) {
     } else {
         let (a, b) = job.split_at(n);
         (Some(a), Some(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_offset;
+
+    #[test]
+    fn the_request_ring_never_overlaps_a_batch_in_flight() {
+        let at = |regions: &[(usize, usize)], len| ring_offset(regions.iter().copied(), 100, len);
+        // Empty: from the start, if it fits at all.
+        assert_eq!(at(&[], 100), Some(0));
+        assert_eq!(at(&[], 101), None);
+        // After the newest, then wrapping to before the oldest.
+        assert_eq!(at(&[(0, 40)], 60), Some(40));
+        assert_eq!(at(&[(0, 40)], 61), None);
+        assert_eq!(at(&[(30, 60), (60, 90)], 10), Some(90));
+        assert_eq!(at(&[(30, 60), (60, 90)], 30), Some(0));
+        assert_eq!(at(&[(30, 60), (60, 90)], 31), None);
+        // Wrapped: only the gap between the newest and the oldest.
+        assert_eq!(at(&[(30, 60), (60, 90), (0, 20)], 10), Some(20));
+        assert_eq!(at(&[(30, 60), (60, 90), (0, 20)], 11), None);
+        assert_eq!(at(&[(50, 100), (0, 50)], 1), None);
+        // Whatever it answers, the new region overlaps none in flight.
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut next = 0u64;
+        for step in 0..10_000u64 {
+            let len = 1 + (step * 7919 % 45) as usize;
+            match ring_offset(in_flight.iter().copied(), 100, len) {
+                Some(start) => {
+                    let end = start + len;
+                    assert!(end <= 100);
+                    for &(s, e) in &in_flight {
+                        assert!(end <= s || start >= e, "{start}..{end} overlaps {s}..{e}");
+                    }
+                    in_flight.push_back((start, end));
+                }
+                None => {
+                    assert!(!in_flight.is_empty(), "an empty ring takes {len} of 100");
+                    in_flight.pop_front();
+                }
+            }
+            next = next
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if next >> 62 == 0 {
+                in_flight.pop_front();
+            }
+        }
     }
 }

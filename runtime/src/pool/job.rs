@@ -613,8 +613,9 @@ impl Queue {
     /// `steal` may split another worker's batch (it returns whether other
     /// workers are still busy, so that it is worth trying again soon).
     ///
-    /// A job whose arguments are larger than `max_bytes` is left in the
-    /// queue (and `None` returned) — for sending ahead, only small frames.
+    /// A job whose arguments of `n` bytes fail `fits(n)` is left in the
+    /// queue (and `None` returned): sending ahead, the driver takes only
+    /// what it can send without blocking.
     ///
     /// With `idle`, a blocking call that has waited that long with nothing
     /// to do returns [`Next::Idle`] (the driver then frees what it keeps
@@ -623,7 +624,7 @@ impl Queue {
         &self,
         me: usize,
         block: bool,
-        max_bytes: usize,
+        fits: &dyn Fn(usize) -> bool,
         steal: &dyn Fn() -> bool,
         idle: Option<std::time::Duration>,
     ) -> Next {
@@ -651,7 +652,7 @@ impl Queue {
                 }
             }
             if let Some(i) = pick {
-                if s.jobs[i].payload.len() > max_bytes {
+                if !fits(s.jobs[i].payload.len()) {
                     return Next::Nothing;
                 }
                 let job = s.jobs.remove(i).expect("the index was just found");

@@ -589,7 +589,9 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     if self.buf.capacity() < data.capacity()
                         && data.capacity() <= 2 * MAX_BATCH_BYTES
                     {
-                        self.buf = data;
+                        crate::shm::huge::recycle(std::mem::replace(&mut self.buf, data));
+                    } else {
+                        crate::shm::huge::recycle(data);
                     }
                 }
             }

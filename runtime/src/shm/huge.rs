@@ -69,11 +69,22 @@ pub(crate) fn to_vec(bytes: &[u8]) -> Vec<u8> {
 // idle pool gives them back (with its shared buffers, see `ARENAS_KEPT_IDLE`
 // in the driver), and so does an idle worker.
 
-/// Most buffers kept: as many as the batches of a `map` (four per worker
-/// on two cores), so that the next one encodes into memory already touched.
-const SPARES: usize = 8;
-/// Most bytes kept (short of one buffer larger than this).
-const SPARE_BYTES: usize = 256 << 20;
+/// Buffers at least this large are kept as spares. On the VM of
+/// BENCHMARKS.md a page touched for the first time (or again after the
+/// allocator gave it back) cost 2–5 µs when the machine had been idle a
+/// moment: a `map` of 100 k items spent 0.5 ms of its 1.1 ms encoding its
+/// eight 100 KB batches into fresh pages, while the workers waited.
+const SPARE_FROM: usize = 64 << 10;
+
+/// Most buffers kept: the batches of a `map` (four per worker) and their
+/// replies, so that the next one encodes and reads into memory already
+/// touched.
+const SPARES: usize = 16;
+/// Most bytes kept, short of [`SPARES_ANY_SIZE`] buffers of any size.
+const SPARE_BYTES: usize = 32 << 20;
+/// Buffers kept whatever their size: a round trip of a 64 MiB argument
+/// reuses two in the parent (the encoded argument, the decoded result).
+const SPARES_ANY_SIZE: usize = 2;
 
 static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
@@ -84,7 +95,7 @@ fn spares() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
 /// Keeps `buf` for reuse if it is large; frees it otherwise (or when the
 /// spares are full and it is the smallest).
 pub(crate) fn recycle(mut buf: Vec<u8>) {
-    if buf.capacity() < HUGE_FROM {
+    if buf.capacity() < SPARE_FROM {
         return;
     }
     buf.clear();
@@ -94,7 +105,7 @@ pub(crate) fn recycle(mut buf: Vec<u8>) {
     spare.sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
     spare.truncate(SPARES);
     let mut total: usize = spare.iter().map(Vec::capacity).sum();
-    while total > SPARE_BYTES && spare.len() > 1 {
+    while total > SPARE_BYTES && spare.len() > SPARES_ANY_SIZE {
         total -= spare.pop().map_or(0, |b| b.capacity());
     }
 }
@@ -113,16 +124,21 @@ pub(crate) fn release_spares() {
 /// [`reserve`] for bytes: an empty `buf` too small for a large buffer
 /// takes the smallest spare that fits instead, if there is one.
 pub(crate) fn reserve_bytes(buf: &mut Vec<u8>, additional: usize) {
-    if buf.is_empty() && buf.capacity() < additional && additional >= HUGE_FROM {
+    if buf.is_empty() && buf.capacity() < additional && additional >= SPARE_FROM {
         let mut spare = spares();
+        // Not one many times too large: a buffer of 64 MiB that carries a
+        // batch of 100 KB is one the next 64 MiB frame has to do without.
+        let most = additional.saturating_mul(4).max(2 * HUGE_PAGE);
         let fit = (0..spare.len())
-            .filter(|&i| spare[i].capacity() >= additional)
+            .filter(|&i| (additional..=most).contains(&spare[i].capacity()))
             .min_by_key(|&i| spare[i].capacity());
         if let Some(i) = fit {
             *buf = spare.swap_remove(i);
             return;
         }
         drop(spare);
+    }
+    if buf.is_empty() && buf.capacity() < additional && additional >= HUGE_FROM {
         // Whole huge pages: buffers for about the same size (an argument,
         // the frame that carries it, the reply) then fit one another.
         reserve(buf, additional.next_multiple_of(HUGE_PAGE));
