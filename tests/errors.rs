@@ -522,6 +522,42 @@ fn echo_or_fail(bytes: Vec<u8>) -> Vec<u8> {
     }
 }
 
+#[multiproc::test]
+fn large_byte_results_followed_by_others_in_one_batch() {
+    // A worker writes a large `Vec<u8>` result after its reply rather than
+    // into it; an item after it in the same batch (small, large, empty, a
+    // panic) must come after those bytes, not in the middle of them.
+    let pool = Pool::new(2).unwrap();
+    let items = vec![
+        pattern(300_000, 1),
+        pattern(10, 2),
+        pattern(200_000, 3),
+        Vec::new(),
+        {
+            let mut refused = pattern(100_000, 4);
+            refused[0] = 1;
+            refused
+        },
+        pattern(150_000, 5),
+    ];
+    let expected = items.clone();
+    for (i, result) in pool.imap(echo_or_fail, items).chunk_size(6).enumerate() {
+        if i == 4 {
+            let err = result.unwrap_err();
+            assert_eq!(err.panic_message(), Some("refused 100000 bytes"), "{err:?}");
+            assert_eq!(err.item_index(), Some(4));
+        } else {
+            assert!(result.unwrap() == expected[i], "item {i} came back changed");
+        }
+    }
+    // The same batch again: nothing was left over from the last one.
+    let again: Vec<Vec<u8>> = vec![pattern(80_000, 6), pattern(5, 7)];
+    assert_eq!(
+        pool.map_chunked(echo_or_fail, again.clone(), 2).unwrap(),
+        again
+    );
+}
+
 fn pattern(len: usize, seed: usize) -> Vec<u8> {
     (0..len)
         .map(|i| ((i * 31 + seed) % 251) as u8 + 3)

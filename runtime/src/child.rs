@@ -375,6 +375,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                         send_reply(&mut writer, &mut out, arenas.as_mut())?;
                     }
                     Err(msg) => {
+                        drop(wire::take_deferred());
                         send_failure(&mut writer, &mut out, batch, &BatchFailure::Malformed(msg))?;
                     }
                 }
@@ -413,22 +414,34 @@ fn send_reply(
     out: &mut Vec<u8>,
     arenas: Option<&mut Arenas>,
 ) -> std::io::Result<()> {
-    let body = out.len() - 4;
+    // A large `Vec<u8>` result comes after `out`, not copied into it.
+    let deferred = wire::take_deferred();
+    let mut tail = deferred.as_deref().unwrap_or_default();
+    let body = out.len() - 4 + tail.len();
     if let Some(a) = arenas {
         if body >= ARENA_FROM && body <= a.reply.capacity() && a.reply.released_count() == a.replies
         {
             // SAFETY: the parent has released every earlier reply (checked
             // just above, an acquire load) and reads the arena again only
             // after the frame below.
-            unsafe { a.reply.write(&out[4..]) };
+            unsafe {
+                a.reply.write_at(0, &out[4..]);
+                a.reply.write_at(out.len() - 4, tail);
+            }
+            tail = &[];
             a.replies += 1;
             wire::begin_frame(out, wire::TAG_DONE_SHARED);
             out.extend_from_slice(&a.replies.to_le_bytes());
             out.extend_from_slice(&(body as u64).to_le_bytes());
         }
     }
-    wire::finish_frame(out)?;
-    writer.write_all(out)
+    wire::finish_frame_with(out, tail.len())?;
+    writer.write_all(out)?;
+    writer.write_all(tail)?;
+    if let Some(bytes) = deferred {
+        crate::shm::huge::recycle(bytes);
+    }
+    Ok(())
 }
 
 fn send_failure(

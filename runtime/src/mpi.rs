@@ -576,7 +576,9 @@ fn run_message(job: &Job, batch: u64) -> std::result::Result<Vec<u8>, Failure> {
     message.extend_from_slice(&job.count.to_le_bytes());
     message.extend_from_slice(&(name.len() as u32).to_le_bytes());
     message.extend_from_slice(name);
-    message.extend_from_slice(&job.payload);
+    for part in job.payload.parts() {
+        message.extend_from_slice(part);
+    }
     Ok(message)
 }
 

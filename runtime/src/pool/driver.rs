@@ -375,15 +375,19 @@ fn send_job(
     }
     .map(|at| (at, at + len));
     // The payload goes in the request arena, or on the socket after the head.
+    let parts = job.payload.parts();
     let (tag, inline) = match (&worker.arenas, region) {
         (Some(arenas), Some((at, _))) => {
             // SAFETY: no batch in flight has its payload in these bytes
             // (`ring_offset`), and the child has answered, and so finished
             // reading, every earlier one (shm::arena).
-            unsafe { arenas.request.write_at(at, &job.payload) };
-            (wire::TAG_RUN_SHARED, &[][..])
+            unsafe {
+                arenas.request.write_at(at, parts[0]);
+                arenas.request.write_at(at + parts[0].len(), parts[1]);
+            }
+            (wire::TAG_RUN_SHARED, [&[][..], &[]])
         }
-        _ => (wire::TAG_RUN, &job.payload[..]),
+        _ => (wire::TAG_RUN, parts),
     };
     run_head(
         buf,
@@ -396,8 +400,12 @@ fn send_job(
         buf.extend_from_slice(&(at as u64).to_le_bytes());
         buf.extend_from_slice(&(len as u64).to_le_bytes());
     }
-    wire::finish_frame_with(buf, inline.len())?;
-    send_run(&mut worker.writer, buf, inline, job.fds())?;
+    wire::finish_frame_with(buf, inline[0].len() + inline[1].len())?;
+    crate::fdpass::write_parts_with_fds(
+        &mut worker.writer,
+        &[buf, inline[0], inline[1]],
+        job.fds(),
+    )?;
     Ok(region)
 }
 

@@ -56,6 +56,20 @@ pub(crate) enum Payload {
         start: usize,
         end: usize,
     },
+    /// One item in two pieces: its head, and the large `Vec<u8>` argument
+    /// it holds, taken as it is instead of copied after the head
+    /// ([`wire::take_byte_vec_call`]). The sends write both pieces; what
+    /// needs the bytes in one piece (a failed call's retry, say) joins them
+    /// once, the first time.
+    Split(Box<Split>),
+}
+
+/// The pieces of a [`Payload::Split`].
+#[derive(Debug)]
+pub(crate) struct Split {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    joined: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Default for Payload {
@@ -77,6 +91,7 @@ impl std::ops::Deref for Payload {
         match self {
             Payload::Owned(buf) => buf,
             Payload::Shared { buf, start, end } => &buf[*start..*end],
+            Payload::Split(s) => s.joined.get_or_init(|| [&s.head[..], &s.body].concat()),
         }
     }
 }
@@ -88,6 +103,31 @@ impl PartialEq for Payload {
 }
 
 impl Payload {
+    /// An item of `head` then `body`, not copied together.
+    pub(crate) fn split(head: Vec<u8>, body: Vec<u8>) -> Payload {
+        Payload::Split(Box::new(Split {
+            head,
+            body,
+            joined: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Payload::Split(s) => s.head.len() + s.body.len(),
+            _ => (**self).len(),
+        }
+    }
+
+    /// Its bytes, as two pieces to send one after the other.
+    pub(crate) fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Payload::Split(s) => [&s.head, &s.body],
+            _ => [self, &[]],
+        }
+    }
+
     /// Splits off the bytes from `at` on (`at <= len`), without copying
     /// them: both parts then share the buffer.
     fn split_off(&mut self, at: usize) -> Payload {
@@ -98,6 +138,11 @@ impl Payload {
                 (Arc::new(buf), 0, end)
             }
             Payload::Shared { buf, start, end } => (buf, start, end),
+            Payload::Split(s) => {
+                let buf = [s.head, s.body].concat();
+                let end = buf.len();
+                (Arc::new(buf), 0, end)
+            }
         };
         *self = Payload::Shared {
             buf: buf.clone(),
@@ -116,6 +161,7 @@ impl Payload {
         match self {
             Payload::Owned(buf) => Some(buf),
             Payload::Shared { buf, .. } => Arc::try_unwrap(buf).ok(),
+            Payload::Split(s) => Some(s.body),
         }
     }
 }
@@ -781,6 +827,22 @@ mod tests {
             );
         }
         out
+    }
+
+    #[test]
+    fn a_payload_in_two_pieces_reads_as_one() {
+        let body: Vec<u8> = (0..=255).collect();
+        let ptr = body.as_ptr();
+        let payload = Payload::split(vec![7, 8], body);
+        assert_eq!(payload.len(), 258);
+        let [head, rest] = payload.parts();
+        assert_eq!((head, rest.as_ptr()), (&[7u8, 8][..], ptr), "not copied");
+        assert_eq!(&payload[..3], &[7, 8, 0]);
+        assert_eq!(payload[257], 255);
+        assert_eq!(payload.into_vec().map(|v| v.as_ptr()), Some(ptr));
+        let mut payload = Payload::split(vec![1], vec![2, 3, 4]);
+        let tail = payload.split_off(2);
+        assert_eq!((&payload[..], &tail[..]), (&[1u8, 2][..], &[3u8, 4][..]));
     }
 
     #[test]

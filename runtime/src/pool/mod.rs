@@ -571,26 +571,32 @@ impl Pool {
     /// task.
     pub fn submit<W: Worker>(&self, worker: W, args: W::Args) -> Task<W::Output> {
         let _ = worker;
-        let (payload, fds) = match wire::encode_call::<W>(&args) {
-            Ok(encoded) => encoded,
-            Err(error) => {
-                let slot = Arc::new(TaskSlot::new());
-                slot.fill(job::Reply {
-                    first_index: None,
-                    count: 1,
-                    outcome: Outcome::Local(Some(error)),
-                });
-                return Task::new(slot, Arc::new(Control::new()), W::NAME);
-            }
+        let (payload, fds) = match wire::take_byte_vec_call(args) {
+            Ok((head, body)) => (job::Payload::split(head, body), Vec::new()),
+            Err(args) => match wire::encode_call::<W>(&args) {
+                Ok((payload, fds)) => {
+                    // Encoded: a large `Vec<u8>` argument can hold the
+                    // next large buffer (the result, say) instead of being
+                    // freed.
+                    wire::recycle_value(args);
+                    (payload.into(), fds)
+                }
+                Err(error) => {
+                    let slot = Arc::new(TaskSlot::new());
+                    slot.fill(job::Reply {
+                        first_index: None,
+                        count: 1,
+                        outcome: Outcome::Local(Some(error)),
+                    });
+                    return Task::new(slot, Arc::new(Control::new()), W::NAME);
+                }
+            },
         };
-        // Encoded: a large `Vec<u8>` argument can hold the next large
-        // buffer (the result, say) instead of being freed.
-        wire::recycle_value(args);
         let slot = Arc::new(TaskSlot::new());
         let control = Arc::new(Control::new());
         let job = Job {
             worker: W::NAME,
-            payload: payload.into(),
+            payload,
             marks: Vec::new(),
             dense: None,
             count: 1,

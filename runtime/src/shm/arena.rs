@@ -119,21 +119,6 @@ impl Arena {
         self.released().store(seq, Ordering::Release);
     }
 
-    /// Copies `bytes` to the start of the data.
-    ///
-    /// # Panics
-    ///
-    /// If `bytes` is over [`capacity`](Arena::capacity).
-    ///
-    /// # Safety
-    ///
-    /// No other process may read or write the first `bytes.len()` bytes of
-    /// the data until this process hands them over (see the module docs).
-    pub(crate) unsafe fn write(&self, bytes: &[u8]) {
-        // SAFETY: the caller's contract.
-        unsafe { self.write_at(0, bytes) }
-    }
-
     /// Copies `bytes` to `offset` in the data.
     ///
     /// # Panics
@@ -248,11 +233,19 @@ mod tests {
         let b = Arena::from_fd(fd, a.len()).unwrap();
         let data: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
         // SAFETY: single-threaded test; nothing else touches the arena.
-        unsafe { a.write(&data) };
+        unsafe { a.write_at(0, &data) };
         // SAFETY: as above.
         assert_eq!(unsafe { b.bytes(data.len()) }.unwrap(), &data[..]);
         // SAFETY: as above.
         assert!(unsafe { b.bytes(b.capacity() + 1) }.is_none());
+        // SAFETY: as above.
+        unsafe { a.write_at(5, b"tail") };
+        // SAFETY: as above.
+        assert_eq!(unsafe { b.bytes_at(5, 4) }.unwrap(), b"tail");
+        // SAFETY: as above.
+        assert!(unsafe { b.bytes_at(b.capacity() - 3, 4) }.is_none());
+        // SAFETY: as above.
+        assert!(unsafe { b.bytes_at(usize::MAX, 2) }.is_none());
         assert_eq!(b.released_count(), 0);
         a.release(7);
         assert_eq!(b.released_count(), 7);
