@@ -1444,3 +1444,80 @@ fn a_worker_killed_while_idle_is_reaped_and_replaced_without_new_work() {
         .collect();
     assert!(!after.contains(&victim), "{after:?}");
 }
+
+/// Returns its argument plus one.
+#[worker]
+fn plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+/// Runs `pool.map(plus_one, 0..n)` on a thread, failing the test if it
+/// does not return within 30 s.
+fn map_within(pool: Pool, n: u64) -> (multiproc::Result<Vec<u64>>, Pool) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let result = pool.map(plus_one, 0..n);
+        let _ = tx.send((result, pool));
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the map hung")
+}
+
+#[multiproc::test]
+#[ignore = "helper process of a_panicking_driver_fails_its_work_instead_of_hanging"]
+fn helper_driver_panic() {
+    if !is_helper() {
+        return;
+    }
+    let pool = Pool::new(2).unwrap();
+    // This process's only children: the pool's two workers.
+    let workers: HashSet<u32> = common::my_children()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    // One driver panics with batches in flight: the map fails with an
+    // error (it does not hang), the other slot goes on.
+    multiproc::__private::panic_a_driver();
+    let (result, pool) = map_within(pool, 200_000);
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Protocol(m) if m.contains("panicked")),
+        "{err:?}"
+    );
+    let (result, pool) = map_within(pool, 200_000);
+    assert_eq!(result.unwrap(), (1..=200_000).collect::<Vec<u64>>());
+    // The last one panics too: its work fails, and so does later work
+    // (no slot is left to run it), at once.
+    multiproc::__private::panic_a_driver();
+    let (result, pool) = map_within(pool, 200_000);
+    assert!(result.is_err());
+    let (result, pool) = map_within(pool, 10);
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Protocol(m) if m.contains("panicked")),
+        "{err:?}"
+    );
+    // Both children were killed and reaped.
+    let left: Vec<(u32, char)> = common::my_children()
+        .into_iter()
+        .filter(|(pid, _)| workers.contains(pid))
+        .collect();
+    assert!(left.is_empty(), "children left: {left:?}");
+    drop(pool);
+    println!("driver panics: ok");
+}
+
+#[test]
+fn a_panicking_driver_fails_its_work_instead_of_hanging() {
+    // In a process of its own: the hook that makes a driver panic is
+    // process-wide.
+    let mut h = Helper::start(helper("helper_driver_panic"));
+    let status = h.wait(Duration::from_secs(120));
+    let out = h.rest();
+    assert!(
+        status.is_some_and(|s| s.success()) && out.iter().any(|l| l == "driver panics: ok"),
+        "{status:?} {out:?} {}",
+        h.stderr()
+    );
+}

@@ -48,4 +48,10 @@ pub mod __private {
     pub use crate::registry::WorkerEntry;
     pub use crate::worker::Worker;
     pub use inventory;
+
+    /// Makes the next pool driver thread that sends a batch panic: for the
+    /// test that such a bug fails the work instead of hanging.
+    pub fn panic_a_driver() {
+        crate::pool::driver::panic_a_driver();
+    }
 }

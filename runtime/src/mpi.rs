@@ -616,6 +616,7 @@ fn deliver_reply(bytes: &[u8], flights: &mut HashMap<u64, Flight>) -> Option<usi
         return None;
     }
     let flight = flights.remove(&batch)?;
+    flight.job.settle();
     if let Some(control) = &flight.job.control {
         control.finish();
     }
@@ -895,6 +896,7 @@ fn run_batch(message: &[u8], pool: Option<&RankPool>, tx: &Sender<(u64, Reply)>)
         panic_retries: p.panic_retries,
         fds: None,
         reserved: None,
+        settled: AtomicBool::new(false),
     });
 }
 
@@ -999,6 +1001,7 @@ mod tests {
             panic_retries: 0,
             fds: None,
             reserved: None,
+            settled: AtomicBool::new(false),
         };
         let m = run_message(&job, 7).expect("no handles");
         assert_eq!(m[0], RUN);
@@ -1008,10 +1011,8 @@ mod tests {
         assert_eq!(&m[18..], &[9, 9]);
 
         let null = std::fs::File::open("/dev/null").expect("open /dev/null");
-        let with_handle = Job {
-            fds: Job::fd_table(vec![null.into()]),
-            ..job
-        };
+        let mut with_handle = job;
+        with_handle.fds = Job::fd_table(vec![null.into()]);
         match run_message(&with_handle, 8) {
             Err(Failure::Protocol(why)) => assert!(why.contains("handles"), "{why}"),
             other => panic!("a handle was sent: {:?}", other.map(|m| m.len())),

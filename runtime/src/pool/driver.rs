@@ -193,7 +193,38 @@ enum End {
     Died(VecDeque<Sent>),
 }
 
+/// Drivers to panic, for the test that a driver thread's panic (a bug)
+/// fails the work it held instead of hanging its callers.
+static PANIC_SOON: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Makes the next driver that sends a batch panic right after (a test
+/// hook: see `multiproc::__private`).
+pub(crate) fn panic_a_driver() {
+    PANIC_SOON.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs the driver of one worker slot (see [`run_slot`]). Should it panic
+/// (a bug), the batches it held are answered with an error as they are
+/// dropped (see `Job`'s `Drop`), its child is killed and reaped, and the
+/// slot counts as failed: when no slot is left, queued work fails too.
 pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<()>>) {
+    let run = std::panic::AssertUnwindSafe(|| run_slot(shared.clone(), runner.clone(), ready));
+    if let Err(panic) = std::panic::catch_unwind(run) {
+        runner.kill_if_running(None);
+        if let Some(pid) = runner.take_pid() {
+            // SAFETY: our own child, not reaped yet (its `Child` was
+            // dropped while unwinding), so the pid cannot name another
+            // process; waiting for it only reaps it.
+            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        }
+        let message = crate::child::take_panic_report(&*panic).message;
+        shared.slot_failed(Failure::Protocol(format!(
+            "a worker slot's driver thread panicked (a bug in multiproc): {message}"
+        )));
+    }
+}
+
+fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<()>>) {
     let progress = match Progress::create() {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -608,6 +639,11 @@ fn serve_batches(
                 }
             };
             in_flight.push_back(Sent { job, batch, region });
+            if PANIC_SOON.load(std::sync::atomic::Ordering::Relaxed) > 0
+                && PANIC_SOON.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) > 0
+            {
+                panic!("a driver panic injected by a test");
+            }
             Delivery::flush(pending, shared);
         }
         Delivery::flush(pending, shared);
@@ -815,6 +851,7 @@ fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns:
             run_start = k + 1;
         }
     }
+    job.settle();
     shared.queue.requeue_front(retry);
 }
 

@@ -41,6 +41,24 @@ pub(crate) struct Job {
     pub(crate) fds: Option<Arc<Vec<OwnedFd>>>,
     /// Kept for the worker slot that stole it, for a short while.
     pub(crate) reserved: Option<(usize, std::time::Instant)>,
+    /// Every item was answered or handed to other jobs: see the `Drop`
+    /// impl.
+    pub(crate) settled: AtomicBool,
+}
+
+/// A job dropped while its thread unwinds from a panic (a bug in a driver
+/// thread, say) is answered with an error: whoever waits for its items
+/// hears of it, instead of waiting for ever.
+impl Drop for Job {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.settled.load(Ordering::Relaxed) && !self.is_dropped() {
+            self.deliver(Outcome::Failed(Failure::Protocol(
+                "the thread that ran this batch for the pool panicked (a bug in multiproc); \
+                 the batch was lost"
+                    .to_owned(),
+            )));
+        }
+    }
 }
 
 /// The encoded arguments of a [`Job`]: a buffer of its own, or a part of
@@ -213,6 +231,7 @@ impl Job {
             panic_retries: first.panic_retries,
             fds: first.fds.clone(),
             reserved: None,
+            settled: AtomicBool::new(false),
         };
         first.marks.retain(|&(item, _)| item < n);
         first.count = n;
@@ -274,6 +293,7 @@ impl Job {
             panic_retries: self.panic_retries,
             fds: self.fds.clone(),
             reserved: None,
+            settled: AtomicBool::new(false),
         }
     }
 
@@ -299,7 +319,14 @@ impl Job {
 
     /// Delivers the outcome of the whole batch.
     pub(crate) fn deliver(&self, outcome: Outcome) {
+        self.settle();
         self.deliver_part(0, self.count, outcome);
+    }
+
+    /// Records that every item was answered (or handed to other jobs), by
+    /// [`deliver`](Job::deliver) or by parts.
+    pub(crate) fn settle(&self) {
+        self.settled.store(true, Ordering::Relaxed);
     }
 }
 
@@ -473,6 +500,11 @@ impl Runner {
         s.pid = pid;
         s.front = None;
         s.killed = false;
+    }
+
+    /// Forgets the child's pid and returns it (to reap it by hand).
+    pub(crate) fn take_pid(&self) -> Option<u32> {
+        self.lock().pid.take()
     }
 
     pub(crate) fn set_progress(&self, progress: Arc<crate::shm::Progress>) {
@@ -808,6 +840,7 @@ mod tests {
             panic_retries: 0,
             fds: None,
             reserved: None,
+            settled: AtomicBool::new(false),
         }
     }
 
@@ -849,8 +882,8 @@ mod tests {
     fn a_split_shares_the_buffer_and_gives_it_back_when_the_parts_are_done() {
         let job = batch(0..2000);
         let (len, ptr) = (job.payload.len(), job.payload.as_ptr());
-        let (head, tail) = job.split_at(1500);
-        let (head, middle) = head.split_at(700);
+        let (head, mut tail) = job.split_at(1500);
+        let (mut head, mut middle) = head.split_at(700);
         assert_eq!(head.payload.as_ptr(), ptr, "not copied");
         assert_eq!(
             head.payload.len() + middle.payload.len() + tail.payload.len(),
@@ -858,10 +891,15 @@ mod tests {
         );
         assert_eq!(items(&middle), (700..1500).collect::<Vec<_>>());
         assert_eq!(items(&tail), (1500..2000).collect::<Vec<_>>());
-        assert!(tail.payload.into_vec().is_none(), "still shared");
-        assert!(head.payload.into_vec().is_none(), "still shared");
-        let whole = middle
-            .payload
+        assert!(
+            std::mem::take(&mut tail.payload).into_vec().is_none(),
+            "still shared"
+        );
+        assert!(
+            std::mem::take(&mut head.payload).into_vec().is_none(),
+            "still shared"
+        );
+        let whole = std::mem::take(&mut middle.payload)
             .into_vec()
             .expect("the last part gets the buffer");
         assert_eq!((whole.as_ptr(), whole.len()), (ptr, len));
@@ -897,8 +935,8 @@ mod tests {
             plain.marks.clear();
             let (h, t) = plain.split_at(cut);
             assert_eq!(
-                (h.payload, t.payload),
-                (head.payload, batch(0..n).split_at(cut).1.payload)
+                (&h.payload, &t.payload),
+                (&head.payload, &batch(0..n).split_at(cut).1.payload)
             );
         }
     }

@@ -7,7 +7,7 @@ pub(crate) mod stream;
 pub(crate) mod task;
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -608,6 +608,7 @@ impl Pool {
             panic_retries: self.shared.panic_retries,
             fds: Job::fd_table(fds),
             reserved: None,
+            settled: AtomicBool::new(false),
         };
         self.shared.queue.push(job);
         Task::new(slot, control, W::NAME)

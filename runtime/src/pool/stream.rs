@@ -371,6 +371,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     panic_retries: self.pool.shared.panic_retries,
                     fds: Job::fd_table(fds),
                     reserved: None,
+                    settled: AtomicBool::new(false),
                 };
                 self.next_input += count as u64;
                 self.open.insert(first, (self.next_input, count as u64));
