@@ -566,10 +566,10 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
 
 #[multiproc::test]
 fn large_frames_go_through_shared_buffers_that_grow() {
-    // Frames of 1 MiB and more travel through per-worker shared buffers;
-    // each size here is larger than the last buffer, so they are replaced,
-    // and smaller ones in between reuse them. One worker: every frame goes
-    // through the same pair of buffers.
+    // Large frames travel through per-worker shared buffers; each size
+    // here is larger than the last buffer, so they are replaced, and
+    // smaller ones in between reuse them. One worker: every frame goes
+    // through the same buffers.
     let pool = Pool::new(1).unwrap();
     for (k, len) in [
         1 << 20,
@@ -596,7 +596,7 @@ fn large_frames_go_through_shared_buffers_that_grow() {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         maps.matches("memfd:multiproc-frames").count()
     };
-    assert_eq!(mapped(), 2, "the request and the reply buffer");
+    assert_eq!(mapped(), 3, "the request buffer and the two reply buffers");
     // An idle pool gives their memory back after a second, and makes new
     // ones when a large frame comes again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -610,7 +610,7 @@ fn large_frames_go_through_shared_buffers_that_grow() {
     let bytes = pattern(5 << 20, 9);
     assert_eq!(pool.apply(echo_bytes, bytes.clone()).unwrap(), bytes);
     assert_eq!(pool.apply(pid_of, 0).unwrap(), pid, "the same worker");
-    assert_eq!(mapped(), 2);
+    assert_eq!(mapped(), 3);
     // Large results from small arguments, several in flight: a reply finds
     // the buffer still held for the one before and takes the socket.
     let sizes = vec![3 << 20; 6];
@@ -624,14 +624,15 @@ fn large_frames_go_through_shared_buffers_that_grow() {
 #[multiproc::test]
 fn a_large_result_not_yet_waited_for_holds_its_buffer_and_others_go_around() {
     // A submitted task's large result is decoded where the worker left it;
-    // until it is, the worker's next large results take the socket, and
-    // when it is, the buffer is the worker's again. One worker: all of it
-    // through the same buffers.
+    // until it is, that reply buffer is not the worker's: its next large
+    // result takes the other one, and the one after that (both held) the
+    // socket; once decoded, the buffer is the worker's again. One worker:
+    // all of it through the same buffers.
     let pool = Pool::new(1).unwrap();
     let first = pool.submit(echo_bytes, pattern(6 << 20, 1));
     let second = pool.submit(echo_bytes, pattern(6 << 20, 2));
     let third = pool.submit(echo_bytes, pattern(4 << 20, 3));
-    // Waited for out of order: the first holds the shared buffer meanwhile.
+    // Waited for out of order: the first two hold the reply buffers.
     assert!(third.wait().unwrap() == pattern(4 << 20, 3));
     assert!(second.wait().unwrap() == pattern(6 << 20, 2));
     assert!(first.wait().unwrap() == pattern(6 << 20, 1));

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 7;
+pub(crate) const PROTOCOL_VERSION: u32 = 8;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.
@@ -42,16 +42,16 @@ pub(crate) const TAG_SETUP: u8 = 3;
 /// [`shm::arena`](crate::shm::arena)): the head of a `RUN` frame, then the
 /// payload's offset in the arena and its length, as `u64`s.
 pub(crate) const TAG_RUN_SHARED: u8 = 4;
-/// New arenas for the child: the request and the reply arena's lengths
-/// (`u64` each), their descriptors attached; two zero lengths and no
-/// descriptors to drop them.
+/// New arenas for the child: the request arena's length and that of each
+/// of the two reply arenas (`u64` each), the three descriptors attached;
+/// two zero lengths and no descriptors to drop them.
 pub(crate) const TAG_ARENAS: u8 = 5;
 // Child → parent.
 pub(crate) const TAG_HELLO: u8 = 16;
 pub(crate) const TAG_DONE: u8 = 17;
 pub(crate) const TAG_FAILED: u8 = 18;
-/// A `DONE` frame whose body is in the reply arena: the reply's sequence
-/// number and the body's length (`u64` each).
+/// A `DONE` frame whose body is in a reply arena: which of the two (`u32`),
+/// the reply's sequence number in it and the body's length (`u64` each).
 pub(crate) const TAG_DONE_SHARED: u8 = 19;
 
 /// Set in the tag of a `RUN` (or `RUN_SHARED`) frame whose arguments are

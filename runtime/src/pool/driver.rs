@@ -127,8 +127,11 @@ struct Worker {
 /// [`crate::shm::arena`]).
 struct Arenas {
     request: Arena,
-    /// Shared with the leases of replies decoded in place.
-    reply: Arc<Arena>,
+    /// Two, which the child uses in turn: it can write its next reply
+    /// while the last one is still being read (with one, that reply went
+    /// through the socket instead, a few wake-ups per 200 KiB). Shared
+    /// with the leases of replies decoded in place.
+    reply: [Arc<Arena>; 2],
 }
 
 impl Worker {
@@ -159,26 +162,28 @@ impl Worker {
         let (have_request, have_reply) = self
             .arenas
             .as_ref()
-            .map_or((0, 0), |a| (a.request.capacity(), a.reply.capacity()));
+            .map_or((0, 0), |a| (a.request.capacity(), a.reply[0].capacity()));
         if request <= have_request && self.reply_wanted <= have_reply {
             return Ok(true);
         }
-        let (Ok(request), Ok(reply)) = (
+        let reply_len = self.reply_wanted.max(have_reply).max(ARENA_FROM);
+        let (Ok(request), Ok(reply0), Ok(reply1)) = (
             Arena::create(request.max(have_request).max(ARENA_FROM)),
-            Arena::create(self.reply_wanted.max(have_reply).max(ARENA_FROM)),
+            Arena::create(reply_len),
+            Arena::create(reply_len),
         ) else {
             return Ok(false);
         };
-        let fds = [request.fd(), reply.fd()].map(|fd| fd.try_clone_to_owned());
-        let [Ok(a), Ok(b)] = fds else {
+        let fds = [request.fd(), reply0.fd(), reply1.fd()].map(|fd| fd.try_clone_to_owned());
+        let [Ok(a), Ok(b), Ok(c)] = fds else {
             return Ok(false);
         };
         let mut buf = Vec::new();
-        wire::arenas_frame(&mut buf, request.len() as u64, reply.len() as u64)?;
-        crate::fdpass::write_with_fds(&mut self.writer, &buf, &[a, b])?;
+        wire::arenas_frame(&mut buf, request.len() as u64, reply0.len() as u64)?;
+        crate::fdpass::write_with_fds(&mut self.writer, &buf, &[a, b, c])?;
         self.arenas = Some(Arenas {
             request,
-            reply: Arc::new(reply),
+            reply: [Arc::new(reply0), Arc::new(reply1)],
         });
         Ok(true)
     }
@@ -905,11 +910,12 @@ fn read_reply(
 /// body in the reply arena.
 fn shared_reply(worker: &Worker, frame: &[u8]) -> std::io::Result<(u64, usize, Arc<Arena>)> {
     let mut cur = wire::Cursor(&frame[1..]);
+    let which = cur.u32()? as usize;
     let seq = cur.u64()?;
     let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
-    match worker.arenas.as_ref() {
-        Some(a) if len <= a.reply.capacity() && len >= wire::DONE_HEADER => {
-            Ok((seq, len, a.reply.clone()))
+    match worker.arenas.as_ref().and_then(|a| a.reply.get(which)) {
+        Some(reply) if len <= reply.capacity() && len >= wire::DONE_HEADER => {
+            Ok((seq, len, reply.clone()))
         }
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
