@@ -656,13 +656,13 @@ fn serve_batches(
             buf = Vec::new();
         }
 
-        // A submitted task's large result is decoded where the child put
-        // it, by the caller (the other results are copied out: a `map`
-        // may hold a reply a long while, the child's next one would then
-        // take the socket).
+        // A large reply is decoded where the child put it when that is soon:
+        // a submitted task's by the caller, a `map` batch stored in place
+        // by this thread (the child has the other reply buffer meanwhile).
+        // An `imap` may hold a reply a long while: those are copied out.
         let lease_ok = in_flight
             .front()
-            .is_some_and(|s| matches!(s.job.sink, Sink::Task(_)));
+            .is_some_and(|s| matches!(s.job.sink, Sink::Task(_) | Sink::Collect(_)));
         let mut lease = None;
         let tag = match read_reply(
             shared,
