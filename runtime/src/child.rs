@@ -412,9 +412,10 @@ struct Arenas {
     next: usize,
 }
 
-/// Sends a `DONE` frame built in `out`: through the reply arena if it is
-/// large, fits, and the parent has copied out the last reply there; else
-/// through the socket.
+/// Sends a `DONE` frame built in `out`, followed by the large result
+/// deferred after it if any ([`wire::take_deferred`]): through a reply
+/// arena if it is large, fits, and the parent is done with the last reply
+/// there; else through the socket.
 fn send_reply(
     writer: &mut impl Write,
     out: &mut Vec<u8>,

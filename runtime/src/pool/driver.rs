@@ -1,6 +1,7 @@
 //! One driver thread per worker slot: starts the worker process, feeds it
-//! batches (two in flight, so the child never waits for the parent), hands
-//! replies back, and replaces the process when it dies or retires.
+//! batches (short ones queued ahead, so the child never waits for the
+//! parent), hands replies back, and replaces the process when it dies or
+//! retires.
 //!
 //! The driver thread spawns its child itself and lives as long as the pool,
 //! which is what Linux's parent-death signal is tied to.
@@ -119,7 +120,7 @@ struct Worker {
     retiring: bool,
     /// The shared buffers for large frames, once one is needed.
     arenas: Option<Arenas>,
-    /// Largest reply body the reply arena should hold.
+    /// Largest reply body each reply arena should hold.
     reply_wanted: usize,
 }
 
@@ -907,7 +908,7 @@ fn read_reply(
 }
 
 /// The reply number and body length a `DONE_SHARED` frame gives, and the
-/// body in the reply arena.
+/// reply arena it is in.
 fn shared_reply(worker: &Worker, frame: &[u8]) -> std::io::Result<(u64, usize, Arc<Arena>)> {
     let mut cur = wire::Cursor(&frame[1..]);
     let which = cur.u32()? as usize;
@@ -924,7 +925,7 @@ fn shared_reply(worker: &Worker, frame: &[u8]) -> std::io::Result<(u64, usize, A
     }
 }
 
-/// Leaves the `DONE` frame of a `DONE_SHARED` one in the reply arena, held
+/// Leaves the `DONE` frame of a `DONE_SHARED` one in its reply arena, held
 /// by `lease` until it is decoded; `frame` gets a copy of its head.
 fn lease_reply(
     worker: &Worker,
