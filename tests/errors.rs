@@ -597,7 +597,7 @@ fn large_frames_go_through_shared_buffers_that_grow() {
         maps.matches("memfd:multiproc-frames").count()
     };
     assert_eq!(mapped(), 3, "the request buffer and the two reply buffers");
-    // An idle pool gives their memory back after a second, and makes new
+    // An idle pool gives their memory back after three seconds, and makes new
     // ones when a large frame comes again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while mapped() != 0 {

@@ -1370,7 +1370,7 @@ fn helper_idle_release() {
         assert!(back == bytes, "the bytes came back changed");
     }
     let (busy, busy_worker) = (rss_anon_kib(std::process::id()), rss_anon_kib(worker));
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4500));
     let (idle, idle_worker) = (rss_anon_kib(std::process::id()), rss_anon_kib(worker));
     println!("parent KiB: {busy} {idle}");
     println!("worker KiB: {busy_worker} {idle_worker}");
@@ -1381,7 +1381,7 @@ fn helper_idle_release() {
 #[test]
 fn an_idle_pool_gives_its_large_buffers_back() {
     // Large buffers are kept for reuse while a pool works (spare buffers
-    // in both processes), and freed after a second of idleness.
+    // in both processes), and freed after three seconds of idleness.
     let mut h = Helper::start(helper("helper_idle_release"));
     let status = h.wait(Duration::from_secs(60));
     let out = h.rest();

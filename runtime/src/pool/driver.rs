@@ -50,12 +50,16 @@ const PIPELINE_BELOW_NS: u64 = 2_000_000;
 /// of 1.5 and 4 ms made the primes bench slower than no pieces at all;
 /// 8, 16 and 32 ms made it faster, 32 ms the most).
 const PIECE_NS: u64 = 32_000_000;
-/// How long a worker keeps its shared buffers for large frames (up to
-/// twice the largest frame it has carried, shared with the child), and the
-/// process its spare buffers (`shm::huge`), while it has nothing to do.
-/// Reusing them is what makes large frames cheap (their pages stay faulted
-/// in); an idle pool gives the memory back, and has its workers do the same.
-const ARENAS_KEPT_IDLE: Duration = Duration::from_secs(1);
+/// How long a worker keeps its shared buffers for large frames (shared
+/// with the child), and the process its spare buffers (`shm::huge`), while
+/// it has nothing to do. Reusing them is what makes large frames cheap
+/// (their pages stay faulted in); an idle pool gives the memory back, and
+/// has its workers do the same. (At 1 s, a program that used its pool
+/// about once a second, as the primes bench does between its rounds,
+/// sometimes found the buffers gone and paid 3–6 ms at the start of a map
+/// to make and fault them in again; allocators hold freed memory for
+/// seconds too, jemalloc for 10.)
+const ARENAS_KEPT_IDLE: Duration = Duration::from_secs(3);
 /// How often a driver with nothing to do looks at its child: one that died
 /// meanwhile (killed from outside, say) is reaped and replaced within this
 /// long, not when work next comes (Python's pool looks every 100 ms too).
