@@ -673,3 +673,29 @@ fn a_worker_that_fails_on_a_large_frame_loses_nothing_else() {
         assert_eq!(&task.wait().unwrap(), input);
     }
 }
+
+/// Panics the first time it runs in a process, then returns the length.
+#[worker]
+fn panic_once_then_len(bytes: Vec<u8>) -> usize {
+    static RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !RAN.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        panic!("first try");
+    }
+    bytes.len()
+}
+
+#[multiproc::test]
+fn a_large_byte_argument_is_sent_again_whole_when_its_task_is_retried() {
+    // A large `Vec<u8>` argument travels without being copied into its
+    // frame; a panic retry has to send the same bytes again from it.
+    let pool = Pool::builder().workers(1).retry_panics(1).build().unwrap();
+    let bytes = pattern(300_000, 5);
+    assert_eq!(
+        pool.apply(panic_once_then_len, bytes.clone()).unwrap(),
+        300_000
+    );
+    // And without retries, the panic is the answer.
+    let strict = Pool::builder().workers(1).build().unwrap();
+    let err = strict.apply(panic_once_then_len, bytes).unwrap_err();
+    assert_eq!(err.panic_message(), Some("first try"), "{err:?}");
+}
