@@ -931,6 +931,19 @@ impl Helper {
             .map(|h| h.join().unwrap())
             .unwrap_or_default()
     }
+
+    /// Waits for the helper to end, at most `limit`, asserts that it
+    /// succeeded, and returns what it printed on stdout.
+    fn succeed(mut self, limit: Duration) -> Vec<String> {
+        let status = self.wait(limit);
+        let stdout = self.rest();
+        let stderr = self.stderr();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{status:?}\nstdout: {stdout:#?}\nstderr: {stderr}"
+        );
+        stdout
+    }
 }
 
 impl Drop for Helper {
@@ -1181,14 +1194,7 @@ fn hygiene(cycles: usize) {
     // A private temp dir: other programs do not write to it, and whatever
     // the pool wrote to the temp dir would land there.
     cmd.env("TMPDIR", &temp).env("CYCLES", cycles.to_string());
-    let mut helper = Helper::start(cmd);
-    let status = helper.wait(Duration::from_secs(120));
-    let stdout = helper.rest();
-    let stderr = helper.stderr();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\nstdout: {stdout:#?}\nstderr: {stderr}"
-    );
+    let stdout = Helper::start(cmd).succeed(Duration::from_secs(120));
     let report: Vec<&str> = stdout
         .iter()
         .map(String::as_str)
@@ -1311,14 +1317,7 @@ fn helper_bounded_memory() {
 fn endless(ordered: bool) -> u64 {
     let mut cmd = helper("helper_bounded_memory");
     cmd.env("ORDERED", if ordered { "1" } else { "0" });
-    let mut helper = Helper::start(cmd);
-    let status = helper.wait(Duration::from_secs(120));
-    let stdout = helper.rest();
-    let stderr = helper.stderr();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\nstdout: {stdout:#?}\nstderr: {stderr}"
-    );
+    let stdout = Helper::start(cmd).succeed(Duration::from_secs(120));
     let growth = stdout
         .iter()
         .find_map(|l| l.strip_prefix("growth KiB: "))
@@ -1382,14 +1381,7 @@ fn helper_idle_release() {
 fn an_idle_pool_gives_its_large_buffers_back() {
     // Large buffers are kept for reuse while a pool works (spare buffers
     // in both processes), and freed after three seconds of idleness.
-    let mut h = Helper::start(helper("helper_idle_release"));
-    let status = h.wait(Duration::from_secs(60));
-    let out = h.rest();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?} {out:?} {}",
-        h.stderr()
-    );
+    let out = Helper::start(helper("helper_idle_release")).succeed(Duration::from_secs(60));
     let kib = |who: &str| -> (u64, u64) {
         let line = out
             .iter()
@@ -1512,12 +1504,6 @@ fn helper_driver_panic() {
 fn a_panicking_driver_fails_its_work_instead_of_hanging() {
     // In a process of its own: the hook that makes a driver panic is
     // process-wide.
-    let mut h = Helper::start(helper("helper_driver_panic"));
-    let status = h.wait(Duration::from_secs(120));
-    let out = h.rest();
-    assert!(
-        status.is_some_and(|s| s.success()) && out.iter().any(|l| l == "driver panics: ok"),
-        "{status:?} {out:?} {}",
-        h.stderr()
-    );
+    let out = Helper::start(helper("helper_driver_panic")).succeed(Duration::from_secs(120));
+    assert!(out.iter().any(|l| l == "driver panics: ok"), "{out:?}");
 }

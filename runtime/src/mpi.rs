@@ -882,22 +882,12 @@ fn run_batch(message: &[u8], pool: Option<&RankPool>, tx: &Sender<(u64, Reply)>)
         });
         return;
     };
-    p.pool.shared.queue.push(Job {
-        worker: entry.name(),
-        payload: payload.to_vec().into(),
-        marks: Vec::new(),
-        dense: None,
-        count,
-        first_index: Some(0),
-        sink: Sink::Relay(batch, tx.clone()),
-        control: None,
-        abandoned: None,
-        retries: p.retries,
-        panic_retries: p.panic_retries,
-        fds: None,
-        reserved: None,
-        settled: AtomicBool::new(false),
-    });
+    let sink = Sink::Relay(batch, tx.clone());
+    let mut job = Job::new(entry.name(), payload.to_vec().into(), count, sink);
+    job.first_index = Some(0);
+    job.retries = p.retries;
+    job.panic_retries = p.panic_retries;
+    p.pool.shared.queue.push(job);
 }
 
 /// Sends every local reply that is ready; `true` if there was one.
@@ -987,22 +977,8 @@ mod tests {
     #[test]
     fn run_message_refuses_handles_and_lays_out_the_batch() {
         let (tx, _rx) = mpsc::channel();
-        let job = Job {
-            worker: "w",
-            payload: vec![9, 9].into(),
-            marks: Vec::new(),
-            dense: None,
-            count: 2,
-            first_index: Some(0),
-            sink: Sink::Relay(1, tx),
-            control: None,
-            abandoned: None,
-            retries: 0,
-            panic_retries: 0,
-            fds: None,
-            reserved: None,
-            settled: AtomicBool::new(false),
-        };
+        let mut job = Job::new("w", vec![9, 9].into(), 2, Sink::Relay(1, tx));
+        job.first_index = Some(0);
         let m = run_message(&job, 7).expect("no handles");
         assert_eq!(m[0], RUN);
         assert_eq!(u64::from_le_bytes(m[1..9].try_into().unwrap()), 7);

@@ -1303,6 +1303,8 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
     // up front saves growing (and copying) the buffer several times.
     crate::shm::huge::reserve(out, input.len());
     let mut index = 0u64;
+    // A failed batch leaves its sender to drop what it deferred; nothing
+    // of an earlier batch may end up in this one.
     drop(DEFERRED.take());
     while !input.is_empty() {
         if !crate::child::item_started(index) {
@@ -1312,11 +1314,9 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
         // What was deferred is followed by this item's result.
         flush_deferred(out);
         let Some((status, body, _)) = next_item(&mut input) else {
-            drop(DEFERRED.take());
             return Err("truncated argument item".to_owned());
         };
         if status != ITEM_OK {
-            drop(DEFERRED.take());
             return Err(format!("argument item with status {status}"));
         }
         let args = match decode_fast::<W::Args>(body)

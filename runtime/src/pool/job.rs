@@ -192,6 +192,28 @@ impl Payload {
 pub(crate) const MARK_EVERY: u32 = 512;
 
 impl Job {
+    /// A batch of `count` items of `worker` going to `sink`, with no marks,
+    /// framed items, no input position, no control, no retries and no
+    /// descriptors: the callers set what differs.
+    pub(crate) fn new(worker: &'static str, payload: Payload, count: u32, sink: Sink) -> Job {
+        Job {
+            worker,
+            payload,
+            marks: Vec::new(),
+            dense: None,
+            count,
+            first_index: None,
+            sink,
+            control: None,
+            abandoned: None,
+            retries: 0,
+            panic_retries: 0,
+            fds: None,
+            reserved: None,
+            settled: AtomicBool::new(false),
+        }
+    }
+
     /// Splits a batch after its first `n` items (`0 < n < count`).
     pub(crate) fn split_at(self, n: u32) -> (Job, Job) {
         debug_assert!(n > 0 && n < self.count);
@@ -826,22 +848,12 @@ mod tests {
             }
             wire::put_item(&mut payload, &(v * 1000)).unwrap();
         }
-        Job {
-            worker: "w",
-            payload: payload.into(),
-            marks,
-            dense: None,
-            count: (values.end - values.start) as u32,
-            first_index: Some(values.start),
-            sink: Sink::Stream(std::sync::mpsc::channel().0),
-            control: None,
-            abandoned: None,
-            retries: 0,
-            panic_retries: 0,
-            fds: None,
-            reserved: None,
-            settled: AtomicBool::new(false),
-        }
+        let count = (values.end - values.start) as u32;
+        let sink = Sink::Stream(std::sync::mpsc::channel().0);
+        let mut job = Job::new("w", payload.into(), count, sink);
+        job.marks = marks;
+        job.first_index = Some(values.start);
+        job
     }
 
     fn items(job: &Job) -> Vec<u64> {

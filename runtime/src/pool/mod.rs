@@ -7,7 +7,7 @@ pub(crate) mod stream;
 pub(crate) mod task;
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -594,22 +594,11 @@ impl Pool {
         };
         let slot = Arc::new(TaskSlot::new());
         let control = Arc::new(Control::new());
-        let job = Job {
-            worker: W::NAME,
-            payload,
-            marks: Vec::new(),
-            dense: None,
-            count: 1,
-            first_index: None,
-            sink: Sink::Task(slot.clone()),
-            control: Some(control.clone()),
-            abandoned: None,
-            retries: self.shared.retries,
-            panic_retries: self.shared.panic_retries,
-            fds: Job::fd_table(fds),
-            reserved: None,
-            settled: AtomicBool::new(false),
-        };
+        let mut job = Job::new(W::NAME, payload, 1, Sink::Task(slot.clone()));
+        job.control = Some(control.clone());
+        job.retries = self.shared.retries;
+        job.panic_retries = self.shared.panic_retries;
+        job.fds = Job::fd_table(fds);
         self.shared.queue.push(job);
         Task::new(slot, control, W::NAME)
     }

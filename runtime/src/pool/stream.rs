@@ -357,22 +357,14 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     }
                     _ => Sink::Stream(self.tx.clone()),
                 };
-                let job = Job {
-                    worker: W::NAME,
-                    payload: payload.into(),
-                    count: count as u32,
-                    first_index: Some(first),
-                    marks,
-                    dense,
-                    sink,
-                    control: None,
-                    abandoned: Some(self.abandoned.clone()),
-                    retries: self.pool.shared.retries,
-                    panic_retries: self.pool.shared.panic_retries,
-                    fds: Job::fd_table(fds),
-                    reserved: None,
-                    settled: AtomicBool::new(false),
-                };
+                let mut job = Job::new(W::NAME, payload.into(), count as u32, sink);
+                job.first_index = Some(first);
+                job.marks = marks;
+                job.dense = dense;
+                job.abandoned = Some(self.abandoned.clone());
+                job.retries = self.pool.shared.retries;
+                job.panic_retries = self.pool.shared.panic_retries;
+                job.fds = Job::fd_table(fds);
                 self.next_input += count as u64;
                 self.open.insert(first, (self.next_input, count as u64));
                 self.pool.shared.queue.push(job);

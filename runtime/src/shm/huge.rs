@@ -124,25 +124,28 @@ pub(crate) fn release_spares() {
 /// [`reserve`] for bytes: an empty `buf` too small for a large buffer
 /// takes the smallest spare that fits instead, if there is one.
 pub(crate) fn reserve_bytes(buf: &mut Vec<u8>, additional: usize) {
-    if buf.is_empty() && buf.capacity() < additional && additional >= SPARE_FROM {
-        let mut spare = spares();
-        // Not one many times too large: a buffer of 64 MiB that carries a
-        // batch of 100 KB is one the next 64 MiB frame has to do without.
-        let most = additional.saturating_mul(4).max(2 * HUGE_PAGE);
-        let fit = (0..spare.len())
-            .filter(|&i| (additional..=most).contains(&spare[i].capacity()))
-            .min_by_key(|&i| spare[i].capacity());
-        if let Some(i) = fit {
-            *buf = spare.swap_remove(i);
-            return;
-        }
-        drop(spare);
-    }
-    if buf.is_empty() && buf.capacity() < additional && additional >= HUGE_FROM {
-        // Whole huge pages: buffers for about the same size (an argument,
-        // the frame that carries it, the reply) then fit one another.
-        reserve(buf, additional.next_multiple_of(HUGE_PAGE));
+    if !buf.is_empty() || buf.capacity() >= additional || additional < SPARE_FROM {
+        reserve(buf, additional);
         return;
     }
-    reserve(buf, additional);
+    let mut spare = spares();
+    // Not one many times too large: a buffer of 64 MiB that carries a
+    // batch of 100 KB is one the next 64 MiB frame has to do without.
+    let most = additional.saturating_mul(4).max(2 * HUGE_PAGE);
+    let fit = (0..spare.len())
+        .filter(|&i| (additional..=most).contains(&spare[i].capacity()))
+        .min_by_key(|&i| spare[i].capacity());
+    if let Some(i) = fit {
+        *buf = spare.swap_remove(i);
+        return;
+    }
+    drop(spare);
+    // Whole huge pages: buffers for about the same size (an argument, the
+    // frame that carries it, the reply) then fit one another.
+    let size = if additional >= HUGE_FROM {
+        additional.next_multiple_of(HUGE_PAGE)
+    } else {
+        additional
+    };
+    reserve(buf, size);
 }
