@@ -24,7 +24,7 @@ const TARGET_BATCH_NS: u64 = 4_000_000;
 /// Most items in one batch.
 const MAX_BATCH_ITEMS: usize = 1 << 16;
 /// A batch stops growing once its encoded arguments reach this size.
-const MAX_BATCH_BYTES: usize = 4 << 20;
+const MAX_BATCH_BYTES: usize = 512 << 10;
 /// Results decoded ahead of the caller in one go: small enough to stay in
 /// cache, large enough that the per-run overhead vanishes.
 const DECODE_RUN: u32 = 1024;
@@ -368,6 +368,10 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 self.next_input += count as u64;
                 self.open.insert(first, (self.next_input, count as u64));
                 self.pool.shared.queue.push(job);
+            } else {
+                // Nothing to send: keep the buffer (freeing a large one is
+                // a `munmap`, which stalls every thread of the process).
+                self.buf = payload;
             }
             if let Some(err) = encode_error {
                 // Give the failed item its own slot in the order.
@@ -614,6 +618,8 @@ impl<W: Worker, I> Drop for Stream<'_, W, I> {
     fn drop(&mut self) {
         // Queued batches of a dropped iterator are skipped by the workers.
         self.abandoned.store(true, Ordering::Relaxed);
+        // The next stream starts from this one's buffer.
+        crate::shm::huge::recycle(std::mem::take(&mut self.buf));
     }
 }
 
