@@ -170,13 +170,35 @@ thread_local! {
     static BATCH: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Records in the progress page that item `index` of the batch starts;
-/// `false` if the parent asked to stop the batch before it.
-#[inline]
-pub(crate) fn item_started(index: u64) -> bool {
-    match PROGRESS.get() {
-        Some(p) => p.begin_item(BATCH.with(Cell::get), index, TIMED.with(Cell::get)),
-        None => true,
+/// Where the items of the running batch record their start in the progress
+/// page, so that the parent knows which one runs (for timeouts) and can
+/// take the rest of the batch for another worker.
+pub(crate) struct Items {
+    progress: Option<&'static Progress>,
+    batch: u64,
+    timed: bool,
+}
+
+impl Items {
+    /// The batch this thread is running, looked up once for all its items
+    /// instead of once per item (a thread-local and a `OnceLock` read in
+    /// the loop of every dense batch).
+    pub(crate) fn current() -> Items {
+        Items {
+            progress: PROGRESS.get(),
+            batch: BATCH.with(Cell::get),
+            timed: TIMED.with(Cell::get),
+        }
+    }
+
+    /// Records that item `index` of the batch starts; `false` if the
+    /// parent has taken it (and those after it) for another worker.
+    #[inline]
+    pub(crate) fn started(&self, index: u64) -> bool {
+        match self.progress {
+            Some(p) => p.begin_item(self.batch, index, self.timed),
+            None => true,
+        }
     }
 }
 

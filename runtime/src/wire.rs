@@ -1303,11 +1303,12 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
     // up front saves growing (and copying) the buffer several times.
     crate::shm::huge::reserve(out, input.len());
     let mut index = 0u64;
+    let items = crate::child::Items::current();
     // A failed batch leaves its sender to drop what it deferred; nothing
     // of an earlier batch may end up in this one.
     drop(DEFERRED.take());
     while !input.is_empty() {
-        if !crate::child::item_started(index) {
+        if !items.started(index) {
             break; // the parent took the rest of the batch for another worker
         }
         index += 1;
@@ -1355,8 +1356,9 @@ fn invoke_dense<W: Worker>(input: &[u8], out: &mut Vec<u8>) -> Result<(u32, bool
     crate::shm::huge::reserve(out, input.len() / width * results.map_or(width + 1, |w| w));
     let mut dense = results.is_some();
     let mut index = 0u64;
+    let items = crate::child::Items::current();
     for bytes in input.chunks_exact(width) {
-        if !crate::child::item_started(index) {
+        if !items.started(index) {
             break; // the parent took the rest of the batch for another worker
         }
         index += 1;
