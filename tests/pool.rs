@@ -253,6 +253,88 @@ fn primitive_arguments_and_results_keep_their_values() {
     assert!(big.iter().zip(-500_000..500_000i64).all(|(&y, x)| y == -x));
 }
 
+#[worker]
+fn dec_i8(x: i8) -> i8 {
+    x.wrapping_sub(1)
+}
+
+#[worker]
+fn inc_u16(x: u16) -> u32 {
+    u32::from(x) + 1
+}
+
+#[worker]
+fn neg_i32(x: i32) -> i64 {
+    -i64::from(x)
+}
+
+#[worker]
+fn not_u32(x: u32) -> u32 {
+    !x
+}
+
+#[worker]
+fn not_u64(x: u64) -> u64 {
+    !x
+}
+
+#[worker]
+fn id_isize(x: isize) -> isize {
+    x
+}
+
+#[multiproc::test]
+fn integer_ranges_of_every_width_map_to_the_right_items() {
+    // A range goes to the workers as its first integer and a count, and
+    // each worker counts on from there: every width, signed ones across
+    // zero, up to the very last value of the type, inclusive and not, in
+    // batches and pieces of batches, through map, map_chunked and imap.
+    let pool = Pool::new(2).unwrap();
+    let want = |r: std::ops::RangeInclusive<i8>| r.map(|x| x.wrapping_sub(1)).collect::<Vec<_>>();
+    assert_eq!(pool.map(dec_i8, -128..=127).unwrap(), want(-128..=127));
+    assert_eq!(pool.map(dec_i8, -3..3).unwrap(), want(-3..=2));
+    assert_eq!(
+        pool.map(inc_u16, 60_000..=u16::MAX).unwrap(),
+        (60_000..=u32::from(u16::MAX))
+            .map(|x| x + 1)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        pool.map(neg_i32, -150_000..150_000).unwrap(),
+        (-150_000..150_000i64).map(|x| -x).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        pool.map_chunked(not_u32, u32::MAX - 999..=u32::MAX, 7)
+            .unwrap(),
+        (u32::MAX - 999..=u32::MAX).map(|x| !x).collect::<Vec<_>>()
+    );
+    let top = pool.map(not_u64, u64::MAX - 300_000..=u64::MAX).unwrap();
+    assert_eq!(top.len(), 300_001);
+    assert!(top.iter().rev().enumerate().all(|(i, &y)| y == i as u64));
+    let low: Vec<isize> = pool
+        .imap(id_isize, isize::MIN..isize::MIN + 100_000)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(low, (isize::MIN..isize::MIN + 100_000).collect::<Vec<_>>());
+    let mut unordered: Vec<isize> = pool
+        .imap_unordered(id_isize, -5_000..5_000)
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, (-5_000..5_000).collect::<Vec<_>>());
+    // Empty ranges, and a range already partly used.
+    assert!(pool.map(not_u64, 5..5).unwrap().is_empty());
+    #[allow(clippy::reversed_empty_ranges)]
+    let empty = 5..=4;
+    assert!(pool.map(not_u64, empty).unwrap().is_empty());
+    let mut partly = 10..20u64;
+    partly.nth(4);
+    assert_eq!(
+        pool.map(not_u64, partly).unwrap(),
+        (15..20u64).map(|x| !x).collect::<Vec<_>>()
+    );
+}
+
 #[multiproc::test]
 fn a_panic_in_a_dense_batch_costs_only_its_item() {
     let pool = Pool::builder().workers(2).retry_panics(0).build().unwrap();

@@ -112,8 +112,52 @@ fn pid_of(_item: u64) -> u32 {
     std::process::id()
 }
 
+/// Doubles `x`; on item 1234 it kills its own process the first time (runs
+/// are recorded in the test process's directory for this test, found
+/// through the parent's pid: a range's items are bare integers).
+#[worker]
+fn double_dying_once_at_1234(x: u64) -> u64 {
+    if x == 1234 {
+        let dir = range_dir(std::os::unix::process::parent_id());
+        if record_run(&dir, x) == 0 {
+            kill_self();
+        }
+    }
+    2 * x
+}
+
+fn range_dir(test_pid: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("reliability-range-{test_pid}"))
+}
+
 // ---------------------------------------------------------------------------
 // retries(n)
+
+#[multiproc::test]
+fn a_range_batch_whose_worker_dies_is_run_again_where_it_stopped() {
+    // `map` over `a..b` sends each batch as its first integer and a count;
+    // the batch a worker died in is cut at the item it died on and sent
+    // again as smaller ranges.
+    let dir = range_dir(std::process::id());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the run directory");
+    let pool = Pool::builder().workers(2).retries(1).build().unwrap();
+    let n = 200_000u64;
+    let out = pool.map(double_dying_once_at_1234, 0..n).unwrap();
+    let ran = runs(&dir, 1234);
+    assert_eq!(
+        ran.len(),
+        2,
+        "item 1234 ran {} times, expected 2",
+        ran.len()
+    );
+    assert_ne!(ran[0], ran[1], "the retry ran in the killed process");
+    assert_eq!(out.len() as u64, n);
+    for (x, y) in (0..n).zip(&out) {
+        assert_eq!(*y, 2 * x, "item {x}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
 #[multiproc::test]
 fn retries_rerun_a_crashed_task_in_a_new_process() {

@@ -260,7 +260,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     let mut next_frame = move || -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         let mut frame = Vec::new();
         match wire::read_frame(&mut reader, &mut frame)?.map(|tag| tag & !wire::DENSE) {
-            Some(wire::TAG_RUN | wire::TAG_RUN_SHARED) => {
+            Some(wire::TAG_RUN | wire::TAG_RUN_SHARED | wire::TAG_RUN_RANGE) => {
                 // The handles in the arguments came with the frame.
                 let n = frame
                     .get(9..13)
@@ -337,12 +337,19 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     next: 0,
                 });
             }
-            wire::TAG_RUN | wire::TAG_RUN_SHARED => {
+            wire::TAG_RUN | wire::TAG_RUN_SHARED | wire::TAG_RUN_RANGE => {
                 let mut cur = wire::Cursor(&frame[1..]);
                 let batch = cur.u64()?;
                 let _fds = cur.u32()?;
                 let name_len = cur.u32()? as usize;
                 let name = std::str::from_utf8(cur.take(name_len)?).unwrap_or("<invalid utf-8>");
+                // A range of integers: its width, first one and count.
+                let range = if tag == wire::TAG_RUN_RANGE {
+                    let width = cur.take(1)?[0];
+                    Some((cur.u64()?, cur.u32()?, usize::from(width)))
+                } else {
+                    None
+                };
                 let payload = if tag == wire::TAG_RUN_SHARED {
                     let offset = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
                     let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
@@ -381,8 +388,12 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     BATCH.with(|b| b.set(batch));
                 }
                 IN_TASK.with(|t| t.set(true));
-                let result =
-                    crate::fdpass::with_table(fds, || (entry.invoke())(payload, dense, &mut out));
+                let result = crate::fdpass::with_table(fds, || match range {
+                    Some((first, count, width)) => {
+                        (entry.invoke_range())(first, count, width, &mut out)
+                    }
+                    None => (entry.invoke())(payload, dense, &mut out),
+                });
                 IN_TASK.with(|t| t.set(false));
                 if let Some(p) = PROGRESS.get() {
                     p.end_batch();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::invoke_batch;
+use crate::wire::{invoke_batch, invoke_range};
 use crate::worker::Worker;
 
 /// Runs a batch of encoded arguments (dense or framed, see
@@ -16,12 +16,17 @@ use crate::worker::Worker;
 pub(crate) type InvokeFn =
     fn(input: &[u8], dense: bool, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
 
+/// [`wire::invoke_range`](crate::wire::invoke_range) of one worker.
+pub(crate) type InvokeRangeFn =
+    fn(first: u64, count: u32, width: usize, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
+
 /// One registered worker function: its name and how to run a batch of it.
 ///
 /// Created by `#[worker]`; not meant to be built by hand.
 pub struct WorkerEntry {
     name: &'static str,
     invoke: InvokeFn,
+    invoke_range: InvokeRangeFn,
 }
 
 impl WorkerEntry {
@@ -30,6 +35,7 @@ impl WorkerEntry {
         WorkerEntry {
             name: W::NAME,
             invoke: invoke_batch::<W>,
+            invoke_range: invoke_range::<W>,
         }
     }
 
@@ -40,6 +46,10 @@ impl WorkerEntry {
 
     pub(crate) fn invoke(&self) -> InvokeFn {
         self.invoke
+    }
+
+    pub(crate) fn invoke_range(&self) -> InvokeRangeFn {
+        self.invoke_range
     }
 }
 

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::worker::Worker;
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 8;
+pub(crate) const PROTOCOL_VERSION: u32 = 9;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.
@@ -46,6 +46,13 @@ pub(crate) const TAG_RUN_SHARED: u8 = 4;
 /// of the two reply arenas (`u64` each), the three descriptors attached;
 /// two zero lengths and no descriptors to drop them.
 pub(crate) const TAG_ARENAS: u8 = 5;
+/// A `RUN` frame whose arguments are consecutive integers (see
+/// [`take_range`]): the head of a `RUN` frame, then the width of one
+/// (`u8`), the first one's dense bytes as a `u64`, and how many (`u32`).
+/// Always [`DENSE`]: the child makes the arguments itself.
+pub(crate) const TAG_RUN_RANGE: u8 = 6;
+/// Bytes of a `RUN_RANGE` frame after the head of a `RUN` frame.
+pub(crate) const RANGE_BODY: usize = 1 + 8 + 4;
 // Child → parent.
 pub(crate) const TAG_HELLO: u8 = 16;
 pub(crate) const TAG_DONE: u8 = 17;
@@ -253,6 +260,73 @@ pub(crate) fn fill_dense<T: 'static>(
     // spare capacity (`room` is within it).
     unsafe { out.set_len(out.len() + count * width) };
     (count, count < limit)
+}
+
+// ---- ranges ---------------------------------------------------------------
+//
+// `pool.map(f, 0..n)` is the commonest call there is, and its arguments
+// need not travel: a batch of a range is its first integer and a count, and
+// the child counts on from there. Written out dense, a `map` over 10 M
+// `u64` had the caller write 80 MB, the drivers copy them into the request
+// buffers and the workers read them back from another core (the caller's
+// and the drivers' own CPU time was about a third of the map's).
+
+/// Whether `I` is a range (`a..b` or `a..=b`) of integers with a
+/// [`dense_width`]: its items are consecutive, each the one before plus 1.
+fn is_integer_range<I: Iterator>() -> bool
+where
+    I::Item: 'static,
+{
+    if dense_width::<I::Item>().is_none() {
+        return false;
+    }
+    // `typeid::of` also takes types that are not `'static` (it sees them
+    // with their lifetimes made `'static`; a range has none).
+    let t = typeid::of::<I>();
+    t == typeid::of::<std::ops::Range<I::Item>>()
+        || t == typeid::of::<std::ops::RangeInclusive<I::Item>>()
+}
+
+/// Takes up to `limit` items of `input` (`limit >= 1`) if it is a range of
+/// integers ([`is_integer_range`]), without writing them out: the first
+/// one's dense bytes as a `u64` (zero-extended: the child adds to it and
+/// keeps the low bytes, which is right for signed types too), how many, and
+/// whether `input` ran out. `None` if `input` is not such a range.
+pub(crate) fn take_range<I: Iterator>(input: &mut I, limit: usize) -> Option<(u64, usize, bool)>
+where
+    I::Item: 'static,
+{
+    if !is_integer_range::<I>() {
+        return None;
+    }
+    let Some(first) = input.next() else {
+        return Some((0, 0, true));
+    };
+    // A range knows its length exactly (or that it is at least
+    // `usize::MAX`), and `nth` steps over items without making each.
+    let more = input.size_hint().0.min(limit.saturating_sub(1));
+    if more > 0 {
+        input.nth(more - 1);
+    }
+    let exhausted = input.size_hint().1 == Some(0);
+    Some((u64::from_le_bytes(dense_bytes(&first)), more + 1, exhausted))
+}
+
+/// The `k`-th integer of a range batch that starts at `first`, as the
+/// dense bytes of its type (the first `width` of the eight).
+#[inline(always)]
+fn range_item(first: u64, k: u64) -> [u8; 8] {
+    first.wrapping_add(k).to_le_bytes()
+}
+
+/// The dense batch of `count` integers of `width` bytes from `first` (see
+/// [`take_range`]), written out.
+pub(crate) fn range_bytes(first: u64, count: u32, width: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count as usize * width);
+    for k in 0..u64::from(count) {
+        out.extend_from_slice(&range_item(first, k)[..width]);
+    }
+    out
 }
 
 /// The `T` in `bytes` (exactly its [`dense_width`]); `None` if they are
@@ -1351,18 +1425,49 @@ fn invoke_dense<W: Worker>(input: &[u8], out: &mut Vec<u8>) -> Result<(u32, bool
             type_name::<W::Args>()
         ));
     };
+    run_dense::<W, _>(input.len() / width, width, input.chunks_exact(width), out)
+}
+
+/// Runs a `RUN_RANGE` batch through worker `W`: `count` integers of
+/// `width` bytes from `first` ([`take_range`]), made here one at a time.
+/// As [`invoke_batch`] otherwise. Runs in the child.
+pub(crate) fn invoke_range<W: Worker>(
+    first: u64,
+    count: u32,
+    width: usize,
+    out: &mut Vec<u8>,
+) -> Result<(u32, bool), String> {
+    if dense_width::<W::Args>() != Some(width) {
+        return Err(format!(
+            "a range of {width}-byte integers for arguments of type `{}`",
+            type_name::<W::Args>()
+        ));
+    }
+    let args = (0..u64::from(count)).map(|k| range_item(first, k));
+    run_dense::<W, _>(count as usize, width, args, out)
+}
+
+/// The loop of [`invoke_dense`] and [`invoke_range`]: `count` arguments,
+/// each the first `width` bytes of what `args` yields.
+#[inline(always)]
+fn run_dense<W: Worker, B: AsRef<[u8]>>(
+    count: usize,
+    width: usize,
+    args: impl Iterator<Item = B>,
+    out: &mut Vec<u8>,
+) -> Result<(u32, bool), String> {
     let results = dense_width::<W::Output>();
     let start = out.len();
-    crate::shm::huge::reserve(out, input.len() / width * results.map_or(width + 1, |w| w));
+    crate::shm::huge::reserve(out, count * results.map_or(width + 1, |w| w));
     let mut dense = results.is_some();
     let mut index = 0u64;
     let items = crate::child::Items::current();
-    for bytes in input.chunks_exact(width) {
+    for bytes in args {
         if !items.started(index) {
             break; // the parent took the rest of the batch for another worker
         }
         index += 1;
-        let Some(args) = get_dense::<W::Args>(bytes) else {
+        let Some(args) = get_dense::<W::Args>(&bytes.as_ref()[..width]) else {
             return Err(format!(
                 "argument {} of a dense batch is not a `{}`",
                 index - 1,
@@ -1677,6 +1782,98 @@ mod tests {
             assert!(x != 13, "thirteen");
             u64::from(x) * 2
         }
+    }
+
+    /// What `take_range` takes of `input` with `limit`, written out as
+    /// the dense bytes the child would make, with the items it left.
+    fn taken<I: Iterator + Clone>(mut input: I, limit: usize) -> Option<(Vec<u8>, bool, Vec<u8>)>
+    where
+        I::Item: Serialize + 'static,
+    {
+        let width = dense_width::<I::Item>()?;
+        let (first, count, exhausted) = take_range(&mut input, limit)?;
+        let mut left = Vec::new();
+        for x in input {
+            put_dense(&mut left, &x);
+        }
+        Some((range_bytes(first, count as u32, width), exhausted, left))
+    }
+
+    fn dense_of<T: Serialize + 'static>(values: impl IntoIterator<Item = T>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in values {
+            put_dense(&mut out, &v);
+        }
+        out
+    }
+
+    #[test]
+    fn ranges_are_taken_as_their_first_integer_and_a_count() {
+        // Signed types across zero and at their ends, unsigned at the top,
+        // inclusive ranges up to the last value, limits short of the end.
+        assert_eq!(taken(-3i8..3, 100), Some((dense_of(-3i8..3), true, vec![])));
+        assert_eq!(
+            taken(i8::MIN..=i8::MAX, 1_000),
+            Some((dense_of(i8::MIN..=i8::MAX), true, vec![]))
+        );
+        assert_eq!(
+            taken(-70_000i32..70_000, 100_000),
+            Some((
+                dense_of(-70_000i32..30_000),
+                false,
+                dense_of(30_000i32..70_000)
+            ))
+        );
+        assert_eq!(
+            taken(u64::MAX - 5..=u64::MAX, 4),
+            Some((
+                dense_of(u64::MAX - 5..u64::MAX - 1),
+                false,
+                dense_of(u64::MAX - 1..=u64::MAX)
+            ))
+        );
+        assert_eq!(
+            taken(u16::MAX - 2..=u16::MAX, 3),
+            Some((dense_of(u16::MAX - 2..=u16::MAX), true, vec![]))
+        );
+        assert_eq!(
+            taken(isize::MIN..isize::MIN + 3, 1),
+            Some((
+                dense_of([isize::MIN]),
+                false,
+                dense_of(isize::MIN + 1..isize::MIN + 3)
+            ))
+        );
+        assert_eq!(taken(7u32..7, 5), Some((vec![], true, vec![])));
+        // Not ranges of integers: nothing is taken.
+        assert_eq!(taken((0u64..10).map(|x| x + 1), 5), None);
+        assert_eq!(taken((0u64..10).step_by(2), 5), None);
+        assert_eq!(taken(vec![1u64, 2].into_iter(), 5), None);
+        assert_eq!(taken('a'..='z', 5), None);
+        let mut untouched = (0u64..10).rev();
+        assert_eq!(take_range(&mut untouched, 5), None);
+        assert_eq!(untouched.next(), Some(9));
+    }
+
+    #[test]
+    fn a_range_batch_runs_as_its_dense_batch_would() {
+        let mut dense_out = vec![7];
+        let input = dense_of(1u32..13);
+        let want = invoke_batch::<Double>(&input, true, &mut dense_out);
+        let mut range_out = vec![7];
+        let first = u64::from_le_bytes(dense_bytes(&1u32));
+        assert_eq!(invoke_range::<Double>(first, 12, 4, &mut range_out), want);
+        assert_eq!(range_out, dense_out);
+        // Through the panicking item, too: framed from there on, the same.
+        let mut dense_out = Vec::new();
+        let want = invoke_batch::<Double>(&dense_of(10u32..20), true, &mut dense_out);
+        let mut range_out = Vec::new();
+        assert_eq!(invoke_range::<Double>(10, 10, 4, &mut range_out), want);
+        assert_eq!(want, Ok((10, false)));
+        assert_eq!(range_out, dense_out);
+        // A width that is not the arguments' is refused.
+        let err = invoke_range::<Double>(0, 3, 8, &mut Vec::new()).unwrap_err();
+        assert!(err.contains("range of 8-byte integers"), "{err}");
     }
 
     #[test]

@@ -398,9 +398,11 @@ fn send_job(
     in_flight: &VecDeque<Sent>,
 ) -> std::io::Result<Option<(usize, usize)>> {
     let len = job.payload.len();
-    let large = len >= ARENA_FROM;
+    let range = job.payload.as_range();
+    // A range is sent as its first integer and count: no request arena.
+    let large = len >= ARENA_FROM && range.is_none();
     if in_flight.is_empty() {
-        if large {
+        if len >= ARENA_FROM {
             // Results are usually about as large as their arguments.
             worker.reply_wanted = worker.reply_wanted.max(len + wire::DONE_HEADER + 64);
         }
@@ -409,6 +411,15 @@ fn send_job(
             // Without them (`false`), frames go through the socket.
             worker.ensure_arenas(if large { ring } else { 0 })?;
         }
+    }
+    if let Some((first, count, width)) = range {
+        run_head(buf, wire::TAG_RUN_RANGE | wire::DENSE, batch, job.worker, 0);
+        buf.push(u8::try_from(width).expect("a dense width is at most 8"));
+        buf.extend_from_slice(&first.to_le_bytes());
+        buf.extend_from_slice(&count.to_le_bytes());
+        wire::finish_frame_with(buf, 0)?;
+        crate::fdpass::write_parts_with_fds(&mut worker.writer, &[buf], &[])?;
+        return Ok(None);
     }
     let region = match &worker.arenas {
         Some(arenas) if large => ring_offset(regions(in_flight), arenas.request.capacity(), len),
@@ -557,7 +568,7 @@ fn serve_batches(
                 let ahead: usize = in_flight
                     .iter()
                     .skip(1)
-                    .map(|s| s.region.map_or(s.job.payload.len(), |_| 0) + FRAME_OVERHEAD)
+                    .map(|s| s.region.map_or(s.job.payload.sent_len(), |_| 0) + FRAME_OVERHEAD)
                     .sum();
                 PIPELINE_MAX_BYTES.saturating_sub(ahead + FRAME_OVERHEAD)
             };

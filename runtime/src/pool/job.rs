@@ -80,6 +80,23 @@ pub(crate) enum Payload {
     /// needs the bytes in one piece (a failed call's retry, say) joins them
     /// once, the first time.
     Split(Box<Split>),
+    /// The dense arguments of a batch of consecutive integers (`map` over
+    /// `a..b`, see [`wire::take_range`]), not written out: the driver sends
+    /// the first and the count, and the child makes the rest. What needs
+    /// the bytes themselves (one item's retry, a batch for an MPI rank)
+    /// has them written out, once.
+    Range(Box<RangeArgs>),
+}
+
+/// The integers of a [`Payload::Range`].
+#[derive(Debug)]
+pub(crate) struct RangeArgs {
+    /// The first one's dense bytes, zero-extended.
+    first: u64,
+    count: u32,
+    /// Bytes of one in a dense batch.
+    width: usize,
+    written: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// The pieces of a [`Payload::Split`].
@@ -110,6 +127,9 @@ impl std::ops::Deref for Payload {
             Payload::Owned(buf) => buf,
             Payload::Shared { buf, start, end } => &buf[*start..*end],
             Payload::Split(s) => s.joined.get_or_init(|| [&s.head[..], &s.body].concat()),
+            Payload::Range(r) => r
+                .written
+                .get_or_init(|| wire::range_bytes(r.first, r.count, r.width)),
         }
     }
 }
@@ -130,11 +150,38 @@ impl Payload {
         }))
     }
 
-    /// Its length in bytes.
+    /// `count` consecutive integers of `width` bytes from `first`.
+    pub(crate) fn range(first: u64, count: u32, width: usize) -> Payload {
+        Payload::Range(Box::new(RangeArgs {
+            first,
+            count,
+            width,
+            written: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The first integer, count and width of a [`Payload::Range`].
+    pub(crate) fn as_range(&self) -> Option<(u64, u32, usize)> {
+        match self {
+            Payload::Range(r) => Some((r.first, r.count, r.width)),
+            _ => None,
+        }
+    }
+
+    /// Its length in bytes (a range's, written out).
     pub(crate) fn len(&self) -> usize {
         match self {
             Payload::Split(s) => s.head.len() + s.body.len(),
+            Payload::Range(r) => r.count as usize * r.width,
             _ => (**self).len(),
+        }
+    }
+
+    /// The bytes it takes on the socket: a range's first integer and count.
+    pub(crate) fn sent_len(&self) -> usize {
+        match self {
+            Payload::Range(_) => wire::RANGE_BODY,
+            _ => self.len(),
         }
     }
 
@@ -150,6 +197,18 @@ impl Payload {
     /// them: both parts then share the buffer.
     fn split_off(&mut self, at: usize) -> Payload {
         assert!(at <= self.len(), "split beyond the payload");
+        if let Payload::Range(r) = self {
+            // Two ranges: the items from `at / width` on start further up.
+            let k = u32::try_from(at / r.width.max(1)).expect("within the count");
+            let rest = Payload::range(r.first.wrapping_add(u64::from(k)), r.count - k, r.width);
+            **r = RangeArgs {
+                first: r.first,
+                count: k,
+                width: r.width,
+                written: std::sync::OnceLock::new(),
+            };
+            return rest;
+        }
         let (buf, start, end) = match std::mem::take(self) {
             Payload::Owned(buf) => {
                 let end = buf.len();
@@ -161,6 +220,7 @@ impl Payload {
                 let end = buf.len();
                 (Arc::new(buf), 0, end)
             }
+            Payload::Range(_) => unreachable!("split above"),
         };
         *self = Payload::Shared {
             buf: buf.clone(),
@@ -180,6 +240,7 @@ impl Payload {
             Payload::Owned(buf) => Some(buf),
             Payload::Shared { buf, .. } => Arc::try_unwrap(buf).ok(),
             Payload::Split(s) => Some(s.body),
+            Payload::Range(r) => r.written.into_inner(),
         }
     }
 }
@@ -752,7 +813,7 @@ impl Queue {
                 }
             }
             if let Some(i) = pick {
-                if !fits(s.jobs[i].payload.len()) {
+                if !fits(s.jobs[i].payload.sent_len()) {
                     return Next::Nothing;
                 }
                 let job = s.jobs.remove(i).expect("the index was just found");
@@ -888,6 +949,28 @@ mod tests {
         let mut payload = Payload::split(vec![1], vec![2, 3, 4]);
         let tail = payload.split_off(2);
         assert_eq!((&payload[..], &tail[..]), (&[1u8, 2][..], &[3u8, 4][..]));
+    }
+
+    #[test]
+    fn a_range_payload_splits_into_ranges_and_reads_as_its_dense_batch() {
+        // -3..5 as i16: two bytes each, zero-extended bits for the first.
+        let first = u64::from(u16::from_le_bytes((-3i16).to_le_bytes()));
+        let dense: Vec<u8> = (-3i16..5).flat_map(i16::to_le_bytes).collect();
+        let sink = Sink::Stream(std::sync::mpsc::channel().0);
+        let mut job = Job::new("w", Payload::range(first, 8, 2), 8, sink);
+        job.dense = Some(2);
+        job.first_index = Some(0);
+        assert_eq!(job.payload.len(), 16);
+        assert_eq!(job.payload.sent_len(), wire::RANGE_BODY);
+        let (head, tail) = job.split_at(3);
+        // Both parts are still ranges: nothing was written out to cut them.
+        assert_eq!(head.payload.as_range(), Some((first, 3, 2)));
+        assert_eq!(tail.payload.as_range(), Some((first.wrapping_add(3), 5, 2)));
+        assert_eq!(tail.first_index, Some(3));
+        assert_eq!(&head.payload[..], &dense[..6]);
+        assert_eq!(&tail.payload[..], &dense[6..]);
+        assert_eq!(tail.item_args()[2], &2i16.to_le_bytes()[..]);
+        assert_eq!(tail.payload.parts()[0], &dense[6..]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::Pool;
 use super::collect::{Collector, Store};
-use super::job::{Job, MARK_EVERY, Outcome, Reply, Sink};
+use super::job::{Job, MARK_EVERY, Outcome, Payload, Reply, Sink};
 use crate::error::{CodecSide, Error, ErrorKind, Result};
 use crate::wire::{self, PanicReport};
 use crate::worker::Worker;
@@ -295,6 +295,23 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let limit = match self.chunking {
                 Chunking::Fixed(n) | Chunking::Adaptive(n) => n.max(1),
             };
+            let dense = wire::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
+            if let Some(width) = dense {
+                let room = limit.min(MAX_BATCH_BYTES.div_ceil(width));
+                // A range of integers goes as its first one and a count.
+                if let Some((start, count, exhausted)) = wire::take_range(input, room) {
+                    if exhausted {
+                        self.input = None;
+                    }
+                    if count == 0 {
+                        return;
+                    }
+                    self.bytes_per_item = width;
+                    let payload = Payload::range(start, count as u32, width);
+                    self.send(payload, count, Vec::new(), dense, Vec::new());
+                    continue;
+                }
+            }
             let mut payload = std::mem::take(&mut self.buf);
             payload.clear();
             // Size the buffer from the last batch's bytes per item, so that
@@ -308,7 +325,6 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             );
             let first = self.next_input;
             let mut marks = Vec::new();
-            let dense = wire::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
             let ((count, encode_error, exhausted), fds) = if dense.is_some() {
                 // Primitives: no handles to capture, no encoding that fails.
                 let width = dense.unwrap_or(1);
@@ -349,25 +365,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 self.bytes_per_item = per_item.max(1);
             }
             if count > 0 {
-                let end = first + count as u64;
-                let sink = match &self.store {
-                    Some((store, len)) if end <= *len => {
-                        self.collected += count as u64;
-                        Sink::Collect(store.clone())
-                    }
-                    _ => Sink::Stream(self.tx.clone()),
-                };
-                let mut job = Job::new(W::NAME, payload.into(), count as u32, sink);
-                job.first_index = Some(first);
-                job.marks = marks;
-                job.dense = dense;
-                job.abandoned = Some(self.abandoned.clone());
-                job.retries = self.pool.shared.retries;
-                job.panic_retries = self.pool.shared.panic_retries;
-                job.fds = Job::fd_table(fds);
-                self.next_input += count as u64;
-                self.open.insert(first, (self.next_input, count as u64));
-                self.pool.shared.queue.push(job);
+                self.send(payload.into(), count, marks, dense, fds);
             } else {
                 // Nothing to send: keep the buffer (freeing a large one is
                 // a `munmap`, which stalls every thread of the process).
@@ -385,6 +383,37 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 return;
             }
         }
+    }
+
+    /// Queues the next `count` items of the input as one batch.
+    fn send(
+        &mut self,
+        payload: Payload,
+        count: usize,
+        marks: Vec<(u32, u32)>,
+        dense: Option<usize>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) {
+        let first = self.next_input;
+        let end = first + count as u64;
+        let sink = match &self.store {
+            Some((store, len)) if end <= *len => {
+                self.collected += count as u64;
+                Sink::Collect(store.clone())
+            }
+            _ => Sink::Stream(self.tx.clone()),
+        };
+        let mut job = Job::new(W::NAME, payload, count as u32, sink);
+        job.first_index = Some(first);
+        job.marks = marks;
+        job.dense = dense;
+        job.abandoned = Some(self.abandoned.clone());
+        job.retries = self.pool.shared.retries;
+        job.panic_retries = self.pool.shared.panic_retries;
+        job.fds = Job::fd_table(fds);
+        self.next_input = end;
+        self.open.insert(first, (end, count as u64));
+        self.pool.shared.queue.push(job);
     }
 
     /// Records an item that failed before it was sent.
