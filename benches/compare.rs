@@ -322,8 +322,9 @@ fn run() -> Result<(), BoxError> {
     }
     let mut growth_row = None;
     if want("map") {
-        let (map_row, growth) = map_and_growth(&sizes, &python, &pool, &threads)?;
+        let (map_row, from_vec, growth) = map_and_growth(&sizes, &python, &pool, &threads)?;
         rows.push(map_row);
+        rows.push(from_vec);
         growth_row = Some(growth);
     }
     if want("imap") {
@@ -544,19 +545,23 @@ fn apply(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
     })
 }
 
-/// `map(x + 1)` over 10 M `u64` (with sequential and rayon beside it), and
-/// the cost growth of the same map from 10 k to 10 M items.
+/// `map(x + 1)` over 10 M `u64` (with sequential and rayon beside it), the
+/// same over a `Vec` of them (a range's arguments do not travel: the
+/// workers count them out; a `Vec`'s are sent), and the cost growth of the
+/// map from 10 k to 10 M items.
 fn map_and_growth(
     sizes: &Sizes,
     python: &Python,
     pool: &Pool,
     threads: &rayon::ThreadPool,
-) -> Result<(Row, Row), BoxError> {
+) -> Result<(Row, Row, Row), BoxError> {
     progress("map(x + 1) and its cost growth");
     let n = sizes.map;
     let (mut seq, mut ray) = (Vec::new(), Vec::new());
     let mut growth: Vec<Vec<f64>> = vec![Vec::new(); sizes.growth.len()];
     let mut caller = Vec::new();
+    let input: Vec<u64> = (0..n).collect();
+    let mut from_vec = Vec::new();
     for _ in 0..sizes.slow_rounds {
         seq.push(seconds(|| {
             (0..black_box(n)).map(*inc).collect::<Vec<u64>>()
@@ -582,6 +587,12 @@ fn map_and_growth(
                 return Err("map(x + 1) returned wrong results".into());
             }
             drop(black_box(out));
+        }
+        let t = Instant::now();
+        let out = pool.map(inc, input.iter().copied())?;
+        from_vec.push(t.elapsed().as_secs_f64());
+        if out.len() as u64 != n || out.last() != Some(&n) {
+            return Err("map(x + 1) over a Vec returned wrong results".into());
         }
     }
     let py = python.run("map");
@@ -618,6 +629,24 @@ fn map_and_growth(
         ok: ok.to_owned(),
     };
 
+    let vec_time = median(&from_vec);
+    let vec_ratio = py
+        .as_ref()
+        .map(|p| n as f64 / vec_time / (p.items / p.median));
+    let vec_row = Row {
+        workload: format!(
+            "`map(x + 1)` over a `Vec` of {} u64 (its arguments are sent; a range's are not)",
+            fmt_count(n as f64)
+        ),
+        sequential: "—".to_owned(),
+        rayon: "—".to_owned(),
+        multiproc: format!("{} ({})", fmt_time(vec_time), fmt_rate(n as f64 / vec_time)),
+        python: "—".to_owned(),
+        ratio: vec_ratio.map_or("—".to_owned(), |r| format!("{r:.2}× Python per item")),
+        target: "the `map` target, with its arguments sent".to_owned(),
+        ok: vec_ratio.map_or("?", |r| mark(r >= 10.0)).to_owned(),
+    };
+
     let per_item: Vec<f64> = medians
         .iter()
         .zip(&sizes.growth)
@@ -652,7 +681,7 @@ fn map_and_growth(
         target: "within ±25% after the first".to_owned(),
         ok: mark(spread <= 0.25).to_owned(),
     };
-    Ok((map_row, growth_row))
+    Ok((map_row, vec_row, growth_row))
 }
 
 fn imap(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
