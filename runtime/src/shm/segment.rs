@@ -5,7 +5,7 @@
 //! or the temp dir when a process crashes, and the memory is freed with the
 //! last descriptor and mapping. Clones share one mapping (an [`Arc`]); a
 //! segment sent to a worker travels as its descriptor (see
-//! [`fdpass`](crate::fdpass)) plus its length, and the worker maps it again.
+//! [`fdpass`]) plus its length, and the worker maps it again.
 //!
 //! Every segment is sealed against growing and shrinking
 //! (`F_SEAL_GROW | F_SEAL_SHRINK`), so no process can truncate it under a
