@@ -2,8 +2,10 @@
 //!
 //! - `round_trip`: one tiny task through `apply`, and through `submit` +
 //!   `wait`, on a pool of 1 — the cost a single call pays;
-//! - `batch`: one batch of 65,536 `x + 1` items through `map_chunked` (encode
-//!   in the parent, socket, decode + run + encode in the child, decode back);
+//! - `batch`: one batch of 65,536 `x + 1` items through `map_chunked`, from
+//!   a range (sent as its first integer and a count; the child counts the
+//!   arguments out) and from a `Vec` (the arguments are written out dense
+//!   and sent); the results come back dense and are decoded in the parent;
 //! - `codec`: postcard's own encoder and decoder on the wire's item format,
 //!   without any process: a batch of 65,536 `u64` items, and a 1 MiB
 //!   `Vec<u8>` (which serde encodes element by element). The runtime now
@@ -11,7 +13,8 @@
 //!   (`wire.rs`, internal): these rows are postcard's baseline; the
 //!   runtime's codec is measured through `batch` and the compare bench.
 //!
-//! Queue put/get will join when multiproc has a `Queue` (the ipc issue).
+//! - `queue`: one `put` and one `get` of a `u64` through a `Queue`, in one
+//!   process.
 //!
 //! ```text
 //! cargo bench --bench micro
@@ -48,6 +51,15 @@ fn batch(c: &mut Criterion, pool: &Pool) {
     g.bench_function("map_chunked_65536", |b| {
         b.iter(|| {
             pool.map_chunked(inc, 0..black_box(BATCH), BATCH as usize)
+                .expect("map")
+        })
+    });
+    // The same batch from a `Vec`: its arguments are sent (a range's are
+    // not: the worker counts them out).
+    let input: Vec<u64> = (0..BATCH).collect();
+    g.bench_function("map_chunked_vec_65536", |b| {
+        b.iter(|| {
+            pool.map_chunked(inc, black_box(&input).iter().copied(), BATCH as usize)
                 .expect("map")
         })
     });
