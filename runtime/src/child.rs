@@ -388,12 +388,16 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     BATCH.with(|b| b.set(batch));
                 }
                 IN_TASK.with(|t| t.set(true));
-                let result = crate::fdpass::with_table(fds, || match range {
-                    Some((first, count, width)) => {
-                        (entry.invoke_range())(first, count, width, &mut out)
-                    }
-                    None => (entry.invoke())(payload, dense, &mut out),
-                });
+                let args = match range {
+                    Some((first, count, width)) => wire::Args::Range {
+                        first,
+                        count,
+                        width,
+                    },
+                    None if dense => wire::Args::Dense(payload),
+                    None => wire::Args::Framed(payload),
+                };
+                let result = crate::fdpass::with_table(fds, || (entry.invoke())(args, &mut out));
                 IN_TASK.with(|t| t.set(false));
                 if let Some(p) = PROGRESS.get() {
                     p.end_batch();

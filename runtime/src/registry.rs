@@ -7,18 +7,13 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{invoke_batch, invoke_range};
+use crate::wire::{Args, invoke_batch};
 use crate::worker::Worker;
 
-/// Runs a batch of encoded arguments (dense or framed, see
-/// [`crate::wire::dense_width`]) and appends the encoded results: how many
-/// ran, and whether the results are dense.
-pub(crate) type InvokeFn =
-    fn(input: &[u8], dense: bool, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
-
-/// [`wire::invoke_range`](crate::wire::invoke_range) of one worker.
-pub(crate) type InvokeRangeFn =
-    fn(first: u64, count: u32, width: usize, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
+/// Runs a batch of arguments (framed, dense or a range, see
+/// [`crate::wire::Args`]) and appends the encoded results: how many ran,
+/// and whether the results are dense.
+pub(crate) type InvokeFn = fn(args: Args<'_>, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
 
 /// One registered worker function: its name and how to run a batch of it.
 ///
@@ -26,7 +21,6 @@ pub(crate) type InvokeRangeFn =
 pub struct WorkerEntry {
     name: &'static str,
     invoke: InvokeFn,
-    invoke_range: InvokeRangeFn,
 }
 
 impl WorkerEntry {
@@ -35,7 +29,6 @@ impl WorkerEntry {
         WorkerEntry {
             name: W::NAME,
             invoke: invoke_batch::<W>,
-            invoke_range: invoke_range::<W>,
         }
     }
 
@@ -46,10 +39,6 @@ impl WorkerEntry {
 
     pub(crate) fn invoke(&self) -> InvokeFn {
         self.invoke
-    }
-
-    pub(crate) fn invoke_range(&self) -> InvokeRangeFn {
-        self.invoke_range
     }
 }
 

@@ -148,15 +148,8 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
 /// them (Linux 5.3); `None` otherwise. The child is not reaped yet, so its
 /// pid cannot name another process.
 pub(crate) fn pidfd(child: &Child) -> Option<OwnedFd> {
-    let pid = libc::pid_t::try_from(child.id()).ok()?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; it touches no memory of ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = std::os::fd::RawFd::try_from(fd)
-        .ok()
-        .filter(|&fd| fd >= 0)?;
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 /// Waits until `fd` has data (or EOF) to read, for at most `timeout`.

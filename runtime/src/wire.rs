@@ -312,6 +312,16 @@ where
     Some((u64::from_le_bytes(dense_bytes(&first)), more + 1, exhausted))
 }
 
+/// The body of a `RUN_RANGE` frame after its head: the width of one
+/// integer, the first one (see [`take_range`]) and how many.
+pub(crate) fn range_body(first: u64, count: u32, width: usize) -> [u8; RANGE_BODY] {
+    let mut body = [0; RANGE_BODY];
+    body[0] = u8::try_from(width).expect("a dense width is at most 8");
+    body[1..9].copy_from_slice(&first.to_le_bytes());
+    body[9..].copy_from_slice(&count.to_le_bytes());
+    body
+}
+
 /// The `k`-th integer of a range batch that starts at `first`, as the
 /// dense bytes of its type (the first `width` of the eight).
 #[inline(always)]
@@ -1356,19 +1366,38 @@ fn decode_error(e: &postcard::Error) -> String {
     e.to_string()
 }
 
-/// Runs the items of a `RUN` body through worker `W` and appends one result
+/// The arguments of a batch, as the child received them.
+pub(crate) enum Args<'a> {
+    /// Framed items.
+    Framed(&'a [u8]),
+    /// Dense values (see [`dense_width`]).
+    Dense(&'a [u8]),
+    /// `count` consecutive integers of `width` bytes from `first` (see
+    /// [`take_range`]).
+    Range {
+        first: u64,
+        count: u32,
+        width: usize,
+    },
+}
+
+/// Runs the arguments of a batch through worker `W` and appends one result
 /// per argument to `out`; returns how many it ran (all, unless the parent
 /// asked it to stop early), and whether the results are dense (only if the
 /// arguments were). Runs in the child.
 pub(crate) fn invoke_batch<W: Worker>(
-    input: &[u8],
-    dense: bool,
+    args: Args<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(u32, bool), String> {
-    if dense {
-        return invoke_dense::<W>(input, out);
+    match args {
+        Args::Framed(input) => invoke_framed::<W>(input, out).map(|ran| (ran, false)),
+        Args::Dense(input) => invoke_dense::<W>(input, out),
+        Args::Range {
+            first,
+            count,
+            width,
+        } => invoke_range::<W>(first, count, width, out),
     }
-    invoke_framed::<W>(input, out).map(|ran| (ran, false))
 }
 
 /// [`invoke_batch`] of framed argument items.
@@ -1428,10 +1457,9 @@ fn invoke_dense<W: Worker>(input: &[u8], out: &mut Vec<u8>) -> Result<(u32, bool
     run_dense::<W, _>(input.len() / width, width, input.chunks_exact(width), out)
 }
 
-/// Runs a `RUN_RANGE` batch through worker `W`: `count` integers of
-/// `width` bytes from `first` ([`take_range`]), made here one at a time.
-/// As [`invoke_batch`] otherwise. Runs in the child.
-pub(crate) fn invoke_range<W: Worker>(
+/// [`invoke_batch`] of a range: `count` integers of `width` bytes from
+/// `first` ([`take_range`]), made here one at a time.
+fn invoke_range<W: Worker>(
     first: u64,
     count: u32,
     width: usize,
@@ -1859,20 +1887,48 @@ mod tests {
     fn a_range_batch_runs_as_its_dense_batch_would() {
         let mut dense_out = vec![7];
         let input = dense_of(1u32..13);
-        let want = invoke_batch::<Double>(&input, true, &mut dense_out);
+        let want = invoke_batch::<Double>(Args::Dense(&input), &mut dense_out);
         let mut range_out = vec![7];
         let first = u64::from_le_bytes(dense_bytes(&1u32));
-        assert_eq!(invoke_range::<Double>(first, 12, 4, &mut range_out), want);
+        assert_eq!(
+            invoke_batch::<Double>(
+                Args::Range {
+                    first,
+                    count: 12,
+                    width: 4
+                },
+                &mut range_out
+            ),
+            want
+        );
         assert_eq!(range_out, dense_out);
         // Through the panicking item, too: framed from there on, the same.
         let mut dense_out = Vec::new();
-        let want = invoke_batch::<Double>(&dense_of(10u32..20), true, &mut dense_out);
+        let want = invoke_batch::<Double>(Args::Dense(&dense_of(10u32..20)), &mut dense_out);
         let mut range_out = Vec::new();
-        assert_eq!(invoke_range::<Double>(10, 10, 4, &mut range_out), want);
+        assert_eq!(
+            invoke_batch::<Double>(
+                Args::Range {
+                    first: 10,
+                    count: 10,
+                    width: 4
+                },
+                &mut range_out
+            ),
+            want
+        );
         assert_eq!(want, Ok((10, false)));
         assert_eq!(range_out, dense_out);
         // A width that is not the arguments' is refused.
-        let err = invoke_range::<Double>(0, 3, 8, &mut Vec::new()).unwrap_err();
+        let err = invoke_batch::<Double>(
+            Args::Range {
+                first: 0,
+                count: 3,
+                width: 8,
+            },
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert!(err.contains("range of 8-byte integers"), "{err}");
     }
 
@@ -1884,7 +1940,7 @@ mod tests {
         }
         let mut out = vec![7];
         assert_eq!(
-            invoke_batch::<Double>(&input, true, &mut out),
+            invoke_batch::<Double>(Args::Dense(&input), &mut out),
             Ok((3, true))
         );
         assert_eq!(
@@ -1900,7 +1956,7 @@ mod tests {
         put_dense(&mut input, &20u32);
         let mut out = vec![7];
         assert_eq!(
-            invoke_batch::<Double>(&input, true, &mut out),
+            invoke_batch::<Double>(Args::Dense(&input), &mut out),
             Ok((5, false))
         );
         let mut rest = &out[1..];
@@ -1920,7 +1976,7 @@ mod tests {
         assert!(rest.is_empty());
 
         // A dense batch whose length is not a whole number of arguments.
-        let err = invoke_batch::<Double>(&input[..7], true, &mut out).unwrap_err();
+        let err = invoke_batch::<Double>(Args::Dense(&input[..7]), &mut out).unwrap_err();
         assert!(err.contains("dense batch of 7 bytes"), "{err}");
         // The same items framed: framed results.
         let mut framed = Vec::new();
@@ -1929,7 +1985,7 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(
-            invoke_batch::<Double>(&framed, false, &mut out),
+            invoke_batch::<Double>(Args::Framed(&framed), &mut out),
             Ok((2, false))
         );
         assert_eq!(next_item(&mut &out[..]).map(|i| i.0), Some(ITEM_OK));

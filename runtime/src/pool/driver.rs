@@ -412,24 +412,18 @@ fn send_job(
             worker.ensure_arenas(if large { ring } else { 0 })?;
         }
     }
-    if let Some((first, count, width)) = range {
-        run_head(buf, wire::TAG_RUN_RANGE | wire::DENSE, batch, job.worker, 0);
-        buf.push(u8::try_from(width).expect("a dense width is at most 8"));
-        buf.extend_from_slice(&first.to_le_bytes());
-        buf.extend_from_slice(&count.to_le_bytes());
-        wire::finish_frame_with(buf, 0)?;
-        crate::fdpass::write_parts_with_fds(&mut worker.writer, &[buf], &[])?;
-        return Ok(None);
-    }
     let region = match &worker.arenas {
         Some(arenas) if large => ring_offset(regions(in_flight), arenas.request.capacity(), len),
         _ => None,
     }
     .map(|at| (at, at + len));
-    // The payload goes in the request arena, or on the socket after the head.
-    let parts = job.payload.parts();
-    let (tag, inline) = match (&worker.arenas, region) {
-        (Some(arenas), Some((at, _))) => {
+    // A range's first integer and count follow the head; other payloads go
+    // in the request arena, or on the socket after the head.
+    let range_body = range.map(|(first, count, width)| wire::range_body(first, count, width));
+    let (tag, inline) = match (&range_body, &worker.arenas, region) {
+        (Some(body), _, _) => (wire::TAG_RUN_RANGE, [&body[..], &[]]),
+        (None, Some(arenas), Some((at, _))) => {
+            let parts = job.payload.parts();
             // SAFETY: no batch in flight has its payload in these bytes
             // (`ring_offset`), and the child has answered, and so finished
             // reading, every earlier one (shm::arena).
@@ -439,7 +433,7 @@ fn send_job(
             }
             (wire::TAG_RUN_SHARED, [&[][..], &[]])
         }
-        _ => (wire::TAG_RUN, parts),
+        _ => (wire::TAG_RUN, job.payload.parts()),
     };
     run_head(
         buf,

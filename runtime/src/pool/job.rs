@@ -201,12 +201,8 @@ impl Payload {
             // Two ranges: the items from `at / width` on start further up.
             let k = u32::try_from(at / r.width.max(1)).expect("within the count");
             let rest = Payload::range(r.first.wrapping_add(u64::from(k)), r.count - k, r.width);
-            **r = RangeArgs {
-                first: r.first,
-                count: k,
-                width: r.width,
-                written: std::sync::OnceLock::new(),
-            };
+            r.count = k;
+            r.written = std::sync::OnceLock::new();
             return rest;
         }
         let (buf, start, end) = match std::mem::take(self) {

@@ -9,11 +9,9 @@
 //! With `MADV_HUGEPAGE` the same copy takes about 7 ms: one fault per 2 MiB.
 //! Where transparent huge pages are off (`never`), the advice does nothing.
 
-/// Buffers at least this large are advised to use huge pages (below it the
-/// faults cost little and the advice would split the heap's mappings), and
-/// kept as spares. A batch of `map` over a few million integers is a few
-/// MiB: at 4 MiB, the primes bench's eight batches of 3 MB faulted in 6,000
-/// fresh pages in the caller's thread at every `map`.
+/// Buffers at least this large are advised to use huge pages: below it the
+/// faults cost little and the advice would split the heap's mappings.
+/// (Smaller buffers, from [`SPARE_FROM`], are kept as spares instead.)
 const HUGE_FROM: usize = 2 << 20;
 
 /// The huge-page size of x86-64 and arm64 (with 4 KiB base pages).
