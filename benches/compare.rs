@@ -18,7 +18,8 @@
 //!
 //! The bench binary plays two more roles, chosen by the environment variable
 //! `MULTIPROC_BENCH_ROLE` (checked right after the `#[entry]` guard): `echo`,
-//! the far end of the socketpair ping-pong that is the floor for `apply`, and
+//! the far end of the socketpair ping-pong that is the floor for `apply`;
+//! `fanout`, one of the two processes of the floor for cost growth; and
 //! `peak-map`, a fresh process that maps over 10 M `u64` and reports its peak
 //! resident memory.
 
@@ -79,6 +80,7 @@ fn sum_shared(bytes: SharedBytes) -> u64 {
 fn main() -> ExitCode {
     let result = match std::env::var(ROLE).as_deref() {
         Ok("echo") => echo_child(),
+        Ok("fanout") => fanout_child(),
         Ok("peak-map") => peak_map_child(),
         _ => run(),
     };
@@ -508,6 +510,176 @@ impl Echo {
     }
 }
 
+/// The far end of the fan-out floor: for each `(first, count)` message on
+/// the socket it was given as stdin, writes `first + i + 1` for each `i` in
+/// `0..count` at item `first + i` of the shared memory named by
+/// `MULTIPROC_BENCH_SHM`, and answers one byte; until EOF.
+fn fanout_child() -> Result<(), BoxError> {
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let mut s = UnixStream::from(fd);
+    let shm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(std::env::var("MULTIPROC_BENCH_SHM")?)?;
+    let items = Shm::map(&shm)?;
+    let mut msg = [0u8; 16];
+    loop {
+        match s.read_exact(&mut msg) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let first = u64::from_le_bytes(msg[..8].try_into()?);
+        let count = u64::from_le_bytes(msg[8..].try_into()?);
+        let end = first
+            .checked_add(count)
+            .filter(|&e| e as usize <= items.len);
+        let Some(end) = end else {
+            return Err("fan-out message out of bounds".into());
+        };
+        // SAFETY: the parent reads these items only after the answer below,
+        // and gives each child its own items.
+        let out = unsafe { items.slice_mut(first as usize, end as usize) };
+        for (x, v) in (first..end).zip(out) {
+            *v = x + 1;
+        }
+        s.write_all(&[1])?;
+    }
+}
+
+/// A shared mapping of `u64` items (a memfd in the parent, the same file
+/// opened through `/proc` in the children).
+struct Shm {
+    ptr: *mut u64,
+    len: usize,
+}
+
+impl Shm {
+    fn map(file: &std::fs::File) -> Result<Shm, BoxError> {
+        use std::os::fd::AsRawFd;
+        let bytes = usize::try_from(file.metadata()?.len())?;
+        // SAFETY: a fresh shared mapping of the whole file; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(Shm {
+            ptr: ptr.cast(),
+            len: bytes / 8,
+        })
+    }
+
+    /// # Safety
+    ///
+    /// No other process may write items `a..b` meanwhile.
+    unsafe fn slice(&self, a: usize, b: usize) -> &[u64] {
+        assert!(a <= b && b <= self.len);
+        // SAFETY: in bounds (asserted); the caller rules out writers.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(a), b - a) }
+    }
+
+    /// # Safety
+    ///
+    /// No other process may read or write items `a..b` meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, a: usize, b: usize) -> &mut [u64] {
+        assert!(a <= b && b <= self.len);
+        // SAFETY: in bounds (asserted); the caller rules out other users.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(a), b - a) }
+    }
+}
+
+impl Drop for Shm {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len * 8) };
+    }
+}
+
+/// The floor of a `map` over two processes: one message to each (its half
+/// of the items), the results written by them into shared memory, where
+/// they stay. No batching, no pipelining, no framing, no failure handling,
+/// and no `Vec` to return (copying the results into a fresh one, on one
+/// thread, took the 10 M size from 0.3 to 3 ns per item): what is left is
+/// two wake-ups each way and the children's writes.
+struct Fanout {
+    children: Vec<(std::process::Child, UnixStream)>,
+    shm: Shm,
+    _file: std::fs::File,
+}
+
+impl Fanout {
+    fn start(max_items: u64) -> Result<Fanout, BoxError> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: a fresh descriptor owned by the `File` at once (checked).
+        let fd = unsafe { libc::memfd_create(c"multiproc-bench-fanout".as_ptr(), 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: `fd` is ours and open.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(max_items * 8)?;
+        let shm = Shm::map(&file)?;
+        let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let mut children = Vec::new();
+        for _ in 0..WORKERS {
+            let (mine, theirs) = UnixStream::pair()?;
+            let child = Command::new(std::env::current_exe()?)
+                .env(ROLE, "fanout")
+                .env("MULTIPROC_BENCH_SHM", &path)
+                .stdin(Stdio::from(OwnedFd::from(theirs)))
+                .stdout(Stdio::null())
+                .spawn()?;
+            children.push((child, mine));
+        }
+        Ok(Fanout {
+            children,
+            shm,
+            _file: file,
+        })
+    }
+
+    /// `x + 1` for `0..n`, through the children; returns the last result.
+    fn map(&mut self, n: u64) -> Result<Option<u64>, BoxError> {
+        if n as usize > self.shm.len {
+            return Err("fan-out floor: too many items".into());
+        }
+        let k = self.children.len() as u64;
+        let part = |i: u64| (n * i / k, n * (i + 1) / k);
+        for (i, (_, s)) in self.children.iter_mut().enumerate() {
+            let (a, b) = part(i as u64);
+            let mut msg = [0u8; 16];
+            msg[..8].copy_from_slice(&a.to_le_bytes());
+            msg[8..].copy_from_slice(&(b - a).to_le_bytes());
+            s.write_all(&msg)?;
+        }
+        for (_, s) in &mut self.children {
+            let mut answer = [0u8; 1];
+            s.read_exact(&mut answer)?;
+        }
+        // SAFETY: every child answered: they are done with their items, and
+        // write them again only after the next message.
+        Ok(unsafe { self.shm.slice(0, n as usize) }.last().copied())
+    }
+
+    fn stop(self) -> Result<(), BoxError> {
+        for (mut child, stream) in self.children {
+            drop(stream);
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
 fn apply(sizes: &Sizes, python: &Python, pool: &Pool) -> Result<Row, BoxError> {
     progress("apply round trip vs socketpair ping-pong");
     let mut echo = Echo::start()?;
@@ -559,6 +731,8 @@ fn map_and_growth(
     let n = sizes.map;
     let (mut seq, mut ray) = (Vec::new(), Vec::new());
     let mut growth: Vec<Vec<f64>> = vec![Vec::new(); sizes.growth.len()];
+    let mut floor: Vec<Vec<f64>> = vec![Vec::new(); sizes.growth.len()];
+    let mut fanout = Fanout::start(sizes.growth.iter().copied().max().unwrap_or(0))?;
     let mut caller = Vec::new();
     let input: Vec<u64> = (0..n).collect();
     let mut from_vec = Vec::new();
@@ -588,6 +762,17 @@ fn map_and_growth(
             }
             drop(black_box(out));
         }
+        // The floor, in the same order and conditions: after the same
+        // 160 MB of sequential and rayon writes, and a settle.
+        settle();
+        for (i, &size) in sizes.growth.iter().enumerate() {
+            let t = Instant::now();
+            let last = fanout.map(black_box(size))?;
+            floor[i].push(t.elapsed().as_secs_f64());
+            if last != Some(size) {
+                return Err("the fan-out floor returned wrong results".into());
+            }
+        }
         let t = Instant::now();
         let out = pool.map(inc, input.iter().copied())?;
         from_vec.push(t.elapsed().as_secs_f64());
@@ -595,6 +780,7 @@ fn map_and_growth(
             return Err("map(x + 1) over a Vec returned wrong results".into());
         }
     }
+    fanout.stop()?;
     let py = python.run("map");
     let medians: Vec<f64> = growth.iter().map(|g| median(g)).collect();
     let mp = medians[sizes.growth.iter().position(|&s| s == n).unwrap_or(3)];
@@ -647,17 +833,29 @@ fn map_and_growth(
         ok: vec_ratio.map_or("?", |r| mark(r >= 10.0)).to_owned(),
     };
 
-    let per_item: Vec<f64> = medians
-        .iter()
-        .zip(&sizes.growth)
-        .map(|(t, &s)| t / s as f64)
-        .collect();
-    let after_first = &per_item[1..];
-    let mid = median(after_first);
-    let spread = after_first
-        .iter()
-        .map(|p| (p / mid - 1.0).abs())
-        .fold(0.0, f64::max);
+    // Time per item at each size, and its largest distance from the median
+    // of the sizes after the first.
+    let growth_of = |times: &[Vec<f64>]| {
+        let per_item: Vec<f64> = times
+            .iter()
+            .zip(&sizes.growth)
+            .map(|(t, &s)| median(t) / s as f64)
+            .collect();
+        let after_first = &per_item[1..];
+        let mid = median(after_first);
+        let spread = after_first
+            .iter()
+            .map(|p| (p / mid - 1.0).abs())
+            .fold(0.0, f64::max);
+        let text = per_item
+            .iter()
+            .map(|p| fmt_time(*p))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (text, spread)
+    };
+    let (per_item, spread) = growth_of(&growth);
+    let (floor_per_item, floor_spread) = growth_of(&floor);
     let growth_row = Row {
         workload: format!(
             "cost growth: `map(x + 1)` at {}",
@@ -668,14 +866,13 @@ fn map_and_growth(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        sequential: "—".to_owned(),
+        sequential: format!(
+            "fan-out floor (2 processes, one message each, results left in shared memory): \
+             {floor_per_item} per item, ±{:.0}%",
+            floor_spread * 100.0
+        ),
         rayon: "—".to_owned(),
-        multiproc: per_item
-            .iter()
-            .map(|p| fmt_time(*p))
-            .collect::<Vec<_>>()
-            .join(", ")
-            + " per item",
+        multiproc: per_item + " per item",
         python: "—".to_owned(),
         ratio: format!("±{:.0}% around the median after the first", spread * 100.0),
         target: "within ±25% after the first".to_owned(),

@@ -174,9 +174,7 @@ thread_local! {
 /// page, so that the parent knows which one runs (for timeouts) and can
 /// take the rest of the batch for another worker.
 pub(crate) struct Items {
-    progress: Option<&'static Progress>,
-    batch: u64,
-    timed: bool,
+    log: Option<crate::shm::ItemLog<'static>>,
 }
 
 impl Items {
@@ -184,10 +182,9 @@ impl Items {
     /// instead of once per item (a thread-local and a `OnceLock` read in
     /// the loop of every dense batch).
     pub(crate) fn current() -> Items {
+        let (batch, timed) = (BATCH.with(Cell::get), TIMED.with(Cell::get));
         Items {
-            progress: PROGRESS.get(),
-            batch: BATCH.with(Cell::get),
-            timed: TIMED.with(Cell::get),
+            log: PROGRESS.get().map(|p| p.items(batch, timed)),
         }
     }
 
@@ -195,8 +192,8 @@ impl Items {
     /// parent has taken it (and those after it) for another worker.
     #[inline]
     pub(crate) fn started(&self, index: u64) -> bool {
-        match self.progress {
-            Some(p) => p.begin_item(self.batch, index, self.timed),
+        match &self.log {
+            Some(log) => log.begin(index),
             None => true,
         }
     }

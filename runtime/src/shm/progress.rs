@@ -29,6 +29,34 @@ struct Page {
 
 const SIZE: usize = 4096;
 
+/// The items of one batch, as its child records them in the progress page
+/// ([`Progress::items`]). Holding the page itself, not the [`Progress`],
+/// keeps its address out of memory in the loop of a dense batch: through
+/// the `Progress`, it was loaded again after every item's store.
+pub(crate) struct ItemLog<'a> {
+    page: &'a Page,
+    batch: u64,
+    timed: bool,
+}
+
+impl ItemLog<'_> {
+    /// Item `index` starts now — unless the parent asked to stop the batch
+    /// at or before it: then `false`.
+    #[inline]
+    pub(crate) fn begin(&self, index: u64) -> bool {
+        let p = self.page;
+        let stop = p.stop.load(Ordering::Relaxed);
+        if stop >> 32 == self.batch & 0xffff_ffff && index >= stop & 0xffff_ffff {
+            return false;
+        }
+        if self.timed {
+            p.started_ns.store(monotonic_ns(), Ordering::Relaxed);
+        }
+        p.item.store(index, Ordering::Release);
+        true
+    }
+}
+
 /// A mapping of one worker's progress page.
 pub(crate) struct Progress {
     page: NonNull<Page>,
@@ -145,18 +173,19 @@ impl Progress {
 
     /// Child: item `index` of batch `batch` starts now — unless the parent
     /// asked to stop the batch at or before it: then `false`.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn begin_item(&self, batch: u64, index: u64, timed: bool) -> bool {
-        let p = self.page();
-        let stop = p.stop.load(Ordering::Relaxed);
-        if stop >> 32 == batch & 0xffff_ffff && index >= stop & 0xffff_ffff {
-            return false;
+        self.items(batch, timed).begin(index)
+    }
+
+    /// Child: where the items of batch `batch` record their start, the
+    /// page looked up once for them all.
+    pub(crate) fn items(&self, batch: u64, timed: bool) -> ItemLog<'_> {
+        ItemLog {
+            page: self.page(),
+            batch,
+            timed,
         }
-        if timed {
-            p.started_ns.store(monotonic_ns(), Ordering::Relaxed);
-        }
-        p.item.store(index, Ordering::Release);
-        true
     }
 
     /// Parent: asks the child to stop `batch` before item `at`. Whatever
