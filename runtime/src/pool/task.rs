@@ -136,11 +136,15 @@ impl TaskSlot {
         s.done = true;
         s.reply = Some(reply);
         let waker = s.waker.take();
-        if let Some((tx, i)) = s.listener.take() {
-            let _ = tx.send(i);
-        }
+        let listener = s.listener.take();
         let waiting = s.waiting > 0;
         drop(s);
+        // Told once the lock is let go of: the listener's thread takes it
+        // at once (`as_completed` waits for the slot it was told of), and
+        // found it held.
+        if let Some((tx, i)) = listener {
+            let _ = tx.send(i);
+        }
         if waiting {
             self.cond.notify_all();
         }
