@@ -456,45 +456,76 @@ fn primes(
 /// The far end of the ping-pong floor: echoes 8-byte messages on the socket
 /// it was given as stdin until EOF.
 fn echo_child() -> Result<(), BoxError> {
-    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
-    let mut s = UnixStream::from(fd);
+    let mut s = role_socket()?;
     let mut msg = [0u8; 8];
-    loop {
-        match s.read_exact(&mut msg) {
-            Ok(()) => s.write_all(&msg)?,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
+    while next_message(&mut s, &mut msg)? {
+        s.write_all(&msg)?;
+    }
+    Ok(())
+}
+
+/// In a role child: the socket it was given as stdin.
+fn role_socket() -> Result<UnixStream, BoxError> {
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    Ok(UnixStream::from(fd))
+}
+
+/// In a role child: reads the next message into `msg`; `false` at EOF.
+fn next_message(s: &mut UnixStream, msg: &mut [u8]) -> Result<bool, BoxError> {
+    match s.read_exact(msg) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
-/// A child process echoing 8-byte messages over a `UnixStream::pair`.
-struct Echo {
+/// The bench binary re-run in a role (`MULTIPROC_BENCH_ROLE`), with one
+/// end of a `UnixStream::pair` as its stdin and the other here.
+struct RoleChild {
     child: std::process::Child,
     stream: UnixStream,
 }
 
-impl Echo {
-    fn start() -> Result<Echo, BoxError> {
+impl RoleChild {
+    fn start(role: &str, envs: &[(&str, &str)]) -> Result<RoleChild, BoxError> {
         let (mine, theirs) = UnixStream::pair()?;
         let child = Command::new(std::env::current_exe()?)
-            .env(ROLE, "echo")
+            .env(ROLE, role)
+            .envs(envs.iter().copied())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .spawn()?;
-        Ok(Echo {
+        Ok(RoleChild {
             child,
             stream: mine,
         })
+    }
+
+    /// Closes the socket (the child's EOF) and waits for the child.
+    fn stop(self) -> Result<(), BoxError> {
+        let RoleChild { mut child, stream } = self;
+        drop(stream);
+        child.wait()?;
+        Ok(())
+    }
+}
+
+/// A child process echoing 8-byte messages over a `UnixStream::pair`.
+struct Echo(RoleChild);
+
+impl Echo {
+    fn start() -> Result<Echo, BoxError> {
+        RoleChild::start("echo", &[]).map(Echo)
     }
 
     /// Seconds for `n` ping-pongs.
     fn ping_pongs(&mut self, n: usize) -> Result<f64, BoxError> {
         let mut msg = [0u8; 8];
         let t = Instant::now();
+        let stream = &mut self.0.stream;
         for i in 0..n as u64 {
-            self.stream.write_all(&i.to_le_bytes())?;
-            self.stream.read_exact(&mut msg)?;
+            stream.write_all(&i.to_le_bytes())?;
+            stream.read_exact(&mut msg)?;
             if u64::from_le_bytes(msg) != i {
                 return Err("the echo child answered out of step".into());
             }
@@ -503,10 +534,7 @@ impl Echo {
     }
 
     fn stop(self) -> Result<(), BoxError> {
-        let Echo { mut child, stream } = self;
-        drop(stream);
-        child.wait()?;
-        Ok(())
+        self.0.stop()
     }
 }
 
@@ -515,20 +543,14 @@ impl Echo {
 /// `0..count` at item `first + i` of the shared memory named by
 /// `MULTIPROC_BENCH_SHM`, and answers one byte; until EOF.
 fn fanout_child() -> Result<(), BoxError> {
-    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
-    let mut s = UnixStream::from(fd);
+    let mut s = role_socket()?;
     let shm = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(std::env::var("MULTIPROC_BENCH_SHM")?)?;
     let items = Shm::map(&shm)?;
     let mut msg = [0u8; 16];
-    loop {
-        match s.read_exact(&mut msg) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
+    while next_message(&mut s, &mut msg)? {
         let first = u64::from_le_bytes(msg[..8].try_into()?);
         let count = u64::from_le_bytes(msg[8..].try_into()?);
         let end = first
@@ -545,6 +567,7 @@ fn fanout_child() -> Result<(), BoxError> {
         }
         s.write_all(&[1])?;
     }
+    Ok(())
 }
 
 /// A shared mapping of `u64` items (a memfd in the parent, the same file
@@ -612,7 +635,7 @@ impl Drop for Shm {
 /// thread, took the 10 M size from 0.3 to 3 ns per item): what is left is
 /// two wake-ups each way and the children's writes.
 struct Fanout {
-    children: Vec<(std::process::Child, UnixStream)>,
+    children: Vec<RoleChild>,
     shm: Shm,
     _file: std::fs::File,
 }
@@ -632,14 +655,10 @@ impl Fanout {
         let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
         let mut children = Vec::new();
         for _ in 0..WORKERS {
-            let (mine, theirs) = UnixStream::pair()?;
-            let child = Command::new(std::env::current_exe()?)
-                .env(ROLE, "fanout")
-                .env("MULTIPROC_BENCH_SHM", &path)
-                .stdin(Stdio::from(OwnedFd::from(theirs)))
-                .stdout(Stdio::null())
-                .spawn()?;
-            children.push((child, mine));
+            children.push(RoleChild::start(
+                "fanout",
+                &[("MULTIPROC_BENCH_SHM", &path)],
+            )?);
         }
         Ok(Fanout {
             children,
@@ -655,16 +674,16 @@ impl Fanout {
         }
         let k = self.children.len() as u64;
         let part = |i: u64| (n * i / k, n * (i + 1) / k);
-        for (i, (_, s)) in self.children.iter_mut().enumerate() {
+        for (i, c) in self.children.iter_mut().enumerate() {
             let (a, b) = part(i as u64);
             let mut msg = [0u8; 16];
             msg[..8].copy_from_slice(&a.to_le_bytes());
             msg[8..].copy_from_slice(&(b - a).to_le_bytes());
-            s.write_all(&msg)?;
+            c.stream.write_all(&msg)?;
         }
-        for (_, s) in &mut self.children {
+        for c in &mut self.children {
             let mut answer = [0u8; 1];
-            s.read_exact(&mut answer)?;
+            c.stream.read_exact(&mut answer)?;
         }
         // SAFETY: every child answered: they are done with their items, and
         // write them again only after the next message.
@@ -672,11 +691,7 @@ impl Fanout {
     }
 
     fn stop(self) -> Result<(), BoxError> {
-        for (mut child, stream) in self.children {
-            drop(stream);
-            child.wait()?;
-        }
-        Ok(())
+        self.children.into_iter().try_for_each(RoleChild::stop)
     }
 }
 

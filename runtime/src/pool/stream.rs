@@ -296,8 +296,10 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 Chunking::Fixed(n) | Chunking::Adaptive(n) => n.max(1),
             };
             let dense = wire::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
-            if let Some(width) = dense {
-                let room = limit.min(MAX_BATCH_BYTES.div_ceil(width));
+            // Items of a dense batch: a batch's worth, and no more than
+            // MAX_BATCH_BYTES of them.
+            let room = dense.map(|width| limit.min(MAX_BATCH_BYTES.div_ceil(width)));
+            if let (Some(width), Some(room)) = (dense, room) {
                 // A range of integers goes as its first one and a count.
                 if let Some((start, count, exhausted)) = wire::take_range(input, room) {
                     if exhausted {
@@ -325,10 +327,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             );
             let first = self.next_input;
             let mut marks = Vec::new();
-            let ((count, encode_error, exhausted), fds) = if dense.is_some() {
+            let ((count, encode_error, exhausted), fds) = if let Some(room) = room {
                 // Primitives: no handles to capture, no encoding that fails.
-                let width = dense.unwrap_or(1);
-                let room = limit.min(MAX_BATCH_BYTES.div_ceil(width));
                 let (count, exhausted) = wire::fill_dense(&mut payload, input, room);
                 ((count, None, exhausted), Vec::new())
             } else {

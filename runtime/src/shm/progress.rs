@@ -171,13 +171,6 @@ impl Progress {
         p.want_time.load(Ordering::Relaxed) != 0
     }
 
-    /// Child: item `index` of batch `batch` starts now — unless the parent
-    /// asked to stop the batch at or before it: then `false`.
-    #[cfg(test)]
-    pub(crate) fn begin_item(&self, batch: u64, index: u64, timed: bool) -> bool {
-        self.items(batch, timed).begin(index)
-    }
-
     /// Child: where the items of batch `batch` record their start, the
     /// page looked up once for them all.
     pub(crate) fn items(&self, batch: u64, timed: bool) -> ItemLog<'_> {
@@ -249,16 +242,17 @@ mod tests {
         parent.reset();
         parent.set_want_time(true);
         assert!(child.begin_batch(7));
-        assert!(child.begin_item(7, 3, true));
+        let batch_7 = child.items(7, true);
+        assert!(batch_7.begin(3));
         let (item, started) = parent.running(7).unwrap();
         assert_eq!(item, 3);
         assert!(started > 0 && started <= monotonic_ns());
         assert_eq!(parent.running(8), None);
         parent.request_stop(7, 5);
-        assert!(child.begin_item(7, 4, true));
-        assert!(!child.begin_item(7, 5, true), "stopped before item 5");
+        assert!(batch_7.begin(4));
+        assert!(!batch_7.begin(5), "stopped before item 5");
         assert!(
-            child.begin_item(8, 5, true),
+            child.items(8, true).begin(5),
             "the request was for batch 7 only"
         );
         child.end_batch();
