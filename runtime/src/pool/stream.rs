@@ -298,8 +298,8 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let dense = wire::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
             // Items of a dense batch: a batch's worth, and no more than
             // MAX_BATCH_BYTES of them.
-            let room = dense.map(|width| limit.min(MAX_BATCH_BYTES.div_ceil(width)));
-            if let (Some(width), Some(room)) = (dense, room) {
+            let dense_room = dense.map(|width| (width, limit.min(MAX_BATCH_BYTES.div_ceil(width))));
+            if let Some((width, room)) = dense_room {
                 // A range of integers goes as its first one and a count.
                 if let Some((start, count, exhausted)) = wire::take_range(input, room) {
                     if exhausted {
@@ -327,7 +327,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             );
             let first = self.next_input;
             let mut marks = Vec::new();
-            let ((count, encode_error, exhausted), fds) = if let Some(room) = room {
+            let ((count, encode_error, exhausted), fds) = if let Some((_, room)) = dense_room {
                 // Primitives: no handles to capture, no encoding that fails.
                 let (count, exhausted) = wire::fill_dense(&mut payload, input, room);
                 ((count, None, exhausted), Vec::new())
