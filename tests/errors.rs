@@ -596,7 +596,7 @@ fn large_frames_go_through_shared_buffers_that_grow() {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         maps.matches("memfd:multiproc-frames").count()
     };
-    assert_eq!(mapped(), 3, "the request buffer and the two reply buffers");
+    assert_eq!(mapped(), 5, "the request buffer and the four reply buffers");
     // An idle pool gives their memory back after three seconds, and makes new
     // ones when a large frame comes again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -610,9 +610,9 @@ fn large_frames_go_through_shared_buffers_that_grow() {
     let bytes = pattern(5 << 20, 9);
     assert_eq!(pool.apply(echo_bytes, bytes.clone()).unwrap(), bytes);
     assert_eq!(pool.apply(pid_of, 0).unwrap(), pid, "the same worker");
-    assert_eq!(mapped(), 3);
-    // Large results from small arguments, several in flight: a reply finds
-    // the buffer still held for the one before and takes the socket.
+    assert_eq!(mapped(), 5);
+    // Large results from small arguments, several in flight: a reply that
+    // finds every buffer still held takes the socket.
     let sizes = vec![3 << 20; 6];
     let got: Vec<Vec<u8>> = pool.map_chunked(big_vec, sizes.clone(), 1).unwrap();
     for (got, &len) in got.iter().zip(&sizes) {
@@ -625,17 +625,18 @@ fn large_frames_go_through_shared_buffers_that_grow() {
 fn a_large_result_not_yet_waited_for_holds_its_buffer_and_others_go_around() {
     // A submitted task's large result is decoded where the worker left it;
     // until it is, that reply buffer is not the worker's: its next large
-    // result takes the other one, and the one after that (both held) the
-    // socket; once decoded, the buffer is the worker's again. One worker:
-    // all of it through the same buffers.
+    // results take the other three, and the one after those (all four
+    // held) the socket; once decoded, a buffer is the worker's again. One
+    // worker: all of it through the same buffers.
     let pool = Pool::new(1).unwrap();
-    let first = pool.submit(echo_bytes, pattern(6 << 20, 1));
-    let second = pool.submit(echo_bytes, pattern(6 << 20, 2));
-    let third = pool.submit(echo_bytes, pattern(4 << 20, 3));
-    // Waited for out of order: the first two hold the reply buffers.
-    assert!(third.wait().unwrap() == pattern(4 << 20, 3));
-    assert!(second.wait().unwrap() == pattern(6 << 20, 2));
-    assert!(first.wait().unwrap() == pattern(6 << 20, 1));
+    let sizes = [6 << 20, 5 << 20, 6 << 20, 3 << 20, 4 << 20];
+    let tasks: Vec<_> = (0..sizes.len())
+        .map(|k| pool.submit(echo_bytes, pattern(sizes[k], k + 1)))
+        .collect();
+    // Waited for out of order: the first four hold the reply buffers.
+    for (k, task) in tasks.into_iter().enumerate().rev() {
+        assert!(task.wait().unwrap() == pattern(sizes[k], k + 1), "{k}");
+    }
     // Dropped without a wait: the buffer is released all the same.
     drop(pool.submit(echo_bytes, pattern(5 << 20, 4)));
     for k in 5..8 {

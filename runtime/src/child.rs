@@ -270,9 +270,11 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 Ok((frame, fds))
             }
             Some(wire::TAG_ARENAS) => {
-                // Two descriptors, or none when the parent frees them.
+                // The request arena's and the reply arenas' descriptors,
+                // or none when the parent frees them.
                 let release = wire::arena_lengths(&frame)? == (0, 0);
-                let fds = reader.get_mut().take_fds(if release { 0 } else { 3 })?;
+                let n = if release { 0 } else { 1 + wire::REPLY_ARENAS };
+                let fds = reader.get_mut().take_fds(n)?;
                 Ok((frame, fds))
             }
             Some(_) => Ok((frame, Vec::new())),
@@ -324,13 +326,19 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 }
                 let mut fds = fds.into_iter();
                 let mut map = |len: u64| {
-                    let fd = fds.next().expect("take_fds(3)");
+                    let fd = fds.next().expect("take_fds gave one per arena");
                     Arena::from_fd(fd, usize::try_from(len).unwrap_or(usize::MAX))
                 };
+                let request = map(request)?;
+                let reply = (0..wire::REPLY_ARENAS)
+                    .map(|_| map(reply))
+                    .collect::<std::io::Result<Vec<_>>>()?;
                 arenas = Some(Arenas {
-                    request: map(request)?,
-                    reply: [map(reply)?, map(reply)?],
-                    replies: [0, 0],
+                    request,
+                    reply: reply
+                        .try_into()
+                        .unwrap_or_else(|_| unreachable!("REPLY_ARENAS mapped")),
+                    replies: [0; wire::REPLY_ARENAS],
                     next: 0,
                 });
             }
@@ -436,10 +444,10 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
 /// The arenas the parent gave this child (see [`crate::shm::arena`]).
 struct Arenas {
     request: Arena,
-    /// Two reply arenas, used in turn.
-    reply: [Arena; 2],
+    /// The reply arenas, used in turn.
+    reply: [Arena; wire::REPLY_ARENAS],
     /// Replies written to each reply arena so far.
-    replies: [u64; 2],
+    replies: [u64; wire::REPLY_ARENAS],
     /// The reply arena to try first: the last one used, whose pages are
     /// the likeliest to be in memory (a fresh 64 MiB of shared memory
     /// costs 16,384 page faults).
@@ -461,8 +469,9 @@ fn send_reply(
     let body = out.len() - 4 + tail.len();
     if let Some(a) = arenas {
         // The reply arena used last if the parent is done with it, else the
-        // other one.
-        let free = [a.next, 1 - a.next].into_iter().find(|&i| {
+        // next free one after it.
+        let n = a.reply.len();
+        let free = (0..n).map(|k| (a.next + k) % n).find(|&i| {
             body >= ARENA_FROM
                 && body <= a.reply[i].capacity()
                 && a.reply[i].released_count() == a.replies[i]

@@ -25,8 +25,9 @@ use crate::shm::progress_clock as monotonic_ns;
 use crate::spawn::{self, Spawned};
 use crate::wire::{self, BatchFailure};
 
-/// Batches sent to one child before its first answer.
-const PIPELINE_DEPTH: usize = 4;
+/// Batches sent to one child before its first answer (as many as it has
+/// reply arenas, so that each can be answered through one).
+const PIPELINE_DEPTH: usize = wire::REPLY_ARENAS;
 /// Batches are sent ahead of the running one only while all of them
 /// together stay under this many bytes: well under a Unix socket's send
 /// buffer (about 208 KiB by default), so that writing them never blocks
@@ -132,11 +133,11 @@ struct Worker {
 /// [`crate::shm::arena`]).
 struct Arenas {
     request: Arena,
-    /// Two, which the child uses in turn: it can write its next reply
-    /// while the last one is still being read (with one, that reply went
-    /// through the socket instead, a few wake-ups per 200 KiB). Shared
-    /// with the leases of replies decoded in place.
-    reply: [Arc<Arena>; 2],
+    /// [`wire::REPLY_ARENAS`] of them, which the child uses in turn: it
+    /// can write its next replies while the last one is still being read
+    /// (with one, those went through the socket instead, a few wake-ups
+    /// per 200 KiB). Shared with the leases of replies decoded in place.
+    reply: [Arc<Arena>; wire::REPLY_ARENAS],
 }
 
 impl Worker {
@@ -172,24 +173,29 @@ impl Worker {
             return Ok(true);
         }
         let reply_len = self.reply_wanted.max(have_reply).max(ARENA_FROM);
-        let (Ok(request), Ok(reply0), Ok(reply1)) = (
-            Arena::create(request.max(have_request).max(ARENA_FROM)),
-            Arena::create(reply_len),
-            Arena::create(reply_len),
-        ) else {
+        let Ok(request) = Arena::create(request.max(have_request).max(ARENA_FROM)) else {
             return Ok(false);
         };
-        let fds = [request.fd(), reply0.fd(), reply1.fd()].map(|fd| fd.try_clone_to_owned());
-        let [Ok(a), Ok(b), Ok(c)] = fds else {
+        let Ok(reply) = (0..wire::REPLY_ARENAS)
+            .map(|_| Arena::create(reply_len).map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()
+        else {
+            return Ok(false);
+        };
+        let Ok(fds) = std::iter::once(&request)
+            .chain(reply.iter().map(|a| &**a))
+            .map(|a| a.fd().try_clone_to_owned())
+            .collect::<std::io::Result<Vec<_>>>()
+        else {
             return Ok(false);
         };
         let mut buf = Vec::new();
-        wire::arenas_frame(&mut buf, request.len() as u64, reply0.len() as u64)?;
-        crate::fdpass::write_with_fds(&mut self.writer, &buf, &[a, b, c])?;
-        self.arenas = Some(Arenas {
-            request,
-            reply: [Arc::new(reply0), Arc::new(reply1)],
-        });
+        wire::arenas_frame(&mut buf, request.len() as u64, reply[0].len() as u64)?;
+        crate::fdpass::write_with_fds(&mut self.writer, &buf, &fds)?;
+        let reply = reply
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("REPLY_ARENAS made"));
+        self.arenas = Some(Arenas { request, reply });
         Ok(true)
     }
 }
@@ -668,7 +674,7 @@ fn serve_batches(
 
         // A large reply is decoded where the child put it when that is soon:
         // a submitted task's by the caller, a `map` batch stored in place
-        // by this thread (the child has the other reply buffer meanwhile).
+        // by this thread (the child has the other reply buffers meanwhile).
         // An `imap` may hold a reply a long while: those are copied out.
         let lease_ok = in_flight
             .front()

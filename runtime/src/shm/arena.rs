@@ -8,9 +8,9 @@
 //! that both processes keep mapped (its pages stay faulted in from one frame
 //! to the next), one small frame on the socket, and one copy out.
 //!
-//! Each worker has three, all created by the parent and sent to the child:
-//! the *request* arena (parent → child) and two *reply* arenas (child →
-//! parent), which the child uses in turn. Who may touch which bytes when:
+//! Each worker has five, all created by the parent and sent to the child:
+//! the *request* arena (parent → child) and four *reply* arenas (child →
+//! parent, `wire::REPLY_ARENAS`), which the child uses in turn. Who may touch which bytes when:
 //!
 //! - request: a ring. The parent writes a batch where no batch still in
 //!   flight with that child lies (the child answers them in order, and
@@ -21,7 +21,7 @@
 //! - reply: the child writes a reply into an arena only when the parent
 //!   has released the previous one there (the release counter in the
 //!   arena's first word equals the number of replies it wrote there); it
-//!   tries the two in turn, and if neither is free it sends the reply
+//!   tries them in turn, and if none is free it sends the reply
 //!   through the socket. The parent copies the reply out (or decodes it in
 //!   place), then stores its sequence number in the counter (release),
 //!   which the child loads (acquire).
