@@ -564,8 +564,22 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                         // DECODE_RUN results, and popping from a
                         // `vec::IntoIter` is a pointer increment.
                         let mut run = Vec::with_capacity(max as usize);
-                        let (n, used) =
-                            decode_results(&data[cur.pos..], max, *dense, |v| run.push(v));
+                        let data = &data[cur.pos..];
+                        let copied = if *dense {
+                            // SAFETY: `run` has room for `max` results, and
+                            // its buffer is not the reply's.
+                            unsafe { wire::copy_plain(data, max as usize, run.as_mut_ptr()) }
+                        } else {
+                            None
+                        };
+                        let (n, used) = match copied {
+                            Some(n) => {
+                                // SAFETY: its first `n` were just written.
+                                unsafe { run.set_len(n) };
+                                (n as u32, n * size_of::<W::Output>())
+                            }
+                            None => decode_results(data, max, *dense, |v| run.push(v)),
+                        };
                         self.decoded = run.into_iter();
                         if n > 0 {
                             self.decoded_next = cur.next_index;
