@@ -335,6 +335,52 @@ fn integer_ranges_of_every_width_map_to_the_right_items() {
     );
 }
 
+#[worker]
+fn panics_on_150_007(x: u32) -> u32 {
+    assert!(x != 150_007, "the one");
+    x + 1
+}
+
+#[multiproc::test]
+fn dense_results_written_into_shared_memory_survive_a_panic_mid_batch() {
+    // Once a worker has sent large replies it has shared reply buffers,
+    // and a dense batch's results are written straight into a free one. A
+    // panic in the middle of such a batch moves the results so far back
+    // into the reply: none is lost or shifted, before or after it.
+    let pool = Pool::builder().workers(1).retry_panics(0).build().unwrap();
+    for _ in 0..2 {
+        let out = pool
+            .map(panics_on_7, (0..200_000u32).filter(|x| x % 10 != 7))
+            .unwrap();
+        assert!(
+            out.iter()
+                .zip((0..200_000u32).filter(|x| x % 10 != 7))
+                .all(|(y, x)| *y == x + 1)
+        );
+    }
+    for _ in 0..2 {
+        let results: Vec<_> = pool.imap(panics_on_150_007, 0..200_000u32).collect();
+        assert_eq!(results.len(), 200_000);
+        for (x, r) in (0..200_000u32).zip(&results) {
+            match r {
+                Ok(y) => assert_eq!(*y, x + 1, "item {x}"),
+                Err(e) => {
+                    assert_eq!(x, 150_007, "item {x} failed: {e}");
+                    assert_eq!(e.panic_message(), Some("the one"));
+                }
+            }
+        }
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+        let err = pool.map(panics_on_150_007, 0..200_000u32).unwrap_err();
+        assert_eq!(err.item_index(), Some(150_007));
+        // And the buffers are fine for the next map.
+        let out = pool
+            .map(panics_on_7, (0..200_000u32).map(|x| x * 10 + 1))
+            .unwrap();
+        assert!(out.iter().zip(0..200_000u32).all(|(y, x)| *y == x * 10 + 2));
+    }
+}
+
 #[multiproc::test]
 fn a_panic_in_a_dense_batch_costs_only_its_item() {
     let pool = Pool::builder().workers(2).retry_panics(0).build().unwrap();

@@ -402,7 +402,24 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     None if dense => wire::Args::Dense(payload),
                     None => wire::Args::Framed(payload),
                 };
+                // Dense results may go straight into a free reply arena,
+                // after the head (which is copied there when it is sent).
+                let direct = arenas
+                    .as_ref()
+                    .filter(|_| dense || range.is_some())
+                    .and_then(|a| {
+                        let i = a.free_reply(0)?;
+                        // SAFETY: the parent has released every reply in that
+                        // arena (`free_reply`) and reads it again only after
+                        // the frame that `send_reply` sends for this batch; the
+                        // room is withdrawn (`take_direct`) before then.
+                        let (room, len) = unsafe { a.reply[i].room_at(out.len() - 4)? };
+                        // SAFETY: as above.
+                        unsafe { wire::offer_direct(room, len) };
+                        Some(i)
+                    });
                 let result = crate::fdpass::with_table(fds, || (entry.invoke())(args, &mut out));
+                let direct = direct.zip(wire::take_direct());
                 IN_TASK.with(|t| t.set(false));
                 if let Some(p) = PROGRESS.get() {
                     p.end_batch();
@@ -415,7 +432,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                         if dense_results {
                             out[4] |= wire::DENSE; // the tag, after the length
                         }
-                        send_reply(&mut writer, &mut out, arenas.as_mut())?;
+                        send_reply(&mut writer, &mut out, arenas.as_mut(), direct)?;
                     }
                     Err(msg) => {
                         drop(wire::take_deferred());
@@ -454,31 +471,43 @@ struct Arenas {
     next: usize,
 }
 
+impl Arenas {
+    /// A reply arena the parent is done with that holds `body` bytes: the
+    /// one used last if it is free (its pages are the likeliest to be in
+    /// memory), else the next free one after it.
+    fn free_reply(&self, body: usize) -> Option<usize> {
+        let n = self.reply.len();
+        (0..n).map(|k| (self.next + k) % n).find(|&i| {
+            body <= self.reply[i].capacity() && self.reply[i].released_count() == self.replies[i]
+        })
+    }
+}
+
 /// Sends a `DONE` frame built in `out`, followed by the large result
 /// deferred after it if any ([`wire::take_deferred`]): through a reply
 /// arena if it is large, fits, and the parent is done with the last reply
-/// there; else through the socket.
+/// there; else through the socket. With `direct` (an arena and a length),
+/// the batch's results are in that arena already, after the head: the head
+/// goes there too.
 fn send_reply(
     writer: &mut impl Write,
     out: &mut Vec<u8>,
     arenas: Option<&mut Arenas>,
+    direct: Option<(usize, usize)>,
 ) -> std::io::Result<()> {
     // A large `Vec<u8>` result comes after `out`, not copied into it.
     let deferred = wire::take_deferred();
     let mut tail = deferred.as_deref().unwrap_or_default();
-    let body = out.len() - 4 + tail.len();
+    let body = out.len() - 4 + tail.len() + direct.map_or(0, |(_, n)| n);
     if let Some(a) = arenas {
-        // The reply arena used last if the parent is done with it, else the
-        // next free one after it.
-        let n = a.reply.len();
-        let free = (0..n).map(|k| (a.next + k) % n).find(|&i| {
-            body >= ARENA_FROM
-                && body <= a.reply[i].capacity()
-                && a.reply[i].released_count() == a.replies[i]
-        });
+        let free = match direct {
+            Some((i, _)) => Some(i),
+            None => a.free_reply(body).filter(|_| body >= ARENA_FROM),
+        };
         if let Some(i) = free {
             // SAFETY: the parent has released every earlier reply in this
-            // arena (checked just above, an acquire load) and reads it
+            // arena (checked by `free_reply`, an acquire load, before the
+            // batch ran if its results are there already) and reads it
             // again only after the frame below.
             unsafe {
                 a.reply[i].write_at(0, &out[4..]);

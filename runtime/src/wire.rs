@@ -1557,11 +1557,19 @@ fn run_dense<W: Worker, B: AsRef<[u8]>>(
     };
     let mut panicked = None;
     if let Some(rw) = results {
-        // Dense results go straight into the room reserved for them, and
-        // are counted here: appended one by one, `out`'s length was stored
-        // and loaded again for every item, most of what the loop cost
-        // (`perf annotate` of a child: 2–3 ns per `x + 1`).
-        let room = &mut out.spare_capacity_mut()[..count * rw];
+        // Dense results go straight into the room reserved for them (in
+        // the reply arena if the child offered it, else in `out`), and are
+        // counted here: appended one by one, `out`'s length was stored and
+        // loaded again for every item, most of what the loop cost (`perf
+        // annotate` of a child: 2–3 ns per `x + 1`).
+        let direct = DIRECT.take().filter(|&(_, len)| len >= count * rw);
+        let room = match direct {
+            // SAFETY: the child offered these bytes for this batch's
+            // results alone (`offer_direct`), and nothing else refers to
+            // them until it sends the reply.
+            Some((ptr, _)) => unsafe { std::slice::from_raw_parts_mut(ptr, count * rw) },
+            None => &mut out.spare_capacity_mut()[..count * rw],
+        };
         let mut bad = false;
         for (slot, bytes) in room.chunks_exact_mut(rw).zip(args.by_ref()) {
             if !items.started(index) {
@@ -1584,9 +1592,24 @@ fn run_dense<W: Worker, B: AsRef<[u8]>>(
                 }
             }
         }
-        // SAFETY: the loop initialised one slot of `rw` bytes per item
-        // counted in `index`, from the start of the spare capacity.
-        unsafe { out.set_len(start + index as usize * rw) };
+        let written = index as usize * rw;
+        if direct.is_some() {
+            if bad {
+                return Err(not_dense(index));
+            }
+            if panicked.is_none() {
+                DIRECT_USED.set(Some(written));
+                return Ok((index as u32, true));
+            }
+            // The results so far go on framed in `out`, after a copy.
+            // SAFETY: the loop initialised the first `written` bytes.
+            let done = unsafe { std::slice::from_raw_parts(room.as_ptr().cast::<u8>(), written) };
+            out.extend_from_slice(done);
+        } else {
+            // SAFETY: the loop initialised one slot of `rw` bytes per item
+            // counted in `index`, from the start of the spare capacity.
+            unsafe { out.set_len(start + written) };
+        }
         if bad {
             return Err(not_dense(index));
         }
@@ -1612,6 +1635,38 @@ fn run_dense<W: Worker, B: AsRef<[u8]>>(
         }
     }
     Ok((index as u32, false))
+}
+
+thread_local! {
+    /// Room outside `out` for the dense results of the batch about to run:
+    /// the free reply arena the reply will go through ([`offer_direct`]).
+    static DIRECT: std::cell::Cell<Option<(*mut std::mem::MaybeUninit<u8>, usize)>> =
+        const { std::cell::Cell::new(None) };
+    /// How many bytes of dense results the batch just run wrote there.
+    static DIRECT_USED: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Offers the `len` bytes at `room` to the next [`invoke_batch`] on this
+/// thread for its results, if they are dense and fit: they are written
+/// there instead of after the head in `out`, which saves the child a copy
+/// of them into the reply arena. [`take_direct`] says whether they were.
+///
+/// # Safety
+///
+/// The bytes must stay writable, and be touched by nothing else (no other
+/// process, no reference in this one), until [`take_direct`] is called and
+/// then until the reply is sent.
+pub(crate) unsafe fn offer_direct(room: *mut std::mem::MaybeUninit<u8>, len: usize) {
+    DIRECT.set(Some((room, len)));
+    DIRECT_USED.set(None);
+}
+
+/// How many bytes of results the batch just run wrote to the room offered
+/// with [`offer_direct`] (`None`: none, they are in `out`); withdraws the
+/// offer.
+pub(crate) fn take_direct() -> Option<usize> {
+    DIRECT.set(None);
+    DIRECT_USED.take()
 }
 
 thread_local! {
@@ -2087,6 +2142,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("range of 8-byte integers"), "{err}");
+    }
+
+    #[test]
+    fn dense_results_go_to_the_room_offered_if_they_fit() {
+        let input = dense_of([1u32, 2, 3]);
+        let mut room = [std::mem::MaybeUninit::new(0xEEu8); 32];
+        // Written there, not in `out`, and counted.
+        let mut out = vec![7];
+        // SAFETY: `room` outlives the batch, and is not touched meanwhile.
+        unsafe { offer_direct(room.as_mut_ptr(), 24) };
+        let ran = invoke_batch::<Double>(Args::Dense(&input), &mut out);
+        assert_eq!((ran, take_direct()), (Ok((3, true)), Some(24)));
+        assert_eq!(out, [7]);
+        // SAFETY: initialised above (every byte of `room` was).
+        let room_bytes: Vec<u8> = room.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(room_bytes[..24], dense_of([2u64, 4, 6])[..]);
+        assert_eq!(room_bytes[24..], [0xEE; 8], "nothing past the results");
+        // The offer is withdrawn: the next batch writes to `out`.
+        assert_eq!(
+            invoke_batch::<Double>(Args::Dense(&input), &mut out),
+            Ok((3, true))
+        );
+        assert_eq!(out[1..], dense_of([2u64, 4, 6])[..]);
+        // Too small a room: `out`, as without one.
+        let mut out = vec![7];
+        // SAFETY: as above.
+        unsafe { offer_direct(room.as_mut_ptr(), 23) };
+        let ran = invoke_batch::<Double>(Args::Dense(&input), &mut out);
+        assert_eq!((ran, take_direct()), (Ok((3, true)), None));
+        assert_eq!(out[1..], dense_of([2u64, 4, 6])[..]);
+        // A panic: the results so far are copied to `out` and the batch
+        // goes on framed there, as without a room.
+        let input = dense_of([1u32, 2, 13, 20]);
+        let mut without = vec![7];
+        let want = invoke_batch::<Double>(Args::Dense(&input), &mut without);
+        let mut out = vec![7];
+        // SAFETY: as above.
+        unsafe { offer_direct(room.as_mut_ptr(), 32) };
+        let ran = invoke_batch::<Double>(Args::Dense(&input), &mut out);
+        assert_eq!((ran, take_direct()), (want.clone(), None));
+        assert_eq!(want, Ok((4, false)));
+        assert_eq!(out, without);
+        // A range batch uses it too.
+        let mut out = vec![7];
+        // SAFETY: as above.
+        unsafe { offer_direct(room.as_mut_ptr(), 32) };
+        let range = Args::Range {
+            first: 5,
+            count: 2,
+            width: 4,
+        };
+        let ran = invoke_batch::<Double>(range, &mut out);
+        assert_eq!((ran, take_direct()), (Ok((2, true)), Some(16)));
+        assert_eq!(out, [7]);
     }
 
     #[test]

@@ -151,6 +151,25 @@ impl Arena {
         }
     }
 
+    /// The data from `offset` to the capacity, to be written in place;
+    /// `None` if `offset` is over the capacity.
+    ///
+    /// # Safety
+    ///
+    /// As for [`write_at`](Arena::write_at), for all of those bytes, for
+    /// as long as the pointer is used; and no reference to them may live
+    /// meanwhile.
+    pub(crate) unsafe fn room_at(
+        &self,
+        offset: usize,
+    ) -> Option<(*mut std::mem::MaybeUninit<u8>, usize)> {
+        let len = self.capacity().checked_sub(offset)?;
+        // SAFETY: in bounds of a writable mapping that lives as long as
+        // `self` (`offset` is at most the capacity).
+        let ptr = unsafe { self.seg.as_ptr().add(HEADER + offset) };
+        Some((ptr.cast(), len))
+    }
+
     /// The first `len` bytes of the data, or `None` if `len` is over the
     /// capacity.
     ///
