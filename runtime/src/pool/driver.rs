@@ -977,7 +977,7 @@ fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
     if let Some(held) = lease {
         frame.clear();
         crate::shm::huge::reserve_bytes(frame, held.len());
-        frame.extend_from_slice(&held);
+        crate::shm::copy::extend(frame, &held);
     } // released here
     Ok(tag)
 }

@@ -143,7 +143,7 @@ impl Arena {
         // caller's contract), and `bytes` is private memory, so the two
         // cannot overlap.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            super::copy::copy_bytes(
                 bytes.as_ptr(),
                 self.seg.as_ptr().add(HEADER + offset),
                 bytes.len(),

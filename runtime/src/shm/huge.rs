@@ -50,7 +50,7 @@ pub(crate) fn reserve<T>(buf: &mut Vec<T>, additional: usize) {
 pub(crate) fn to_vec(bytes: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     reserve_bytes(&mut v, bytes.len());
-    v.extend_from_slice(bytes);
+    super::copy::extend(&mut v, bytes);
     v
 }
 

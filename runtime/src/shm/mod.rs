@@ -8,6 +8,7 @@
 pub(crate) mod arena;
 mod array;
 mod bytes;
+pub(crate) mod copy;
 mod element;
 pub(crate) mod huge;
 mod primitives;
