@@ -208,7 +208,7 @@ pub use multiproc_macros::{entry, test, worker};
 pub use multiproc_runtime::{
     AsCompleted, CodecSide, Error, ErrorKind, ExitReason, Imap, ImapUnordered, Indexed,
     InitOutcome, Manager, PipeEnd, Pool, PoolBuilder, Process, Queue, Result, SharedList,
-    SharedMap, Task, Worker, as_completed, pipe,
+    SharedMap, Task, WakeLatency, Worker, as_completed, pipe,
 };
 pub use multiproc_runtime::{
     Barrier, BarrierWaitResult, ChunkMut, Element, Event, IntElement, Lock, LockGuard, Semaphore,

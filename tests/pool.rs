@@ -942,3 +942,30 @@ fn an_idle_worker_takes_half_of_a_busy_workers_batch() {
     assert!(split >= 1, "no batch was shared between the two workers");
     assert_ne!(pids_of(0..300).len(), 1);
 }
+
+#[test]
+fn a_wake_latency_limit_holds_while_it_lives_and_ends_with_it() {
+    use std::io::Read;
+    // The machine's current limit, as Linux reports it (root can read it).
+    let current = || {
+        let mut bytes = [0u8; 4];
+        let mut device = std::fs::File::open("/dev/cpu_dma_latency").ok()?;
+        device.read_exact(&mut bytes).ok()?;
+        Some(i32::from_ne_bytes(bytes))
+    };
+    let before = current();
+    match multiproc::WakeLatency::limit(std::time::Duration::from_micros(7)) {
+        Ok(held) => {
+            let during = current().expect("readable where it could be written");
+            assert!(during <= 7, "{during} µs while a limit of 7 is held");
+            drop(held);
+            // Back to what it was, unless something else already asked
+            // for as much.
+            if before.is_some_and(|b| b > 7) {
+                assert_eq!(current(), before, "the limit ends with the value");
+            }
+        }
+        // Not root, or not Linux: a clear error, not a silent no-op.
+        Err(e) => assert!(matches!(e.kind(), ErrorKind::Io { .. }), "{e:?}"),
+    }
+}

@@ -202,7 +202,8 @@ pub enum ErrorKind {
         /// What serde or postcard said.
         message: String,
     },
-    /// An operating-system error on a pipe, queue or shared object.
+    /// An operating-system error on a pipe, queue or shared object, or when
+    /// asking for a [`WakeLatency`](crate::WakeLatency) limit.
     #[error("{what}: {source}")]
     Io {
         /// What was being done.

@@ -14,6 +14,7 @@ compile_error!(
 mod child;
 mod error;
 mod fdpass;
+mod latency;
 mod manager;
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -28,6 +29,7 @@ mod wire;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
+pub use latency::WakeLatency;
 pub use manager::{Manager, SharedList, SharedMap};
 pub use pipe::{PipeEnd, pipe};
 pub use pool::{
