@@ -418,8 +418,12 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                         unsafe { wire::offer_direct(room, len) };
                         Some(i)
                     });
+                let head_len = out.len();
                 let result = crate::fdpass::with_table(fds, || (entry.invoke())(args, &mut out));
                 let direct = direct.zip(wire::take_direct());
+                // Results written to the room leave the head as it was: it
+                // goes right before them (`send_reply`).
+                debug_assert!(direct.is_none() || out.len() == head_len);
                 IN_TASK.with(|t| t.set(false));
                 if let Some(p) = PROGRESS.get() {
                     p.end_batch();
