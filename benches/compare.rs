@@ -913,30 +913,28 @@ fn map_and_growth(
         target: "within ±25% after the first".to_owned(),
         ok: mark(spread <= 0.25).to_owned(),
     };
+    let (quick_per_item, quick_ratio, quick_ok) = match &quick_refused {
+        Some(why) => (format!("not measured: {why}"), "—".to_owned(), "?"),
+        None => {
+            let (per_item, spread) = growth_of(&quick);
+            (
+                per_item + " per item",
+                format!("±{:.0}% around the median after the first", spread * 100.0),
+                mark(spread <= 0.25),
+            )
+        }
+    };
     let quick_row = Row {
         workload: "cost growth, the same sizes with idle CPUs kept quick to wake \
                    (`WakeLatency::limit(0)`, an opt-in; measured after the floor)"
             .to_owned(),
         sequential: "—".to_owned(),
         rayon: "—".to_owned(),
-        multiproc: match &quick_refused {
-            Some(why) => format!("not measured: {why}"),
-            None => growth_of(&quick).0 + " per item",
-        },
+        multiproc: quick_per_item,
         python: "—".to_owned(),
-        ratio: match &quick_refused {
-            Some(_) => "—".to_owned(),
-            None => format!(
-                "±{:.0}% around the median after the first",
-                growth_of(&quick).1 * 100.0
-            ),
-        },
+        ratio: quick_ratio,
         target: "the cost-growth target, with the opt-in".to_owned(),
-        ok: match &quick_refused {
-            Some(_) => "?",
-            None => mark(growth_of(&quick).1 <= 0.25),
-        }
-        .to_owned(),
+        ok: quick_ok.to_owned(),
     };
     Ok((map_row, vec_row, [growth_row, quick_row]))
 }

@@ -506,7 +506,8 @@ fn send_reply(
     if let Some(a) = arenas {
         let free = match direct {
             Some((i, _)) => Some(i),
-            None => a.free_reply(body).filter(|_| body >= ARENA_FROM),
+            None if body >= ARENA_FROM => a.free_reply(body),
+            None => None,
         };
         if let Some(i) = free {
             // SAFETY: the parent has released every earlier reply in this

@@ -391,22 +391,11 @@ pub(crate) fn get_dense<T: 'static>(bytes: &[u8]) -> Option<T> {
 /// of a reply in one go instead of one at a time ([`copy_plain`]).
 #[inline(always)]
 pub(crate) fn dense_is_plain<T: 'static>() -> bool {
-    let t = TypeId::of::<T>();
-    let fixed = [
-        TypeId::of::<u64>(),
-        TypeId::of::<u32>(),
-        TypeId::of::<u16>(),
-        TypeId::of::<u8>(),
-        TypeId::of::<i64>(),
-        TypeId::of::<i32>(),
-        TypeId::of::<i16>(),
-        TypeId::of::<i8>(),
-        TypeId::of::<f64>(),
-        TypeId::of::<f32>(),
-    ];
-    let word = [TypeId::of::<usize>(), TypeId::of::<isize>()];
+    // The dense types are all numbers but `bool`; `usize` and `isize` go
+    // as 8 bytes, which is their size only on a 64-bit machine.
     cfg!(target_endian = "little")
-        && (fixed.contains(&t) || (size_of::<usize>() == 8 && word.contains(&t)))
+        && dense_width::<T>() == Some(size_of::<T>())
+        && TypeId::of::<T>() != TypeId::of::<bool>()
 }
 
 /// Copies the dense `T`s at the start of `bytes`, at most `max` of them,
@@ -1562,12 +1551,15 @@ fn run_dense<W: Worker, B: AsRef<[u8]>>(
         // counted here: appended one by one, `out`'s length was stored and
         // loaded again for every item, most of what the loop cost (`perf
         // annotate` of a child: 2–3 ns per `x + 1`).
-        let direct = DIRECT.take().filter(|&(_, len)| len >= count * rw);
+        let direct = match DIRECT.replace(Direct::None) {
+            Direct::Offered { room, len } if len >= count * rw => Some(room),
+            _ => None,
+        };
         let room = match direct {
             // SAFETY: the child offered these bytes for this batch's
             // results alone (`offer_direct`), and nothing else refers to
             // them until it sends the reply.
-            Some((ptr, _)) => unsafe { std::slice::from_raw_parts_mut(ptr, count * rw) },
+            Some(room) => unsafe { std::slice::from_raw_parts_mut(room, count * rw) },
             None => &mut out.spare_capacity_mut()[..count * rw],
         };
         let mut bad = false;
@@ -1593,22 +1585,22 @@ fn run_dense<W: Worker, B: AsRef<[u8]>>(
             }
         }
         let written = index as usize * rw;
-        if direct.is_some() {
-            if bad {
-                return Err(not_dense(index));
-            }
-            if panicked.is_none() {
-                DIRECT_USED.set(Some(written));
+        match direct {
+            Some(_) if bad => return Err(not_dense(index)),
+            Some(_) if panicked.is_none() => {
+                DIRECT.set(Direct::Used(written));
                 return Ok((index as u32, true));
             }
-            // The results so far go on framed in `out`, after a copy.
-            // SAFETY: the loop initialised the first `written` bytes.
-            let done = unsafe { std::slice::from_raw_parts(room.as_ptr().cast::<u8>(), written) };
-            out.extend_from_slice(done);
-        } else {
+            Some(_) => {
+                // The results so far go on framed in `out`, after a copy.
+                // SAFETY: the loop initialised the first `written` bytes.
+                let done =
+                    unsafe { std::slice::from_raw_parts(room.as_ptr().cast::<u8>(), written) };
+                out.extend_from_slice(done);
+            }
             // SAFETY: the loop initialised one slot of `rw` bytes per item
             // counted in `index`, from the start of the spare capacity.
-            unsafe { out.set_len(start + written) };
+            None => unsafe { out.set_len(start + written) },
         }
         if bad {
             return Err(not_dense(index));
@@ -1637,13 +1629,23 @@ fn run_dense<W: Worker, B: AsRef<[u8]>>(
     Ok((index as u32, false))
 }
 
+/// Room outside `out` for a batch's dense results ([`offer_direct`]).
+#[derive(Clone, Copy)]
+enum Direct {
+    None,
+    /// Offered for the batch about to run: `len` bytes at `room`.
+    Offered {
+        room: *mut std::mem::MaybeUninit<u8>,
+        len: usize,
+    },
+    /// The batch just run wrote this many bytes of results there.
+    Used(usize),
+}
+
 thread_local! {
-    /// Room outside `out` for the dense results of the batch about to run:
-    /// the free reply arena the reply will go through ([`offer_direct`]).
-    static DIRECT: std::cell::Cell<Option<(*mut std::mem::MaybeUninit<u8>, usize)>> =
-        const { std::cell::Cell::new(None) };
-    /// How many bytes of dense results the batch just run wrote there.
-    static DIRECT_USED: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// The room of this thread's batch: the free reply arena its reply
+    /// will go through.
+    static DIRECT: std::cell::Cell<Direct> = const { std::cell::Cell::new(Direct::None) };
 }
 
 /// Offers the `len` bytes at `room` to the next [`invoke_batch`] on this
@@ -1657,16 +1659,17 @@ thread_local! {
 /// process, no reference in this one), until [`take_direct`] is called and
 /// then until the reply is sent.
 pub(crate) unsafe fn offer_direct(room: *mut std::mem::MaybeUninit<u8>, len: usize) {
-    DIRECT.set(Some((room, len)));
-    DIRECT_USED.set(None);
+    DIRECT.set(Direct::Offered { room, len });
 }
 
 /// How many bytes of results the batch just run wrote to the room offered
 /// with [`offer_direct`] (`None`: none, they are in `out`); withdraws the
 /// offer.
 pub(crate) fn take_direct() -> Option<usize> {
-    DIRECT.set(None);
-    DIRECT_USED.take()
+    match DIRECT.replace(Direct::None) {
+        Direct::Used(n) => Some(n),
+        Direct::None | Direct::Offered { .. } => None,
+    }
 }
 
 thread_local! {

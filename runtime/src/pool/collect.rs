@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 
 use super::job::{Outcome, Reply};
-use super::stream::decode_results;
-use crate::wire;
+use super::stream::{copy_results, decode_results};
 
 /// What a driver calls with each reply of a batch whose results go
 /// straight into a `map`'s output.
@@ -277,14 +276,10 @@ impl<R: DeserializeOwned + Send + 'static> Store for Slots<R> {
         // called (the values decoded before it are not dropped: a leak,
         // never a double drop), instead of taking the driver down.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if dense {
-                // SAFETY: positions at..at + count were claimed above, and
-                // the output is not the reply's buffer.
-                let copied = unsafe { wire::copy_plain(&data[start..], count as usize, dst) };
-                if let Some(n) = copied {
-                    // Lossless: n <= count.
-                    return (n as u32, n * size_of::<R>());
-                }
+            // SAFETY: positions at..at + count were claimed above, and the
+            // output is not the reply's buffer.
+            if let Some(copied) = unsafe { copy_results(&data[start..], count, dense, dst) } {
+                return copied;
             }
             decode_results(&data[start..], count, dense, |value: R| {
                 // SAFETY: positions at..at + count were claimed above, and

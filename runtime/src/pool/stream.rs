@@ -172,6 +172,30 @@ pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
     (n, data.len() - rest.len())
 }
 
+/// Copies the first `max` results in `data` to `dst` in one go if they
+/// are dense and of a plain type ([`wire::copy_plain`]), and returns how
+/// many it copied and the bytes they took; `None` (nothing copied): decode
+/// them with [`decode_results`].
+///
+/// # Safety
+///
+/// As for [`wire::copy_plain`]: `dst` valid for writes of `max` results,
+/// not overlapping `data`.
+pub(crate) unsafe fn copy_results<R: 'static>(
+    data: &[u8],
+    max: u32,
+    dense: bool,
+    dst: *mut R,
+) -> Option<(u32, usize)> {
+    if !dense {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    let n = unsafe { wire::copy_plain(data, max as usize, dst) }?;
+    // Lossless: n <= max.
+    Some((n as u32, n * size_of::<R>()))
+}
+
 /// How big the batches of a stream are.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Chunking {
@@ -565,18 +589,14 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                         // `vec::IntoIter` is a pointer increment.
                         let mut run = Vec::with_capacity(max as usize);
                         let data = &data[cur.pos..];
-                        let copied = if *dense {
-                            // SAFETY: `run` has room for `max` results, and
-                            // its buffer is not the reply's.
-                            unsafe { wire::copy_plain(data, max as usize, run.as_mut_ptr()) }
-                        } else {
-                            None
-                        };
+                        // SAFETY: `run` has room for `max` results, and its
+                        // buffer is not the reply's.
+                        let copied = unsafe { copy_results(data, max, *dense, run.as_mut_ptr()) };
                         let (n, used) = match copied {
-                            Some(n) => {
+                            Some((n, used)) => {
                                 // SAFETY: its first `n` were just written.
-                                unsafe { run.set_len(n) };
-                                (n as u32, n * size_of::<W::Output>())
+                                unsafe { run.set_len(n as usize) };
+                                (n, used)
                             }
                             None => decode_results(data, max, *dense, |v| run.push(v)),
                         };

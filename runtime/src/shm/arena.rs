@@ -10,7 +10,8 @@
 //!
 //! Each worker has five, all created by the parent and sent to the child:
 //! the *request* arena (parent → child) and four *reply* arenas (child →
-//! parent, `wire::REPLY_ARENAS`), which the child uses in turn. Who may touch which bytes when:
+//! parent, `wire::REPLY_ARENAS`), which the child uses in turn. Who may
+//! touch which bytes when:
 //!
 //! - request: a ring. The parent writes a batch where no batch still in
 //!   flight with that child lies (the child answers them in order, and
