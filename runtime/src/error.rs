@@ -229,10 +229,25 @@ pub enum ErrorKind {
     /// memory, too many descriptors, a handle that is not what it claims).
     #[error("shared memory: {0}")]
     SharedMemory(#[source] io::Error),
-    /// The control channel to a worker broke in an unexpected way (a bug or a
-    /// foreign process writing to it).
-    #[error("protocol error on the control channel: {0}")]
+    /// Another process broke the protocol of a channel it shares with this
+    /// one: a worker process sent a frame that is forged, short, oversized,
+    /// unsolicited or out of order, left a frame half-written, or scribbled
+    /// or resized its progress page or arenas; a peer of a
+    /// [`PipeEnd`](crate::PipeEnd) or a [`Manager`](crate::Manager) sent a
+    /// message that is not one. The message names the process (its pid,
+    /// where known) and what it broke. A pool kills and replaces such a
+    /// worker and fails the item it was running; the breach counts as a
+    /// crash for [`retries`](crate::PoolBuilder::retries).
+    #[error("protocol error: {0}")]
     Protocol(String),
+    /// Shared state that another process can write failed validation: the
+    /// header of a [`Queue`](crate::Queue)'s ring, a lock's, event's,
+    /// semaphore's or barrier's words, or a [`SharedArray`](crate::SharedArray)'s
+    /// lease table hold values no correct process writes. The operation
+    /// fails and this process is unharmed; the structure is unusable until
+    /// whoever corrupted it is dealt with. The message says which field.
+    #[error("corrupted shared state: {0}")]
+    Corrupted(String),
     /// An MPI pool cannot be used: the program was not started by an MPI
     /// launcher, the job has no worker ranks, the MPI library lacks thread
     /// support, another MPI pool is open, or a rank refused the pool.
@@ -290,6 +305,18 @@ impl Error {
     /// ([`ErrorKind::OwnerDied`]).
     pub fn is_owner_died(&self) -> bool {
         matches!(*self.kind, ErrorKind::OwnerDied)
+    }
+
+    /// `true` if another process broke a channel's protocol
+    /// ([`ErrorKind::Protocol`]).
+    pub fn is_protocol(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Protocol(_))
+    }
+
+    /// `true` if shared state written by another process failed validation
+    /// ([`ErrorKind::Corrupted`]).
+    pub fn is_corrupted(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Corrupted(_))
     }
 
     /// `true` if a [`Barrier`](crate::Barrier) is broken
