@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::driver::{batch_failure, encode_run, reap, send_run};
+use crate::pool::driver::{breach_failure, encode_run, reap, send_run};
 use crate::pool::job::{Failure, Outcome, Reply, Runner};
 use crate::pool::stream::decode_single;
 use crate::pool::task::TaskSlot;
+use crate::proto::reply;
 use crate::shm::Progress;
 use crate::worker::Worker;
 use crate::{child, registry, spawn, wire};
@@ -191,40 +192,53 @@ fn supervise(
     let answer = encode_run(&mut buf, 1, worker, &payload, fds.len())
         .and_then(|()| send_run(&mut spawned.stream, &buf, &payload, &fds))
         .and_then(|()| wire::read_frame(&mut reader, &mut frame));
-    match answer {
-        Ok(Some(wire::TAG_DONE)) => {
-            slot.fill(Reply {
-                first_index: None,
-                count: 1,
-                outcome: Outcome::Done {
+    let expect = reply::Expect {
+        batch: 1,
+        count: 1,
+        stop_asked: false,
+    };
+    let read = match answer {
+        Ok(Some(_)) => reply::read_answer(&frame, expect, None).map_err(|b| b.0),
+        Ok(None) => Err(String::new()),
+        Err(e) if wire::is_breach(&e) => Err(e.to_string()),
+        Err(_) => Err(String::new()),
+    };
+    let fill = |outcome| {
+        slot.fill(Reply {
+            first_index: None,
+            count: 1,
+            outcome,
+        });
+    };
+    match read {
+        Ok(answer) => {
+            // The answer first: reaping waits for the child's exit.
+            if let reply::Answer::Done { .. } = answer {
+                wire::begin_frame(&mut buf, wire::TAG_SHUTDOWN);
+                let _ = wire::finish_frame(&mut buf).and_then(|()| spawned.stream.write_all(&buf));
+            }
+            fill(match answer {
+                reply::Answer::Done { dense, .. } => Outcome::Done {
                     data: std::mem::take(&mut frame).into(),
                     start: wire::DONE_HEADER,
                     elapsed_ns: 0,
-                    dense: false, // one call goes framed
+                    dense,
                 },
-            });
-            wire::begin_frame(&mut buf, wire::TAG_SHUTDOWN);
-            let _ = wire::finish_frame(&mut buf).and_then(|()| spawned.stream.write_all(&buf));
-            drop(spawned.stream);
-            reap(&mut spawned.child);
-        }
-        Ok(Some(wire::TAG_FAILED)) => {
-            slot.fill(Reply {
-                first_index: None,
-                count: 1,
-                outcome: Outcome::Failed(batch_failure(&frame)),
+                reply::Answer::Failed(failure) => Outcome::Failed(failure.into()),
             });
             drop(spawned.stream);
             reap(&mut spawned.child);
         }
-        _ => {
+        Err(breach) if !breach.is_empty() => {
+            runner.kill_if_running(None);
+            runner.set_pid(None);
+            reap(&mut spawned.child);
+            fill(Outcome::Failed(breach_failure(pid, &breach)));
+        }
+        Err(_) => {
             runner.set_pid(None);
             let reason = reap(&mut spawned.child);
-            slot.fill(Reply {
-                first_index: None,
-                count: 1,
-                outcome: Outcome::Failed(Failure::Died { pid, reason }),
-            });
+            fill(Outcome::Failed(Failure::Died { pid, reason }));
         }
     }
     runner.set_pid(None);

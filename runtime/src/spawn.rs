@@ -92,7 +92,13 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
         wire::finish_frame(&mut frame)?;
         crate::fdpass::write_with_fds(&mut stream, &frame, &[progress.fd().try_clone_to_owned()?])
     })();
-    match setup.and_then(|()| read_hello(&mut stream, child.id())) {
+    // From here a frame that stalls halfway, or a child that stops reading
+    // what it is sent, is an error instead of a wait without end.
+    let started = setup
+        .and_then(|()| read_hello(&mut stream, child.id()))
+        .and_then(|()| stream.set_read_timeout(Some(wire::FRAME_STALL)))
+        .and_then(|()| stream.set_write_timeout(Some(wire::FRAME_STALL)));
+    match started {
         Ok(()) => Ok(Spawned { child, stream }),
         Err(e) => {
             let _ = child.kill();
@@ -110,11 +116,16 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
 }
 
 fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
-    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    use std::os::fd::AsRawFd;
+    if !wait_readable(stream.as_raw_fd(), HELLO_TIMEOUT)? {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no hello within {HELLO_TIMEOUT:?}"),
+        ));
+    }
+    stream.set_read_timeout(Some(wire::FRAME_STALL))?;
     let mut frame = Vec::new();
-    let tag = wire::read_frame(stream, &mut frame);
-    stream.set_read_timeout(None)?;
-    match tag? {
+    match wire::read_frame(stream, &mut frame)? {
         Some(wire::TAG_HELLO) => {}
         Some(tag) => {
             return Err(io::Error::new(

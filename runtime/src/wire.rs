@@ -1769,8 +1769,28 @@ pub(crate) fn finish_frame_with(buf: &mut [u8], more: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Most of a frame's length reserved before its bytes arrive: the buffer
+/// grows with what actually comes, so a forged length costs nothing.
+const RESERVE_AHEAD: usize = 8 << 20;
+
+/// How long a frame that has begun may go without a byte: a child writes
+/// each frame from memory in one go, so a frame that stops halfway is a
+/// broken or hostile child. Applies where the socket has this read timeout
+/// (a parent's end of a worker's socket, see `spawn`).
+pub(crate) const FRAME_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads one frame into `buf`; returns its tag, or `None` on a clean EOF
 /// before the first byte.
+///
+/// On a socket with a read timeout, waiting for a frame to begin is not
+/// limited (the timeout only wakes the wait), but a frame that stops for
+/// that long once it has begun fails with [`io::ErrorKind::TimedOut`].
+///
+/// # Errors
+///
+/// `InvalidData` for a length of zero or over 1 GiB, `UnexpectedEof` for a
+/// stream that ends inside a frame, `TimedOut` for one that stalls there,
+/// and the reader's own errors.
 pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<u8>> {
     let mut len = [0u8; 4];
     let mut got = 0;
@@ -1780,6 +1800,8 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if got == 0 && is_timeout(&e) => {}
+            Err(e) if is_timeout(&e) => return Err(stalled(got)),
             Err(e) => return Err(e),
         }
     }
@@ -1787,17 +1809,43 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
     if len == 0 || len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("bad frame length {len}"),
+            format!("a frame length of {len} bytes (at most {MAX_FRAME})"),
         ));
     }
     buf.clear();
-    crate::shm::huge::reserve_bytes(buf, len);
+    crate::shm::huge::reserve_bytes(buf, len.min(RESERVE_AHEAD));
     // `take` + `read_to_end` fills spare capacity without zeroing it first.
-    let got = r.take(len as u64).read_to_end(buf)?;
+    let got = match r.take(len as u64).read_to_end(buf) {
+        Ok(got) => got,
+        Err(e) if is_timeout(&e) => return Err(stalled(4 + buf.len())),
+        Err(e) => return Err(e),
+    };
     if got < len {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(Some(buf[0]))
+}
+
+/// `true` for a [`read_frame`] error that only a peer breaking the
+/// protocol causes (a bad length, a frame that stalls halfway), as opposed
+/// to the peer's end.
+pub(crate) fn is_breach(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData || is_timeout(e)
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+#[cold]
+fn stalled(got: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("a frame stalled after {got} bytes"),
+    )
 }
 
 /// A cursor over a frame body.

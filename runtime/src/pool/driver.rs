@@ -7,7 +7,7 @@
 //! which is what Linux's parent-death signal is tied to.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -19,9 +19,9 @@ use std::time::Duration;
 use super::PoolShared;
 use super::job::{Failure, Job, Next, Outcome, ReplyBytes, Runner, Sink};
 use crate::error::{Error, ErrorKind, ExitReason, Result};
+use crate::proto::reply;
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Arena, Lease};
-use crate::shm::progress_clock as monotonic_ns;
 use crate::spawn::{self, Spawned};
 use crate::wire::{self, BatchFailure};
 
@@ -200,6 +200,17 @@ impl Worker {
     }
 }
 
+/// What went wrong with a worker process, as its driver saw it: the
+/// parent's own observations, never the child's word.
+#[derive(Default)]
+struct Fault {
+    /// Its running item overstayed the task time limit: the batch, and the
+    /// item if the progress page named a plausible one.
+    timed_out: Option<(u64, Option<u64>)>,
+    /// It broke the protocol: what it did.
+    breach: Option<String>,
+}
+
 enum End {
     /// The pool is closed and the queue is empty.
     Shutdown,
@@ -248,7 +259,6 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
             return;
         }
     };
-    progress.set_want_time(shared.task_timeout.is_some());
     runner.set_progress(progress.clone());
     let mut ready = Some(ready);
     let mut failures = 0;
@@ -277,8 +287,8 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         }
-        let mut timed_out = None;
-        match serve(&shared, &runner, &progress, &mut worker, &mut timed_out) {
+        let mut fault = Fault::default();
+        match serve(&shared, &runner, &progress, &mut worker, &mut fault) {
             End::Shutdown => {
                 stop(&runner, worker);
                 break;
@@ -291,7 +301,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
                 if worker.done > 0 {
                     failures = 0;
                 }
-                died(&shared, &runner, &progress, timed_out, worker, in_flight);
+                died(&shared, &runner, &progress, fault, worker, in_flight);
             }
         }
     }
@@ -477,12 +487,18 @@ pub(crate) fn send_run(
 }
 
 pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
-    match frame.get(9..).map(postcard::from_bytes::<BatchFailure>) {
-        Some(Ok(BatchFailure::UnknownWorker { name, known })) => {
-            Failure::UnknownWorker { name, known }
-        }
-        Some(Ok(BatchFailure::Malformed(msg))) => Failure::Protocol(msg),
+    match frame.get(9..).map(wire::decode_exact::<BatchFailure>) {
+        Some(Ok(failure)) => Failure::from(failure),
         _ => Failure::Protocol("undecodable failure report from a worker".to_owned()),
+    }
+}
+
+impl From<BatchFailure> for Failure {
+    fn from(failure: BatchFailure) -> Failure {
+        match failure {
+            BatchFailure::UnknownWorker { name, known } => Failure::UnknownWorker { name, known },
+            BatchFailure::Malformed(msg) => Failure::Protocol(msg),
+        }
     }
 }
 
@@ -511,10 +527,10 @@ fn serve(
     runner: &Arc<Runner>,
     progress: &Progress,
     worker: &mut Worker,
-    timed_out: &mut Option<(u64, u64)>,
+    fault: &mut Fault,
 ) -> End {
     let mut pending = None;
-    let end = serve_batches(shared, runner, progress, worker, timed_out, &mut pending);
+    let end = serve_batches(shared, runner, progress, worker, fault, &mut pending);
     Delivery::flush(&mut pending, shared);
     end
 }
@@ -524,7 +540,7 @@ fn serve_batches(
     runner: &Arc<Runner>,
     progress: &Progress,
     worker: &mut Worker,
-    timed_out: &mut Option<(u64, u64)>,
+    fault: &mut Fault,
     pending: &mut Option<Delivery>,
 ) -> End {
     let mut in_flight: VecDeque<Sent> = VecDeque::with_capacity(PIPELINE_DEPTH);
@@ -598,6 +614,14 @@ fn serve_batches(
                     if !worker.reader.buffer().is_empty()
                         || spawn::wait_readable(fd, Duration::ZERO).unwrap_or(true)
                     {
+                        if worker.reader.fill_buf().is_ok_and(|b| !b.is_empty()) {
+                            return breach(
+                                runner,
+                                fault,
+                                in_flight,
+                                "it sent a frame while no batch was in flight".to_owned(),
+                            );
+                        }
                         return End::Died(in_flight);
                     }
                     let since = *idle_since.get_or_insert_with(std::time::Instant::now);
@@ -680,102 +704,134 @@ fn serve_batches(
             .front()
             .is_some_and(|s| matches!(s.job.sink, Sink::Task(_) | Sink::Collect(_)));
         let mut lease = None;
-        let tag = match read_reply(
+        match read_reply(
             shared,
             runner,
             progress,
             worker,
             &in_flight,
             (&mut frame, &mut lease, lease_ok),
-            timed_out,
+            fault,
         ) {
-            Ok(Some(tag)) => tag,
-            Ok(None) | Err(_) => return End::Died(in_flight),
+            Ok(Some(_)) => {}
+            Ok(None) => return End::Died(in_flight),
+            Err(e) if wire::is_breach(&e) => {
+                return breach(runner, fault, in_flight, e.to_string());
+            }
+            Err(_) => return End::Died(in_flight),
+        };
+        let Some(front) = in_flight.front() else {
+            return breach(
+                runner,
+                fault,
+                in_flight,
+                "it sent a frame while no batch was in flight".to_owned(),
+            );
+        };
+        let thief = runner.thief(); // before set_front forgets it
+        let expect = reply::Expect {
+            batch: front.batch,
+            count: front.job.count,
+            stop_asked: thief.is_some(),
+        };
+        let answer = reply::read_answer(lease.as_deref().unwrap_or(&frame), expect, None);
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return breach(runner, fault, in_flight, e.0),
         };
         let Some(front) = in_flight.pop_front() else {
-            runner.kill_if_running(None);
-            return End::Died(in_flight);
+            unreachable!("the front was just read");
         };
-        let mut cur = wire::Cursor(&frame[1..]);
-        let batch = cur.u64().unwrap_or(0);
-        let dense = tag & wire::DENSE != 0;
-        let tag = tag & !wire::DENSE;
-        if batch != front.batch || !(tag == wire::TAG_DONE || tag == wire::TAG_FAILED) {
-            // Out of step: the channel cannot be trusted any more.
-            runner.kill_if_running(None);
-            in_flight.push_front(front);
-            return End::Died(in_flight);
-        }
-        let thief = runner.thief(); // before set_front forgets it
         runner.set_front(in_flight.front().map(|s| (s.batch, s.job.count)));
-        if tag == wire::TAG_DONE {
-            let elapsed_ns = cur.u64().unwrap_or(0);
-            let ran = cur.u32().unwrap_or(front.job.count).min(front.job.count);
-            worker.done += u64::from(ran);
-            worker.last_batch_ns = elapsed_ns;
-            // A time per item from a batch under 1 ms is mostly start-up
-            // (a single `apply` takes microseconds): it would cut the next
-            // large batch into a great many tiny pieces.
-            if ran > 0 && elapsed_ns >= 1_000_000 {
-                worker.last_item = Some((front.job.worker, elapsed_ns / u64::from(ran)));
-            }
-            if let Some(limit) = shared.max_worker_rss {
-                worker.retiring = spawn::rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
-            }
-            let data = match lease.take() {
-                Some(lease) => ReplyBytes::Shared(lease),
-                None => ReplyBytes::Owned(std::mem::take(&mut frame)),
-            };
-            let job = if ran < front.job.count {
-                // Stopped early for an idle worker: the rest is split, the
-                // front half kept for this worker and the back half for the
-                // one that asked (see `Runner::steal_half`).
-                let (head, tail) = split(front.job, ran);
-                let now = std::time::Instant::now();
-                let halves = match (tail, thief) {
-                    (Some(tail), Some(thief)) if tail.count >= 2 => {
-                        let half = tail.count / 2;
-                        let (mut mine, mut theirs) = tail.split_at(half);
-                        mine.reserved = Some((runner.id, now));
-                        theirs.reserved = Some((thief, now));
-                        vec![mine, theirs]
-                    }
-                    (Some(mut tail), Some(thief)) => {
-                        tail.reserved = Some((thief, now));
-                        vec![tail]
-                    }
-                    (tail, _) => tail.into_iter().collect(),
+        match answer {
+            reply::Answer::Done {
+                ran,
+                elapsed_ns,
+                dense,
+            } => {
+                worker.done += u64::from(ran);
+                worker.last_batch_ns = elapsed_ns;
+                // A time per item from a batch under 1 ms is mostly start-up
+                // (a single `apply` takes microseconds): it would cut the next
+                // large batch into a great many tiny pieces.
+                if ran > 0 && elapsed_ns >= 1_000_000 {
+                    worker.last_item = Some((front.job.worker, elapsed_ns / u64::from(ran)));
+                }
+                if let Some(limit) = shared.max_worker_rss {
+                    worker.retiring = spawn::rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
+                }
+                let data = match lease.take() {
+                    Some(lease) => ReplyBytes::Shared(lease),
+                    None => ReplyBytes::Owned(std::mem::take(&mut frame)),
                 };
-                shared.queue.requeue_front(halves);
-                head
-            } else {
-                Some(front.job)
-            };
-            match job {
-                // The child has more queued: hand over at once (when the
-                // caller's thread is what limits a `map`, it should not
-                // wait for the next send).
-                Some(job) if !in_flight.is_empty() => {
-                    deliver_done(shared, job, data, elapsed_ns, dense);
+                let job = if ran < front.job.count {
+                    // Stopped early for an idle worker: the rest is split, the
+                    // front half kept for this worker and the back half for the
+                    // one that asked (see `Runner::steal_half`).
+                    let (head, tail) = split(front.job, ran);
+                    let now = std::time::Instant::now();
+                    let halves = match (tail, thief) {
+                        (Some(tail), Some(thief)) if tail.count >= 2 => {
+                            let half = tail.count / 2;
+                            let (mut mine, mut theirs) = tail.split_at(half);
+                            mine.reserved = Some((runner.id, now));
+                            theirs.reserved = Some((thief, now));
+                            vec![mine, theirs]
+                        }
+                        (Some(mut tail), Some(thief)) => {
+                            tail.reserved = Some((thief, now));
+                            vec![tail]
+                        }
+                        (tail, _) => tail.into_iter().collect(),
+                    };
+                    shared.queue.requeue_front(halves);
+                    head
+                } else {
+                    Some(front.job)
+                };
+                match job {
+                    // The child has more queued: hand over at once (when the
+                    // caller's thread is what limits a `map`, it should not
+                    // wait for the next send).
+                    Some(job) if !in_flight.is_empty() => {
+                        deliver_done(shared, job, data, elapsed_ns, dense);
+                    }
+                    // The child is idle: feed it first.
+                    Some(job) => {
+                        *pending = Some(Delivery {
+                            job,
+                            data,
+                            elapsed_ns,
+                            dense,
+                        });
+                    }
+                    None => {}
                 }
-                // The child is idle: feed it first.
-                Some(job) => {
-                    *pending = Some(Delivery {
-                        job,
-                        data,
-                        elapsed_ns,
-                        dense,
-                    });
+            }
+            reply::Answer::Failed(failure) => {
+                if let Some(control) = &front.job.control {
+                    control.finish();
                 }
-                None => {}
+                front.job.deliver(Outcome::Failed(Failure::from(failure)));
             }
-        } else {
-            if let Some(control) = &front.job.control {
-                control.finish();
-            }
-            front.job.deliver(Outcome::Failed(batch_failure(&frame)));
         }
     }
+}
+
+/// Ends a worker process that broke the protocol: it is killed, and the
+/// batch it was running fails (or is retried) as after a crash.
+fn breach(runner: &Runner, fault: &mut Fault, in_flight: VecDeque<Sent>, what: String) -> End {
+    runner.kill_if_running(None);
+    fault.breach = Some(what);
+    End::Died(in_flight)
+}
+
+/// The failure of the item a worker process was running when it broke the
+/// protocol.
+pub(crate) fn breach_failure(pid: u32, what: &str) -> Failure {
+    Failure::Protocol(format!(
+        "worker process {pid} broke the protocol and was killed: {what}"
+    ))
 }
 
 /// Cuts the first piece off a long `map`/`imap` batch (see [`PIECE_NS`])
@@ -817,9 +873,15 @@ fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns:
     const START: usize = wire::DONE_HEADER;
     let mut results: Vec<(bool, &[u8])> = Vec::new();
     // Dense results are all fine (a panic turns a reply back to framed).
+    // The reply was checked to hold `count` items; one read in place from
+    // a reply arena that its child rewrote since may hold fewer now, and
+    // those missing fail below.
     if job.panic_retries > 0 && !dense {
-        let mut rest = &data[START..];
-        while let Some((status, _, whole)) = wire::next_item(&mut rest) {
+        let mut rest = data.get(START..).unwrap_or_default();
+        for _ in 0..job.count {
+            let Some((status, _, whole)) = wire::next_item(&mut rest) else {
+                break;
+            };
             results.push((status == wire::ITEM_PANIC, whole));
         }
     }
@@ -872,13 +934,31 @@ fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns:
             run_start = k + 1;
         }
     }
+    let read = results.len() as u32;
+    if read < job.count {
+        job.deliver_part(
+            read,
+            job.count - read,
+            Outcome::Failed(Failure::Protocol(
+                "a worker process rewrote its reply while it was being read".to_owned(),
+            )),
+        );
+    }
     job.settle();
     shared.queue.requeue_front(retry);
 }
 
 /// Reads the next frame from the child. With a task time limit, watches the
 /// progress page while waiting and kills the child when its running item
-/// overstays (the caller then sees EOF, and `timed_out` says which item).
+/// overstays (the caller then sees EOF, and `fault` says which item).
+///
+/// Time is this thread's clock, never the child's: an item's start is when
+/// this thread first saw the page name it. The page only says which item
+/// runs, and is believed only for an item of the front batch that comes
+/// after the one seen before; and the whole batch gets at most the limit
+/// for each of its items from when this thread began to wait for it. So a
+/// child that forges its page can delay its own kill to no later than
+/// that, and cannot stop it.
 fn read_reply(
     shared: &PoolShared,
     runner: &Runner,
@@ -886,24 +966,29 @@ fn read_reply(
     worker: &mut Worker,
     in_flight: &VecDeque<Sent>,
     (frame, lease, lease_ok): (&mut Vec<u8>, &mut Option<Lease>, bool),
-    timed_out: &mut Option<(u64, u64)>,
+    fault: &mut Fault,
 ) -> std::io::Result<Option<u8>> {
-    if let Some(limit) = shared.task_timeout {
+    if let (Some(limit), Some(front)) = (shared.task_timeout, in_flight.front()) {
         let tick = (limit / 8).clamp(Duration::from_millis(1), Duration::from_millis(100));
-        let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
         let fd = worker.reader.get_ref().as_raw_fd();
+        let waiting_since = std::time::Instant::now();
+        let batch_limit = limit.saturating_mul(front.job.count.max(1));
+        // The item the page named last, and when this thread first saw it.
+        let mut seen: (Option<u64>, std::time::Instant) = (None, waiting_since);
         while worker.reader.buffer().is_empty() && !spawn::wait_readable(fd, tick)? {
-            let Some(front) = in_flight.front() else {
-                break;
-            };
-            if timed_out.is_some() {
+            if fault.timed_out.is_some() {
                 continue; // killed; waiting for the EOF
             }
-            if let Some((item, started)) = progress.running(front.batch) {
-                if started != 0 && monotonic_ns().saturating_sub(started) > limit_ns {
-                    *timed_out = Some((front.batch, item));
-                    runner.kill_if_running(None);
-                }
+            let named = progress
+                .running(front.batch)
+                .map(|(item, _)| item)
+                .filter(|&item| item < u64::from(front.job.count));
+            if named.is_some() && named > seen.0 {
+                seen = (named, std::time::Instant::now());
+            }
+            if seen.1.elapsed() > limit || waiting_since.elapsed() > batch_limit {
+                fault.timed_out = Some((front.batch, seen.0));
+                runner.kill_if_running(None);
             }
         }
     }
@@ -1080,14 +1165,17 @@ fn died(
     shared: &PoolShared,
     runner: &Runner,
     progress: &Progress,
-    timed_out: Option<(u64, u64)>,
+    fault: Fault,
     mut worker: Worker,
     in_flight: VecDeque<Sent>,
 ) {
-    let killed_on_purpose = runner.was_killed() && timed_out.is_none();
-    let running = in_flight.front().and_then(|s| match timed_out {
-        Some((batch, item)) if batch == s.batch => Some((item, true)),
-        _ => progress.running(s.batch).map(|(item, _)| (item, false)),
+    let killed_on_purpose =
+        runner.was_killed() && fault.timed_out.is_none() && fault.breach.is_none();
+    let front_batch = in_flight.front().map(|s| s.batch);
+    let timed = fault.timed_out.is_some_and(|(b, _)| Some(b) == front_batch);
+    let running = in_flight.front().and_then(|s| match fault.timed_out {
+        Some((batch, item)) if batch == s.batch => item,
+        _ => progress.running(s.batch).map(|(item, _)| item),
     });
     runner.set_pid(None);
     let reason = reap(&mut worker.child);
@@ -1114,7 +1202,7 @@ fn died(
             continue;
         }
         let culprit = match running {
-            Some((k, _)) if k < u64::from(job.count) => {
+            Some(k) if k < u64::from(job.count) => {
                 let k = k as u32;
                 let (before, rest) = split(job, k);
                 let rest = rest.expect("k < count leaves the running item");
@@ -1137,7 +1225,6 @@ fn died(
                 continue;
             }
         };
-        let timed = matches!(running, Some((_, true)));
         if timed {
             let limit = shared.task_timeout.unwrap_or_default();
             if let Some(control) = &culprit.control {
@@ -1152,9 +1239,12 @@ fn died(
             if let Some(control) = &culprit.control {
                 control.finish();
             }
-            culprit.deliver(Outcome::Failed(Failure::Died {
-                pid: worker.pid,
-                reason,
+            culprit.deliver(Outcome::Failed(match &fault.breach {
+                Some(what) => breach_failure(worker.pid, what),
+                None => Failure::Died {
+                    pid: worker.pid,
+                    reason,
+                },
             }));
         }
     }

@@ -71,9 +71,18 @@ unsafe impl Sync for Progress {}
 impl Progress {
     /// Creates a new zeroed page (close-on-exec; the spawner lets exactly one
     /// child inherit it).
+    ///
+    /// The page is sealed at its size before anyone else sees it: a child
+    /// that could shrink it would make the parent's next read of its
+    /// mapping a SIGBUS.
     pub(crate) fn create() -> io::Result<Progress> {
         // SAFETY: memfd_create with a static NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(c"multiproc-progress".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"multiproc-progress".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -81,6 +90,11 @@ impl Progress {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: plain ftruncate on our descriptor.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), SIZE as libc::off_t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl(F_ADD_SEALS) on our descriptor.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Progress::map(fd)
@@ -147,7 +161,9 @@ impl Progress {
         unsafe { self.page.as_ref() }
     }
 
-    /// Parent: ask the child to timestamp each item (for task timeouts).
+    /// Ask the child to timestamp each item. The parent never does: it
+    /// times items on its own clock (a child can write any time here).
+    #[cfg(test)]
     pub(crate) fn set_want_time(&self, on: bool) {
         self.page()
             .want_time
@@ -257,5 +273,16 @@ mod tests {
         );
         child.end_batch();
         assert_eq!(parent.running(7), None);
+    }
+
+    #[test]
+    fn the_page_cannot_be_resized() {
+        let page = Progress::create().unwrap();
+        for len in [0, 1, 2 * SIZE as libc::off_t] {
+            // SAFETY: ftruncate on a descriptor we own.
+            let rc = unsafe { libc::ftruncate(page.raw_fd(), len) };
+            assert_eq!(rc, -1, "resized to {len}");
+            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+        }
     }
 }

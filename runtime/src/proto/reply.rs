@@ -1,0 +1,331 @@
+//! The parent's one reader of a worker's answer to a batch: a `DONE` or
+//! `FAILED` frame, checked against the batch in flight before any result
+//! in it is delivered.
+//!
+//! What is checked, and why each rule holds for a correct child:
+//! - the tag is `DONE` (dense or framed) or `FAILED`: a child sends nothing
+//!   else while a batch is in flight;
+//! - the batch id is the oldest batch in flight: a child answers batches in
+//!   the order it received them, once each;
+//! - a `DONE` has its whole head, and says it ran at most the batch's
+//!   count, and fewer only when the parent asked it to stop early;
+//! - a framed `DONE` holds exactly that many items, each with its body
+//!   inside the frame, and nothing after them;
+//! - a dense `DONE` holds a whole number of results of the width the
+//!   parent expects, exactly as many as it ran, when the parent knows that
+//!   width;
+//! - a `FAILED` body decodes as a [`BatchFailure`] and fills the frame.
+//!
+//! A reply decoded in place from a reply arena is checked there; the
+//! decoders that read it afterwards check every length again, so a child
+//! that rewrites its reply after this check can only change its own
+//! results, never make the parent read outside the reply.
+
+use std::fmt;
+
+use crate::wire::{self, BatchFailure};
+
+/// What the parent knows of the batch a reply must answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Expect {
+    /// The oldest batch in flight.
+    pub(crate) batch: u64,
+    /// Its item count.
+    pub(crate) count: u32,
+    /// The parent asked the child to stop it early (work stealing).
+    pub(crate) stop_asked: bool,
+}
+
+/// A checked answer to the batch in flight.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The batch ran; its results follow the head (`wire::DONE_HEADER`).
+    Done {
+        /// Items run, at most the batch's count.
+        ran: u32,
+        /// The child's own measure of the batch's time (a scheduling hint
+        /// only: nothing that bounds a wait is taken from it).
+        elapsed_ns: u64,
+        /// The results are dense.
+        dense: bool,
+    },
+    /// The child refused the whole batch.
+    Failed(BatchFailure),
+}
+
+/// A rule of the protocol that a worker process broke; the message says
+/// which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Breach(pub(crate) String);
+
+impl fmt::Display for Breach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn breach(message: String) -> Breach {
+    Breach(message)
+}
+
+/// Reads a reply `frame` (from its tag on, the length prefix removed) to
+/// the batch `expect` describes. `dense_width` is the width of one dense
+/// result when the parent knows it (`None`: the decoders check each
+/// result's length as they go).
+///
+/// # Errors
+///
+/// A [`Breach`] naming the broken rule.
+pub(crate) fn read_answer(
+    frame: &[u8],
+    expect: Expect,
+    dense_width: Option<usize>,
+) -> Result<Answer, Breach> {
+    let Some((&tag, rest)) = frame.split_first() else {
+        return Err(breach("an empty frame".to_owned()));
+    };
+    let dense = tag & wire::DENSE != 0;
+    let kind = tag & !wire::DENSE;
+    let known = kind == wire::TAG_DONE || (kind == wire::TAG_FAILED && !dense);
+    if !known {
+        return Err(breach(format!(
+            "a frame with tag {tag} while batch {} was in flight",
+            expect.batch
+        )));
+    }
+    let Some(batch) = rest.get(..8) else {
+        return Err(breach(format!(
+            "a {} byte answer has no batch id",
+            frame.len()
+        )));
+    };
+    let batch = u64::from_le_bytes(batch.try_into().unwrap_or_default());
+    if batch != expect.batch {
+        return Err(breach(format!(
+            "an answer to batch {batch}, but batch {} is the one in flight (a reply that is unsolicited, duplicated or out of order)",
+            expect.batch
+        )));
+    }
+    if kind == wire::TAG_FAILED {
+        return match wire::decode_exact::<BatchFailure>(&rest[8..]) {
+            Ok(failure) => Ok(Answer::Failed(failure)),
+            Err(e) => Err(breach(format!(
+                "an undecodable failure report for batch {batch}: {e}"
+            ))),
+        };
+    }
+    let Some(head) = frame.get(..wire::DONE_HEADER) else {
+        return Err(breach(format!(
+            "a DONE frame of {} bytes for batch {batch}, shorter than its {} byte head",
+            frame.len(),
+            wire::DONE_HEADER
+        )));
+    };
+    let elapsed_ns = u64::from_le_bytes(head[9..17].try_into().unwrap_or_default());
+    let ran = u32::from_le_bytes(head[17..21].try_into().unwrap_or_default());
+    if ran > expect.count || (ran < expect.count && !expect.stop_asked) {
+        return Err(breach(format!(
+            "a DONE frame that claims {ran} items run of batch {batch}, which has {}{}",
+            expect.count,
+            if expect.stop_asked {
+                ""
+            } else {
+                " (and no early stop was asked)"
+            }
+        )));
+    }
+    let body = &frame[wire::DONE_HEADER..];
+    if dense {
+        if let Some(width) = dense_width {
+            let want = (ran as usize).checked_mul(width);
+            if want != Some(body.len()) {
+                return Err(breach(format!(
+                    "a dense DONE frame of {} result bytes for {ran} results of {width} bytes in batch {batch}",
+                    body.len()
+                )));
+            }
+        }
+    } else {
+        check_items(body, ran).map_err(|e| breach(format!("batch {batch}: {e}")))?;
+    }
+    Ok(Answer::Done {
+        ran,
+        elapsed_ns,
+        dense,
+    })
+}
+
+/// Checks that `body` is exactly `count` framed items, each with its body
+/// inside `body`.
+fn check_items(mut body: &[u8], count: u32) -> Result<(), String> {
+    // Every status a two-bit field can hold is a known one.
+    for k in 0..count {
+        if wire::next_item(&mut body).is_none() {
+            return Err(format!(
+                "item {k} of {count} is missing or runs past the end of the frame"
+            ));
+        }
+    }
+    if body.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} bytes after its {count} items", body.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn done(batch: u64, ran: u32, dense: bool, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![wire::TAG_DONE | if dense { wire::DENSE } else { 0 }];
+        f.extend_from_slice(&batch.to_le_bytes());
+        f.extend_from_slice(&7u64.to_le_bytes());
+        f.extend_from_slice(&ran.to_le_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn items(n: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for k in 0..n {
+            wire::put_raw_item(&mut out, wire::ITEM_OK, &[k as u8]);
+        }
+        out
+    }
+
+    const EXPECT: Expect = Expect {
+        batch: 5,
+        count: 3,
+        stop_asked: false,
+    };
+
+    #[test]
+    fn a_correct_reply_is_read() {
+        let a = read_answer(&done(5, 3, false, &items(3)), EXPECT, None).unwrap();
+        assert!(matches!(
+            a,
+            Answer::Done {
+                ran: 3,
+                elapsed_ns: 7,
+                dense: false
+            }
+        ));
+        let a = read_answer(&done(5, 3, true, &[0; 24]), EXPECT, Some(8)).unwrap();
+        assert!(matches!(
+            a,
+            Answer::Done {
+                ran: 3,
+                dense: true,
+                ..
+            }
+        ));
+        let mut failed = vec![wire::TAG_FAILED];
+        failed.extend_from_slice(&5u64.to_le_bytes());
+        failed.extend(postcard::to_allocvec(&BatchFailure::Malformed("x".into())).unwrap());
+        assert!(matches!(
+            read_answer(&failed, EXPECT, None),
+            Ok(Answer::Failed(BatchFailure::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn every_broken_rule_is_a_breach() {
+        let bad: Vec<(&str, Vec<u8>, Option<usize>)> = vec![
+            ("empty", vec![], None),
+            ("forged 5-byte frame", vec![wire::TAG_DONE], None),
+            (
+                "unknown tag",
+                done(5, 3, false, &items(3))[..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| if i == 0 { 99 } else { b })
+                    .collect(),
+                None,
+            ),
+            ("other batch", done(6, 3, false, &items(3)), None),
+            ("short head", done(5, 3, false, &[])[..15].to_vec(), None),
+            (
+                "more items than the batch",
+                done(5, 4, false, &items(4)),
+                None,
+            ),
+            ("fewer without a stop", done(5, 2, false, &items(2)), None),
+            ("missing item", done(5, 3, false, &items(2)), None),
+            (
+                "trailing bytes",
+                done(5, 3, false, &[items(3), vec![0]].concat()),
+                None,
+            ),
+            ("short dense", done(5, 3, true, &[0; 23]), Some(8)),
+            (
+                "an item past the end",
+                done(5, 1, false, &[9 << 2, 0]),
+                None,
+            ),
+            (
+                "garbage failure",
+                [
+                    vec![wire::TAG_FAILED],
+                    5u64.to_le_bytes().to_vec(),
+                    vec![0xff; 9],
+                ]
+                .concat(),
+                None,
+            ),
+        ];
+        for (what, frame, width) in bad {
+            assert!(
+                read_answer(&frame, EXPECT, width).is_err(),
+                "{what} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn fewer_items_are_read_when_a_stop_was_asked() {
+        let expect = Expect {
+            stop_asked: true,
+            ..EXPECT
+        };
+        assert!(matches!(
+            read_answer(&done(5, 1, false, &items(1)), expect, None),
+            Ok(Answer::Done { ran: 1, .. })
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any bytes: an answer or a breach, never a panic; an accepted
+        /// framed answer holds exactly the items it claims.
+        #[test]
+        fn arbitrary_frames_never_panic(frame in proptest::collection::vec(any::<u8>(), 0..96),
+                                        count in 0u32..8, stop_asked: bool, width in proptest::option::of(1usize..9)) {
+            let expect = Expect { batch: 5, count, stop_asked };
+            if let Ok(Answer::Done { ran, dense: false, .. }) = read_answer(&frame, expect, width) {
+                prop_assert!(ran <= count);
+                let mut body = &frame[wire::DONE_HEADER..];
+                for _ in 0..ran {
+                    prop_assert!(wire::next_item(&mut body).is_some());
+                }
+                prop_assert!(body.is_empty());
+            }
+        }
+
+        /// A correct reply with one byte changed, cut or added is read as a
+        /// breach or as an answer that still obeys every rule.
+        #[test]
+        fn mutated_replies_obey_the_rules(n in 0u32..6, at in any::<prop::sample::Index>(), byte: u8, cut in 0usize..4) {
+            let mut frame = done(5, n, false, &items(n));
+            let i = at.index(frame.len());
+            frame[i] = byte;
+            frame.truncate(frame.len() - cut.min(frame.len()));
+            let expect = Expect { batch: 5, count: n, stop_asked: false };
+            if let Ok(Answer::Done { ran, .. }) = read_answer(&frame, expect, Some(8)) {
+                prop_assert_eq!(ran, n);
+            }
+        }
+    }
+}
