@@ -132,6 +132,36 @@
 //! process that dies fails only the item it was running; the items batched
 //! with it are run again, and the pool starts a new process. Nothing hangs.
 //!
+//! ## The trust boundary
+//!
+//! A worker process may be corrupted (a buffer overflow in C code it calls)
+//! or hostile (a plugin, a parser fed untrusted files), so **every byte
+//! that another process can write is untrusted input**: a worker's frames
+//! on its control socket, its progress page and its reply buffers, and the
+//! shared state of queues, pipes, locks, events, semaphores, barriers,
+//! shared arrays, the [`Manager`] and MPI ranks. It is read once, checked
+//! against what this process knows (the batch in flight and its item
+//! count, buffer sizes, frame caps), and none of it can make this process:
+//!
+//! * panic, abort, or read or write outside its own memory;
+//! * allocate without bound;
+//! * wait past a deadline it was given (deadlines run on this process's
+//!   clock, never on a time a worker wrote);
+//! * deliver one item's result as another's.
+//!
+//! A worker that breaks the protocol fails the item it was running with
+//! [`ErrorKind::Protocol`] (naming its pid and what it broke), is killed
+//! and replaced, and counts as a crash for [`PoolBuilder::retries`].
+//! Shared state that fails validation is [`ErrorKind::Corrupted`].
+//!
+//! What a worker still can do: return wrong values for the items it runs
+//! (they are its own results), and hold a lock it was given (as any holder
+//! can; operations with a timeout still return within it). A worker runs
+//! as the same user as the caller, so without a sandbox it can also send
+//! the caller signals or trace it; that is outside what this crate
+//! defends. `RELIABILITY.md` lists each hostile act, what happens, and the
+//! test that shows it.
+//!
 //! ## Processes, queues, pipes, shared state
 //!
 //! The rest of Python's toolbox, each handle passable to a worker as an
