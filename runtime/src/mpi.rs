@@ -42,7 +42,9 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::job::{Failure, Job, Next, Outcome, Queue, Reply, Runner, Sink};
+use crate::pool::job::{Job, Next, Queue, Sink};
+use crate::pool::outcome::{Failure, Outcome, Reply};
+use crate::pool::runner::Runner;
 use crate::pool::{Initializer, Pool, PoolBuilder, PoolShared};
 use crate::{registry, wire};
 
@@ -672,7 +674,7 @@ fn keep_init_output(worker: &'static str, rest: &mut &[u8]) -> Result<()> {
                 .get_or_insert_with(|| item.to_vec());
             Ok(())
         }
-        _ => crate::pool::stream::decode_item::<serde::de::IgnoredAny>(worker, None, rest)
+        _ => crate::pool::decode::decode_item::<serde::de::IgnoredAny>(worker, None, rest)
             .map(|_| ()),
     }
 }

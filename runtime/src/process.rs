@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::pool::decode::decode_single;
 use crate::pool::driver::{breach_failure, encode_run, reap, send_run};
-use crate::pool::job::{Failure, Outcome, Reply, Runner};
-use crate::pool::stream::decode_single;
+use crate::pool::outcome::{Failure, Outcome, Reply};
+use crate::pool::runner::Runner;
 use crate::pool::task::TaskSlot;
 use crate::proto::reply;
 use crate::shm::Progress;

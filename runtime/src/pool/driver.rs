@@ -17,7 +17,9 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::PoolShared;
-use super::job::{Failure, Job, Next, Outcome, ReplyBytes, Runner, Sink};
+use super::job::{Job, Next, Sink};
+use super::outcome::{Failure, Outcome, ReplyBytes};
+use super::runner::Runner;
 use crate::error::{Error, ErrorKind, ExitReason, Result};
 use crate::proto::reply;
 use crate::shm::Progress;

@@ -1,8 +1,11 @@
 //! [`Pool`]: a fixed set of worker processes that run `#[worker]` functions.
 
 pub(crate) mod collect;
+pub(crate) mod decode;
 pub(crate) mod driver;
 pub(crate) mod job;
+pub(crate) mod outcome;
+pub(crate) mod runner;
 pub(crate) mod stream;
 pub(crate) mod task;
 
@@ -18,7 +21,9 @@ use serde::de::DeserializeOwned;
 pub use stream::{Imap, ImapUnordered, Indexed};
 pub use task::{AsCompleted, Task, as_completed};
 
-use job::{Failure, Job, Outcome, Queue, Runner, Sink};
+use job::{Job, Queue, Sink};
+use outcome::{Failure, Outcome};
+use runner::Runner;
 use stream::{Chunking, Stream};
 use task::{Control, TaskSlot};
 
@@ -181,7 +186,7 @@ fn check_init<W: Worker>(worker: &'static str, rest: &mut &[u8]) -> Result<()>
 where
     W::Output: InitOutcome,
 {
-    let out: W::Output = stream::decode_item(worker, None, rest)?;
+    let out: W::Output = decode::decode_item(worker, None, rest)?;
     out.into_outcome().map_err(|message| {
         Error::new(ErrorKind::Panic {
             worker: worker.to_owned(),
@@ -583,7 +588,7 @@ impl Pool {
                 }
                 Err(error) => {
                     let slot = Arc::new(TaskSlot::new());
-                    slot.fill(job::Reply {
+                    slot.fill(outcome::Reply {
                         first_index: None,
                         count: 1,
                         outcome: Outcome::Local(Some(error)),

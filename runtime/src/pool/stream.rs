@@ -2,7 +2,6 @@
 //! lazily in batches, keeps a bounded number of batches in flight, and
 //! yields per-item results in input or completion order.
 
-use std::any::type_name;
 use std::collections::{BTreeMap, VecDeque};
 use std::iter::FusedIterator;
 use std::marker::PhantomData;
@@ -10,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use serde::de::DeserializeOwned;
-
 use super::Pool;
 use super::collect::{Collector, Store};
-use super::job::{Job, MARK_EVERY, Outcome, Payload, Reply, Sink};
-use crate::error::{CodecSide, Error, ErrorKind, Result};
-use crate::wire::{self, PanicReport};
+use super::decode::{copy_results, decode_dense_item, decode_item, decode_results};
+use super::job::{Job, MARK_EVERY, Payload, Sink};
+use super::outcome::{Outcome, Reply};
+use crate::error::{Error, Result};
+use crate::wire;
 use crate::worker::Worker;
 
 /// Batch duration that adaptive batching aims for, measured in the child.
@@ -28,173 +27,6 @@ const MAX_BATCH_BYTES: usize = 512 << 10;
 /// Results decoded ahead of the caller in one go: small enough to stay in
 /// cache, large enough that the per-run overhead vanishes.
 const DECODE_RUN: u32 = 1024;
-
-/// Decodes the result of a single submitted call.
-pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
-    worker: &'static str,
-    reply: Reply,
-) -> Result<R> {
-    match reply.outcome {
-        Outcome::Failed(f) => Err(f.to_error(worker, None)),
-        Outcome::Local(err) => Err(err.expect("a local error is decoded once")),
-        Outcome::Stored { .. } => Err(Error::new(ErrorKind::Protocol(format!(
-            "the result of a call of worker `{worker}` went to a map's output"
-        )))),
-        Outcome::Done {
-            data, start, dense, ..
-        } => {
-            let mut rest = &data[start..];
-            let result = if dense {
-                decode_dense_item(worker, None, &mut rest)
-            } else {
-                decode_item(worker, None, &mut rest)
-            };
-            if let Some(buf) = data.into_vec() {
-                crate::shm::huge::recycle(buf);
-            }
-            result
-        }
-    }
-}
-
-/// Decodes the next result of a dense `DONE` body (see
-/// [`wire::dense_width`]).
-pub(crate) fn decode_dense_item<R: DeserializeOwned + 'static>(
-    worker: &'static str,
-    index: Option<u64>,
-    rest: &mut &[u8],
-) -> Result<R> {
-    let width = wire::dense_width::<R>().unwrap_or(usize::MAX);
-    let value = rest.split_at_checked(width).and_then(|(bytes, after)| {
-        *rest = after;
-        wire::get_dense::<R>(bytes)
-    });
-    value.ok_or_else(|| {
-        *rest = &[];
-        Error::new(ErrorKind::Protocol(format!(
-            "worker `{worker}` sent a result for task {index:?} that is not a `{}`",
-            type_name::<R>()
-        )))
-    })
-}
-
-/// Decodes the next framed result item of a `DONE` body.
-pub(crate) fn decode_item<R: DeserializeOwned + 'static>(
-    worker: &'static str,
-    index: Option<u64>,
-    rest: &mut &[u8],
-) -> Result<R> {
-    let Some((status, body, _)) = wire::next_item(rest) else {
-        *rest = &[];
-        return Err(Error::new(ErrorKind::Protocol(format!(
-            "the reply of worker `{worker}` is missing the result of task {index:?}"
-        ))));
-    };
-    let codec = |side, type_name, message: String| {
-        Error::new(ErrorKind::Codec {
-            side,
-            worker: worker.to_owned(),
-            index,
-            type_name,
-            message,
-        })
-    };
-    match status {
-        wire::ITEM_OK => wire::decode_value::<R>(body)
-            .map_err(|m| codec(CodecSide::DecodeOutput, type_name::<R>(), m)),
-        wire::ITEM_PANIC => {
-            let report: PanicReport = wire::decode_exact(body).unwrap_or(PanicReport {
-                message: "<the panic report could not be decoded>".to_owned(),
-                location: None,
-            });
-            Err(Error::new(ErrorKind::Panic {
-                worker: worker.to_owned(),
-                index,
-                message: report.message,
-                location: report.location,
-            }))
-        }
-        wire::ITEM_ENCODE_ERROR => Err(codec(
-            CodecSide::EncodeOutput,
-            type_name::<R>(),
-            String::from_utf8_lossy(body).into_owned(),
-        )),
-        _ => Err(codec(
-            CodecSide::DecodeArgs,
-            "arguments",
-            String::from_utf8_lossy(body).into_owned(),
-        )),
-    }
-}
-
-/// Decodes up to `max` consecutive results that came back fine from the
-/// front of `data` (dense if `dense`, else framed items), handing each to
-/// `put`, and stops early at the first one that did not (a panic, an
-/// encode error in the child, a value that does not decode): those take
-/// the per-item path, which reports them. Returns how many it decoded and
-/// how many bytes they took.
-///
-/// This is the hot loop of `map` and `imap` in the parent (on the caller's
-/// thread, or a driver's for a `map` stored in place): one tight loop per
-/// run of results instead of a trip through the iterator's state machine
-/// and the error handling for each.
-#[inline(always)]
-pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
-    data: &[u8],
-    max: u32,
-    dense: bool,
-    mut put: impl FnMut(R),
-) -> (u32, usize) {
-    let mut n = 0;
-    if let (true, Some(width)) = (dense, wire::dense_width::<R>()) {
-        for bytes in data.chunks_exact(width).take(max as usize) {
-            let Some(value) = wire::get_dense::<R>(bytes) else {
-                break;
-            };
-            put(value);
-            n += 1;
-        }
-        return (n, n as usize * width);
-    }
-    let mut rest = data;
-    while n < max {
-        let mut after = rest;
-        let Some((len, body)) = wire::next_ok_item(&mut after) else {
-            break;
-        };
-        match wire::decode_fast_at::<R>(body, len) {
-            Some(value) => put(value),
-            None => break,
-        }
-        rest = after;
-        n += 1;
-    }
-    (n, data.len() - rest.len())
-}
-
-/// Copies the first `max` results in `data` to `dst` in one go if they
-/// are dense and of a plain type ([`wire::copy_plain`]), and returns how
-/// many it copied and the bytes they took; `None` (nothing copied): decode
-/// them with [`decode_results`].
-///
-/// # Safety
-///
-/// As for [`wire::copy_plain`]: `dst` valid for writes of `max` results,
-/// not overlapping `data`.
-pub(crate) unsafe fn copy_results<R: 'static>(
-    data: &[u8],
-    max: u32,
-    dense: bool,
-    dst: *mut R,
-) -> Option<(u32, usize)> {
-    if !dense {
-        return None;
-    }
-    // SAFETY: the caller's contract.
-    let n = unsafe { wire::copy_plain(data, max as usize, dst) }?;
-    // Lossless: n <= max.
-    Some((n as u32, n * size_of::<R>()))
-}
 
 /// How big the batches of a stream are.
 #[derive(Clone, Copy, Debug)]

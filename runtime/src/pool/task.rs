@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::job::{Failure, Outcome, Reply, Runner};
-use super::stream::decode_single;
+use super::decode::decode_single;
+use super::outcome::{Failure, Outcome, Reply};
+use super::runner::Runner;
 use crate::error::Result;
 
 const QUEUED: u8 = 0;
