@@ -199,7 +199,7 @@ fn supervise(
         stop_asked: false,
     };
     let read = match answer {
-        Ok(Some(_)) => reply::read_answer(&frame, expect, None).map_err(|b| b.0),
+        Ok(Some(_)) => reply::read_answer(&frame, expect, None).map_err(|b| b.message),
         Ok(None) => Err(String::new()),
         Err(e) if wire::is_breach(&e) => Err(e.to_string()),
         Err(_) => Err(String::new()),

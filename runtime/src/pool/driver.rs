@@ -211,6 +211,9 @@ struct Fault {
     timed_out: Option<(u64, Option<u64>)>,
     /// It broke the protocol: what it did.
     breach: Option<String>,
+    /// The breach was an answer repeated for a batch already settled: the
+    /// item that wrote it is done, so the items in flight are bystanders.
+    repeated: bool,
 }
 
 enum End {
@@ -314,6 +317,14 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Worker> {
     let Spawned { child, stream } = spawn::spawn_worker(shared.test_name.as_deref(), progress)
         .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
     let pid = child.id();
+    if let Some(limit) = shared.task_timeout.filter(|&t| t < wire::FRAME_STALL) {
+        // A frame that stalls this long is an item that overstays; not
+        // below half a second, which a descheduled child may take to go
+        // on writing a frame on a loaded machine.
+        stream
+            .set_read_timeout(Some(limit.max(Duration::from_millis(500))))
+            .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
+    }
     let reader = BufReader::with_capacity(
         256 * 1024,
         stream
@@ -553,6 +564,8 @@ fn serve_batches(
     let mut gone = false;
     // Since when the child has had nothing to do.
     let mut idle_since: Option<std::time::Instant> = None;
+    // The batch this child answered last.
+    let mut last_answered: Option<u64> = None;
     loop {
         // Keep the child busy: up to PIPELINE_DEPTH batches in flight.
         let depth = if worker.last_batch_ns < PIPELINE_BELOW_NS {
@@ -717,6 +730,19 @@ fn serve_batches(
         ) {
             Ok(Some(_)) => {}
             Ok(None) => return End::Died(in_flight),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && shared.task_timeout.is_some() => {
+                // A frame stalled for the task time limit (the socket's
+                // read timeout then): the item overstayed.
+                if let Some(front) = in_flight.front() {
+                    let item = progress
+                        .running(front.batch)
+                        .map(|(item, _)| item)
+                        .filter(|&item| item < u64::from(front.job.count));
+                    fault.timed_out = Some((front.batch, item));
+                }
+                runner.kill_if_running(None);
+                return End::Died(in_flight);
+            }
             Err(e) if wire::is_breach(&e) => {
                 return breach(runner, fault, in_flight, e.to_string());
             }
@@ -739,8 +765,12 @@ fn serve_batches(
         let answer = reply::read_answer(lease.as_deref().unwrap_or(&frame), expect, None);
         let answer = match answer {
             Ok(answer) => answer,
-            Err(e) => return breach(runner, fault, in_flight, e.0),
+            Err(e) => {
+                fault.repeated = e.other_batch.is_some() && e.other_batch == last_answered;
+                return breach(runner, fault, in_flight, e.message);
+            }
         };
+        last_answered = Some(front.batch);
         let Some(front) = in_flight.pop_front() else {
             unreachable!("the front was just read");
         };
@@ -1171,8 +1201,8 @@ fn died(
     mut worker: Worker,
     in_flight: VecDeque<Sent>,
 ) {
-    let killed_on_purpose =
-        runner.was_killed() && fault.timed_out.is_none() && fault.breach.is_none();
+    let killed_on_purpose = fault.repeated
+        || (runner.was_killed() && fault.timed_out.is_none() && fault.breach.is_none());
     let front_batch = in_flight.front().map(|s| s.batch);
     let timed = fault.timed_out.is_some_and(|(b, _)| Some(b) == front_batch);
     let running = in_flight.front().and_then(|s| match fault.timed_out {

@@ -53,19 +53,28 @@ pub(crate) enum Answer {
     Failed(BatchFailure),
 }
 
-/// A rule of the protocol that a worker process broke; the message says
-/// which.
+/// A rule of the protocol that a worker process broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Breach(pub(crate) String);
+pub(crate) struct Breach {
+    /// Which rule, and how.
+    pub(crate) message: String,
+    /// The batch an answer to another batch than the one in flight named:
+    /// the caller can tell a repeated answer (to a batch it has settled)
+    /// from one that names a batch never sent.
+    pub(crate) other_batch: Option<u64>,
+}
 
 impl fmt::Display for Breach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 fn breach(message: String) -> Breach {
-    Breach(message)
+    Breach {
+        message,
+        other_batch: None,
+    }
 }
 
 /// Reads a reply `frame` (from its tag on, the length prefix removed) to
@@ -101,10 +110,13 @@ pub(crate) fn read_answer(
     };
     let batch = u64::from_le_bytes(batch.try_into().unwrap_or_default());
     if batch != expect.batch {
-        return Err(breach(format!(
-            "an answer to batch {batch}, but batch {} is the one in flight (a reply that is unsolicited, duplicated or out of order)",
-            expect.batch
-        )));
+        return Err(Breach {
+            other_batch: Some(batch),
+            ..breach(format!(
+                "an answer to batch {batch}, but batch {} is the one in flight (a reply that is unsolicited, duplicated or out of order)",
+                expect.batch
+            ))
+        });
     }
     if kind == wire::TAG_FAILED {
         return match wire::decode_exact::<BatchFailure>(&rest[8..]) {
