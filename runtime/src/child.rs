@@ -7,20 +7,18 @@
 //! marker, serves tasks until the parent says stop or goes away, and exits
 //! without returning to `main`.
 
-use std::cell::{Cell, RefCell};
 use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::panic::PanicHookInfo;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::fdpass::FdReader;
-use crate::registry;
+use crate::proto::{self, BatchFailure};
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Arena};
-use crate::wire::{self, BatchFailure, PanicReport};
+use crate::{exec, registry};
 
 /// Environment variable that marks a process as a worker child.
 pub(crate) const MARKER: &str = "MULTIPROC_CHILD";
@@ -51,18 +49,15 @@ pub(crate) fn current_test() -> Option<String> {
         .map(|(_, n)| n.clone())
 }
 
-/// Called by `#[entry]` before anything else in `main`.
+/// The process role, first thing in `main` (see the crate's `entry`).
 ///
 /// In a child process this never returns: it serves tasks, then exits. In
 /// the parent it records that the guard is in place and returns.
-pub fn entry() {
+pub(crate) fn entry() {
     if let Some(marker) = std::env::var_os(MARKER) {
         become_child(marker);
     }
     GUARD.store(true, Ordering::Release);
-    // Under an MPI launcher, ranks other than 0 serve pools and exit here.
-    #[cfg(feature = "mpi")]
-    crate::mpi::entry();
 }
 
 /// Called by `#[multiproc::test]` as the first statement of the test.
@@ -134,7 +129,7 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     GUARD.store(true, Ordering::Release);
-    install_panic_hook();
+    exec::install_panic_hook();
     let code = match serve(stream) {
         Ok(()) => 0,
         Err(e) => {
@@ -152,51 +147,15 @@ fn parse_marker(marker: &str) -> Result<u32, String> {
     let (version, parent) = marker
         .split_once(':')
         .ok_or_else(|| format!("malformed value {marker:?}"))?;
-    if version != wire::PROTOCOL_VERSION.to_string() {
+    if version != proto::PROTOCOL_VERSION.to_string() {
         return Err(format!(
             "protocol {version} from the parent, this binary speaks {}",
-            wire::PROTOCOL_VERSION
+            proto::PROTOCOL_VERSION
         ));
     }
     parent
         .parse()
         .map_err(|_| format!("malformed value {marker:?}"))
-}
-
-static PROGRESS: OnceLock<Progress> = OnceLock::new();
-
-thread_local! {
-    static TIMED: Cell<bool> = const { Cell::new(false) };
-    static BATCH: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Where the items of the running batch record their start in the progress
-/// page, so that the parent knows which one runs (for timeouts) and can
-/// take the rest of the batch for another worker.
-pub(crate) struct Items {
-    log: Option<crate::shm::ItemLog<'static>>,
-}
-
-impl Items {
-    /// The batch this thread is running, looked up once for all its items
-    /// instead of once per item (a thread-local and a `OnceLock` read in
-    /// the loop of every dense batch).
-    pub(crate) fn current() -> Items {
-        let (batch, timed) = (BATCH.with(Cell::get), TIMED.with(Cell::get));
-        Items {
-            log: PROGRESS.get().map(|p| p.items(batch, timed)),
-        }
-    }
-
-    /// Records that item `index` of the batch starts; `false` if the
-    /// parent has taken it (and those after it) for another worker.
-    #[inline]
-    pub(crate) fn started(&self, index: u64) -> bool {
-        match &self.log {
-            Some(log) => log.begin(index),
-            None => true,
-        }
-    }
 }
 
 fn bad_marker(why: &str) -> ! {
@@ -207,47 +166,6 @@ fn bad_marker(why: &str) -> ! {
     std::process::exit(EXIT_BAD_MARKER)
 }
 
-thread_local! {
-    static IN_TASK: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
-}
-
-fn install_panic_hook() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
-        if IN_TASK.with(Cell::get) {
-            // The parent reports it; keep the child quiet.
-            let report = PanicReport {
-                message: payload_text(info.payload()),
-                location: info.location().map(|l| l.to_string()),
-            };
-            LAST_PANIC.with(|p| *p.borrow_mut() = Some(report));
-        } else {
-            default(info);
-        }
-    }));
-}
-
-fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    }
-}
-
-/// The report of the panic that `catch_unwind` just caught on this thread.
-pub(crate) fn take_panic_report(payload: &(dyn std::any::Any + Send)) -> PanicReport {
-    LAST_PANIC
-        .with(|p| p.borrow_mut().take())
-        .unwrap_or_else(|| PanicReport {
-            message: payload_text(payload),
-            location: None,
-        })
-}
-
 fn serve(stream: UnixStream) -> std::io::Result<()> {
     // One thread reads, runs and writes. That cannot deadlock with the
     // parent: it sends batches ahead only while they fit in the socket
@@ -256,8 +174,8 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, FdReader::new(stream.try_clone()?));
     let mut next_frame = move || -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         let mut frame = Vec::new();
-        match wire::read_frame(&mut reader, &mut frame)?.map(|tag| tag & !wire::DENSE) {
-            Some(wire::TAG_RUN | wire::TAG_RUN_SHARED | wire::TAG_RUN_RANGE) => {
+        match proto::read_frame(&mut reader, &mut frame)?.map(|tag| tag & !proto::DENSE) {
+            Some(proto::TAG_RUN | proto::TAG_RUN_SHARED | proto::TAG_RUN_RANGE) => {
                 // The handles in the arguments came with the frame.
                 let n = frame
                     .get(9..13)
@@ -265,15 +183,15 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let fds = reader.get_mut().take_fds(n as usize)?;
                 Ok((frame, fds))
             }
-            Some(wire::TAG_SETUP) => {
+            Some(proto::TAG_SETUP) => {
                 let fds = reader.get_mut().take_fds(1)?;
                 Ok((frame, fds))
             }
-            Some(wire::TAG_ARENAS) => {
+            Some(proto::TAG_ARENAS) => {
                 // The request arena's and the reply arenas' descriptors,
                 // or none when the parent frees them.
-                let release = wire::arena_lengths(&frame)? == (0, 0);
-                let n = if release { 0 } else { 1 + wire::REPLY_ARENAS };
+                let release = proto::arena_lengths(&frame)? == (0, 0);
+                let n = if release { 0 } else { 1 + proto::REPLY_ARENAS };
                 let fds = reader.get_mut().take_fds(n)?;
                 Ok((frame, fds))
             }
@@ -288,7 +206,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
 
     // The first frame brings the progress page.
     let (setup, mut fds) = next_frame()?;
-    if setup.first() != Some(&wire::TAG_SETUP) || fds.len() != 1 {
+    if setup.first() != Some(&proto::TAG_SETUP) || fds.len() != 1 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "expected the setup frame",
@@ -297,12 +215,12 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     let page = fds.pop().expect("one descriptor");
     // SAFETY: we own `page`; `from_inherited` checks it is a progress page.
     let progress = unsafe { Progress::from_inherited(std::os::fd::IntoRawFd::into_raw_fd(page)) }?;
-    let _ = PROGRESS.set(progress);
+    exec::set_progress(progress);
 
-    wire::begin_frame(&mut out, wire::TAG_HELLO);
-    out.extend_from_slice(&wire::PROTOCOL_VERSION.to_le_bytes());
+    proto::begin_frame(&mut out, proto::TAG_HELLO);
+    out.extend_from_slice(&proto::PROTOCOL_VERSION.to_le_bytes());
     out.extend_from_slice(&std::process::id().to_le_bytes());
-    wire::finish_frame(&mut out)?;
+    proto::finish_frame(&mut out)?;
     writer.write_all(&out)?;
     writer.flush()?;
 
@@ -311,11 +229,11 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
         let Some(&tag) = frame.first() else {
             return Ok(()); // the parent went away or closed the pool
         };
-        let dense = tag & wire::DENSE != 0;
-        let tag = tag & !wire::DENSE;
+        let dense = tag & proto::DENSE != 0;
+        let tag = tag & !proto::DENSE;
         match tag {
-            wire::TAG_ARENAS => {
-                let (request, reply) = wire::arena_lengths(&frame)?;
+            proto::TAG_ARENAS => {
+                let (request, reply) = proto::arena_lengths(&frame)?;
                 if request == 0 && reply == 0 {
                     arenas = None; // unmapped: their memory is freed
                     crate::shm::huge::release_spares();
@@ -330,7 +248,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     Arena::from_fd(fd, usize::try_from(len).unwrap_or(usize::MAX))
                 };
                 let request = map(request)?;
-                let reply = (0..wire::REPLY_ARENAS)
+                let reply = (0..proto::REPLY_ARENAS)
                     .map(|_| map(reply))
                     .collect::<std::io::Result<Vec<_>>>()?;
                 arenas = Some(Arenas {
@@ -338,24 +256,24 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     reply: reply
                         .try_into()
                         .unwrap_or_else(|_| unreachable!("REPLY_ARENAS mapped")),
-                    replies: [0; wire::REPLY_ARENAS],
+                    replies: [0; proto::REPLY_ARENAS],
                     next: 0,
                 });
             }
-            wire::TAG_RUN | wire::TAG_RUN_SHARED | wire::TAG_RUN_RANGE => {
-                let mut cur = wire::Cursor(&frame[1..]);
+            proto::TAG_RUN | proto::TAG_RUN_SHARED | proto::TAG_RUN_RANGE => {
+                let mut cur = proto::Cursor(&frame[1..]);
                 let batch = cur.u64()?;
                 let _fds = cur.u32()?;
                 let name_len = cur.u32()? as usize;
                 let name = std::str::from_utf8(cur.take(name_len)?).unwrap_or("<invalid utf-8>");
                 // A range of integers: its width, first one and count.
-                let range = if tag == wire::TAG_RUN_RANGE {
+                let range = if tag == proto::TAG_RUN_RANGE {
                     let width = cur.take(1)?[0];
                     Some((cur.u64()?, cur.u32()?, usize::from(width)))
                 } else {
                     None
                 };
-                let payload = if tag == wire::TAG_RUN_SHARED {
+                let payload = if tag == proto::TAG_RUN_SHARED {
                     let offset = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
                     let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
                     let request = arenas.as_ref().and_then(|a| {
@@ -382,25 +300,21 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     send_failure(&mut writer, &mut out, batch, &failure)?;
                     continue;
                 };
-                wire::begin_frame(&mut out, wire::TAG_DONE);
+                proto::begin_frame(&mut out, proto::TAG_DONE);
                 out.extend_from_slice(&batch.to_le_bytes());
                 let timing_at = out.len();
                 out.extend_from_slice(&0u64.to_le_bytes()); // elapsed
                 out.extend_from_slice(&0u32.to_le_bytes()); // items run
                 let started = Instant::now();
-                if let Some(p) = PROGRESS.get() {
-                    TIMED.with(|t| t.set(p.begin_batch(batch)));
-                    BATCH.with(|b| b.set(batch));
-                }
-                IN_TASK.with(|t| t.set(true));
+                exec::begin_batch(batch);
                 let args = match range {
-                    Some((first, count, width)) => wire::Args::Range {
+                    Some((first, count, width)) => exec::Args::Range {
                         first,
                         count,
                         width,
                     },
-                    None if dense => wire::Args::Dense(payload),
-                    None => wire::Args::Framed(payload),
+                    None if dense => exec::Args::Dense(payload),
+                    None => exec::Args::Framed(payload),
                 };
                 // Dense results may go straight into a free reply arena,
                 // after the head (which is copied there when it is sent).
@@ -415,31 +329,28 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                         // room is withdrawn (`take_direct`) before then.
                         let (room, len) = unsafe { a.reply[i].room_at(out.len() - 4)? };
                         // SAFETY: as above.
-                        unsafe { wire::offer_direct(room, len) };
+                        unsafe { exec::offer_direct(room, len) };
                         Some(i)
                     });
                 let head_len = out.len();
                 let result = crate::fdpass::with_table(fds, || (entry.invoke())(args, &mut out));
-                let direct = direct.zip(wire::take_direct());
+                let direct = direct.zip(exec::take_direct());
                 // Results written to the room leave the head as it was: it
                 // goes right before them (`send_reply`).
                 debug_assert!(direct.is_none() || out.len() == head_len);
-                IN_TASK.with(|t| t.set(false));
-                if let Some(p) = PROGRESS.get() {
-                    p.end_batch();
-                }
+                exec::end_batch();
                 let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 match result {
                     Ok((ran, dense_results)) => {
                         out[timing_at..timing_at + 8].copy_from_slice(&elapsed.to_le_bytes());
                         out[timing_at + 8..timing_at + 12].copy_from_slice(&ran.to_le_bytes());
                         if dense_results {
-                            out[4] |= wire::DENSE; // the tag, after the length
+                            out[4] |= proto::DENSE; // the tag, after the length
                         }
                         send_reply(&mut writer, &mut out, arenas.as_mut(), direct)?;
                     }
                     Err(msg) => {
-                        drop(wire::take_deferred());
+                        drop(exec::take_deferred());
                         send_failure(&mut writer, &mut out, batch, &BatchFailure::Malformed(msg))?;
                     }
                 }
@@ -451,7 +362,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     out = Vec::new();
                 }
             }
-            wire::TAG_SHUTDOWN => return Ok(()),
+            proto::TAG_SHUTDOWN => return Ok(()),
             other => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -466,9 +377,9 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
 struct Arenas {
     request: Arena,
     /// The reply arenas, used in turn.
-    reply: [Arena; wire::REPLY_ARENAS],
+    reply: [Arena; proto::REPLY_ARENAS],
     /// Replies written to each reply arena so far.
-    replies: [u64; wire::REPLY_ARENAS],
+    replies: [u64; proto::REPLY_ARENAS],
     /// The reply arena to try first: the last one used, whose pages are
     /// the likeliest to be in memory (a fresh 64 MiB of shared memory
     /// costs 16,384 page faults).
@@ -488,7 +399,7 @@ impl Arenas {
 }
 
 /// Sends a `DONE` frame built in `out`, followed by the large result
-/// deferred after it if any ([`wire::take_deferred`]): through a reply
+/// deferred after it if any ([`exec::take_deferred`]): through a reply
 /// arena if it is large, fits, and the parent is done with the last reply
 /// there; else through the socket. With `direct` (an arena and a length),
 /// the batch's results are in that arena already, after the head: the head
@@ -500,7 +411,7 @@ fn send_reply(
     direct: Option<(usize, usize)>,
 ) -> std::io::Result<()> {
     // A large `Vec<u8>` result comes after `out`, not copied into it.
-    let deferred = wire::take_deferred();
+    let deferred = exec::take_deferred();
     let mut tail = deferred.as_deref().unwrap_or_default();
     let body = out.len() - 4 + tail.len() + direct.map_or(0, |(_, n)| n);
     if let Some(a) = arenas {
@@ -521,13 +432,13 @@ fn send_reply(
             tail = &[];
             a.replies[i] += 1;
             a.next = i;
-            wire::begin_frame(out, wire::TAG_DONE_SHARED);
+            proto::begin_frame(out, proto::TAG_DONE_SHARED);
             out.extend_from_slice(&(i as u32).to_le_bytes());
             out.extend_from_slice(&a.replies[i].to_le_bytes());
             out.extend_from_slice(&(body as u64).to_le_bytes());
         }
     }
-    wire::finish_frame_with(out, tail.len())?;
+    proto::finish_frame_with(out, tail.len())?;
     writer.write_all(out)?;
     writer.write_all(tail)?;
     if let Some(bytes) = deferred {
@@ -542,10 +453,10 @@ fn send_failure(
     batch: u64,
     failure: &BatchFailure,
 ) -> std::io::Result<()> {
-    wire::begin_frame(out, wire::TAG_FAILED);
+    proto::begin_frame(out, proto::TAG_FAILED);
     out.extend_from_slice(&batch.to_le_bytes());
     out.extend_from_slice(&postcard::to_stdvec(failure).unwrap_or_default());
-    wire::finish_frame(out)?;
+    proto::finish_frame(out)?;
     writer.write_all(out)?;
     writer.flush()
 }

@@ -12,7 +12,9 @@ compile_error!(
 );
 
 mod child;
+mod codec;
 mod error;
+mod exec;
 mod fdpass;
 mod latency;
 mod manager;
@@ -26,7 +28,6 @@ mod queue;
 mod registry;
 mod shm;
 mod spawn;
-mod wire;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};
@@ -47,7 +48,19 @@ pub use worker::Worker;
 // Not public API. Used by generated code.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::child::{entry, test_entry};
+    pub use crate::child::test_entry;
+
+    /// Called by `#[entry]` before anything else in `main`.
+    ///
+    /// In a worker process this never returns: it serves tasks, then
+    /// exits. Under an MPI launcher, ranks other than 0 serve pools and
+    /// exit here too. In the parent it records that the guard is in place
+    /// and returns.
+    pub fn entry() {
+        crate::child::entry();
+        #[cfg(feature = "mpi")]
+        crate::mpi::entry();
+    }
     pub use crate::registry::WorkerEntry;
     pub use crate::worker::Worker;
     pub use inventory;

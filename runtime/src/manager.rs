@@ -87,7 +87,7 @@ fn read_msg<T: DeserializeOwned>(reader: &mut impl Read) -> io::Result<T> {
     reader.read_exact(&mut len)?;
     let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
     reader.read_exact(&mut buf)?;
-    crate::wire::decode_exact(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    crate::codec::decode_exact(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// The broker loop: serves every connection until all of them are closed.
@@ -394,7 +394,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    crate::wire::decode_exact(bytes).map_err(|message| {
+    crate::codec::decode_exact(bytes).map_err(|message| {
         Error::new(ErrorKind::MessageCodec {
             what: "manager",
             encode: false,

@@ -41,12 +41,14 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::job::{Job, Next, Queue, Sink};
 use crate::pool::outcome::{Failure, Outcome, Reply};
 use crate::pool::runner::Runner;
 use crate::pool::{Initializer, Pool, PoolBuilder, PoolShared};
-use crate::{registry, wire};
+use crate::proto;
+use crate::registry;
 
 /// The one MPI tag of multiproc's messages (on its own communicator).
 const TAG: i32 = 0x6d70;
@@ -590,7 +592,7 @@ fn deliver_reply(bytes: &[u8], flights: &mut HashMap<u64, Flight>) -> Option<usi
     if bytes.first() != Some(&REPLY) || bytes.len() < REPLY_HEAD {
         return None; // CLOSED or a straggler: nothing waits for it
     }
-    let mut cur = wire::Cursor(&bytes[1..]);
+    let mut cur = proto::Cursor(&bytes[1..]);
     let batch = cur.u64().ok()?;
     let offset = cur.u32().ok()?;
     let count = cur.u32().ok()?;
@@ -666,8 +668,8 @@ static INIT_OUTPUT: Mutex<Option<Vec<u8>>> = Mutex::new(None);
 /// a value is kept for rank 0, which knows its type.
 fn keep_init_output(worker: &'static str, rest: &mut &[u8]) -> Result<()> {
     let whole = *rest;
-    match wire::next_item(&mut &whole[..]) {
-        Some((wire::ITEM_OK, _, item)) => {
+    match codec::next_item(&mut &whole[..]) {
+        Some((codec::ITEM_OK, _, item)) => {
             INIT_OUTPUT
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -853,7 +855,7 @@ fn host_name() -> String {
 /// Queues a `RUN` batch on the local pool; its replies go to `tx`.
 fn run_batch(message: &[u8], pool: Option<&RankPool>, tx: &Sender<(u64, Reply)>) {
     let parsed = (|| {
-        let mut cur = wire::Cursor(message.get(1..)?);
+        let mut cur = proto::Cursor(message.get(1..)?);
         let batch = cur.u64().ok()?;
         let count = cur.u32().ok()?;
         let len = cur.u32().ok()? as usize;
@@ -956,6 +958,56 @@ fn send_reply(
         relay.extend(postcard::to_stdvec(&failure).unwrap_or_default());
     }
     out.send(comm, 0, std::mem::take(relay));
+}
+
+impl PoolBuilder {
+    /// Starts a pool whose workers are the other ranks of the MPI job this
+    /// program runs in (feature `mpi`): Python's `MPIPoolExecutor`.
+    ///
+    /// Start the program with an MPI launcher, e.g. `mpirun -n 3 ./app` or
+    /// `srun --mpi=pmix -n 3 ./app`. `#[entry]` makes rank 0 run `main`;
+    /// every other rank serves this pool. Each worker rank runs its batches
+    /// in a local pool of [`workers`](PoolBuilder::workers) child processes
+    /// (default `0`: the `MULTIPROC_WORKERS_PER_RANK` environment variable
+    /// if the launcher sets it, else that node's CPUs shared among the worker
+    /// ranks on it),
+    /// so a task that crashes fails alone and its rank keeps serving. The
+    /// pool's size ([`Pool::workers`]) is the sum over the ranks, and batch
+    /// sizes follow from it as on one machine.
+    ///
+    /// The other options apply on every rank: the initializer runs in each
+    /// worker process (its result is checked when the pool opens), and
+    /// `task_timeout`, `retries`, `retry_panics`, `max_tasks_per_worker`
+    /// and `max_worker_memory` work as on a local pool. Arguments that hold
+    /// handles (queues, pipes, shared memory) cannot cross machines and
+    /// fail that task. [`Task::cancel`] cannot interrupt a task that a
+    /// rank already runs: it settles the task, and the result is dropped.
+    /// One MPI pool may be open at a time; dropping it frees the ranks for
+    /// the next.
+    ///
+    /// # Errors
+    ///
+    /// [`Mpi`](ErrorKind::Mpi) if the program was not started by an MPI
+    /// launcher, the job has a single rank, the MPI library lacks
+    /// `MPI_THREAD_SERIALIZED`, another MPI pool is open, or a rank cannot
+    /// start its worker processes; [`Initializer`](ErrorKind::Initializer)
+    /// if the initializer fails on a rank; and the errors of
+    /// [`build`](PoolBuilder::build).
+    pub fn build_mpi(self) -> Result<Pool> {
+        open(self)
+    }
+}
+
+impl Pool {
+    /// A pool on the other ranks of the MPI job, with default options:
+    /// [`PoolBuilder::build_mpi`].
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build_mpi`].
+    pub fn mpi() -> Result<Pool> {
+        Pool::builder().build_mpi()
+    }
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ where
         self.reader
             .read_exact(&mut self.buf)
             .map_err(|e| io_error("receiving on a pipe", e))?;
-        crate::wire::decode_exact::<R>(&self.buf).map_err(|message| {
+        crate::codec::decode_exact::<R>(&self.buf).map_err(|message| {
             Error::new(ErrorKind::MessageCodec {
                 what: "pipe",
                 encode: false,

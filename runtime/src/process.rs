@@ -9,16 +9,18 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::decode::decode_single;
 use crate::pool::driver::{breach_failure, encode_run, reap, send_run};
 use crate::pool::outcome::{Failure, Outcome, Reply};
 use crate::pool::runner::Runner;
 use crate::pool::task::TaskSlot;
+use crate::proto;
 use crate::proto::reply;
 use crate::shm::Progress;
 use crate::worker::Worker;
-use crate::{child, registry, spawn, wire};
+use crate::{child, registry, spawn};
 
 /// A `#[worker]` call running in a process of its own: Python's
 /// `multiprocessing.Process`, shaped like [`std::thread::JoinHandle`].
@@ -71,7 +73,7 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
             return Err(Error::new(ErrorKind::GuardMissing));
         }
         registry::validate()?;
-        let (payload, fds) = wire::encode_call::<W>(&args)?;
+        let (payload, fds) = codec::encode_call::<W>(&args)?;
         let slot = Arc::new(TaskSlot::new());
         let runner = Arc::new(Runner::default());
         let (started_tx, started_rx) = mpsc::channel();
@@ -192,7 +194,7 @@ fn supervise(
     let mut frame = Vec::new();
     let answer = encode_run(&mut buf, 1, worker, &payload, fds.len())
         .and_then(|()| send_run(&mut spawned.stream, &buf, &payload, &fds))
-        .and_then(|()| wire::read_frame(&mut reader, &mut frame));
+        .and_then(|()| proto::read_frame(&mut reader, &mut frame));
     let expect = reply::Expect {
         batch: 1,
         count: 1,
@@ -201,7 +203,7 @@ fn supervise(
     let read = match answer {
         Ok(Some(_)) => reply::read_answer(&frame, expect, None).map_err(|b| b.message),
         Ok(None) => Err(String::new()),
-        Err(e) if wire::is_breach(&e) => Err(e.to_string()),
+        Err(e) if proto::is_breach(&e) => Err(e.to_string()),
         Err(_) => Err(String::new()),
     };
     let fill = |outcome| {
@@ -215,13 +217,13 @@ fn supervise(
         Ok(answer) => {
             // The answer first: reaping waits for the child's exit.
             if let reply::Answer::Done { .. } = answer {
-                wire::begin_frame(&mut buf, wire::TAG_SHUTDOWN);
-                let _ = wire::finish_frame(&mut buf).and_then(|()| spawned.stream.write_all(&buf));
+                proto::begin_frame(&mut buf, proto::TAG_SHUTDOWN);
+                let _ = proto::finish_frame(&mut buf).and_then(|()| spawned.stream.write_all(&buf));
             }
             fill(match answer {
                 reply::Answer::Done { dense, .. } => Outcome::Done {
                     data: std::mem::take(&mut frame).into(),
-                    start: wire::DONE_HEADER,
+                    start: proto::DONE_HEADER,
                     elapsed_ns: 0,
                     dense,
                 },

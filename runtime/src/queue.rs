@@ -427,7 +427,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             self.notify(&self.not_full, WAIT_NOT_FULL, true);
             frame
         };
-        crate::wire::decode_exact(&frame)
+        crate::codec::decode_exact(&frame)
             .map(Some)
             .map_err(|message| {
                 Error::new(ErrorKind::MessageCodec {

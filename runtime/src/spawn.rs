@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::child::MARKER;
+use crate::proto;
 use crate::shm::Progress;
-use crate::wire;
 
 /// How long a new child may take to say hello. A child that dies is noticed
 /// at once (EOF); this only bounds a child that hangs before serving.
@@ -62,7 +62,7 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
     }
     cmd.env(
         MARKER,
-        format!("{}:{}", wire::PROTOCOL_VERSION, std::process::id()),
+        format!("{}:{}", proto::PROTOCOL_VERSION, std::process::id()),
     );
     // The control socket is the child's stdin: the one descriptor `Command`
     // can hand over without a `pre_exec` hook, which would force a `fork()`
@@ -88,16 +88,16 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
     // The progress page goes over the socket, as a descriptor.
     let setup = (|| {
         let mut frame = Vec::new();
-        wire::begin_frame(&mut frame, wire::TAG_SETUP);
-        wire::finish_frame(&mut frame)?;
+        proto::begin_frame(&mut frame, proto::TAG_SETUP);
+        proto::finish_frame(&mut frame)?;
         crate::fdpass::write_with_fds(&mut stream, &frame, &[progress.fd().try_clone_to_owned()?])
     })();
     // From here a frame that stalls halfway, or a child that stops reading
     // what it is sent, is an error instead of a wait without end.
     let started = setup
         .and_then(|()| read_hello(&mut stream, child.id()))
-        .and_then(|()| stream.set_read_timeout(Some(wire::FRAME_STALL)))
-        .and_then(|()| stream.set_write_timeout(Some(wire::FRAME_STALL)));
+        .and_then(|()| stream.set_read_timeout(Some(proto::FRAME_STALL)))
+        .and_then(|()| stream.set_write_timeout(Some(proto::FRAME_STALL)));
     match started {
         Ok(()) => Ok(Spawned { child, stream }),
         Err(e) => {
@@ -123,10 +123,10 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
             format!("no hello within {HELLO_TIMEOUT:?}"),
         ));
     }
-    stream.set_read_timeout(Some(wire::FRAME_STALL))?;
+    stream.set_read_timeout(Some(proto::FRAME_STALL))?;
     let mut frame = Vec::new();
-    match wire::read_frame(stream, &mut frame)? {
-        Some(wire::TAG_HELLO) => {}
+    match proto::read_frame(stream, &mut frame)? {
+        Some(proto::TAG_HELLO) => {}
         Some(tag) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -140,15 +140,15 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
             ));
         }
     }
-    let mut cur = wire::Cursor(&frame[1..]);
+    let mut cur = proto::Cursor(&frame[1..]);
     let version = cur.u32()?;
     let child_pid = cur.u32()?;
-    if version != wire::PROTOCOL_VERSION || child_pid != pid {
+    if version != proto::PROTOCOL_VERSION || child_pid != pid {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "hello from pid {child_pid} with protocol {version}, expected pid {pid} with protocol {}",
-                wire::PROTOCOL_VERSION
+                proto::PROTOCOL_VERSION
             ),
         ));
     }

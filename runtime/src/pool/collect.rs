@@ -341,10 +341,10 @@ fn reply_of(first: u64, count: u32, outcome: Outcome) -> Reply {
 mod tests {
     use std::sync::Arc;
 
-    use crate::wire;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::codec;
 
     /// Counts its drops.
     struct Counted(Arc<AtomicUsize>);
@@ -363,7 +363,7 @@ mod tests {
     fn done_reply_with(first: u64, values: &[u64], more: &[u8]) -> Reply {
         let mut data = vec![0xee; 3]; // a header the store must skip
         for v in values {
-            wire::put_item(&mut data, v).unwrap();
+            codec::put_item(&mut data, v).unwrap();
         }
         data.extend_from_slice(more);
         let data = data.into();
@@ -396,8 +396,8 @@ mod tests {
     fn what_cannot_be_stored_comes_back_from_the_first_such_item() {
         let slots = Slots::<u64>::new(4);
         let mut more = Vec::new();
-        wire::put_raw_item(&mut more, wire::ITEM_PANIC, b"report");
-        wire::put_item(&mut more, &9u64).unwrap();
+        codec::put_raw_item(&mut more, codec::ITEM_PANIC, b"report");
+        codec::put_item(&mut more, &9u64).unwrap();
         let mut reply = done_reply_with(0, &[7, 8], &more);
         reply.count = 4;
         let [done, rest] = slots.store(reply);
@@ -409,8 +409,8 @@ mod tests {
         };
         let mut tail = &data[*start..];
         assert_eq!(
-            wire::next_item(&mut tail).map(|i| i.0),
-            Some(wire::ITEM_PANIC)
+            codec::next_item(&mut tail).map(|i| i.0),
+            Some(codec::ITEM_PANIC)
         );
         // The caller stores what it decodes itself; out of range is refused.
         assert!(slots.put(2, 1).is_ok());

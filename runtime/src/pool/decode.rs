@@ -6,8 +6,9 @@ use std::any::type_name;
 use serde::de::DeserializeOwned;
 
 use super::outcome::{Outcome, Reply};
+use crate::codec;
 use crate::error::{CodecSide, Error, ErrorKind, Result};
-use crate::wire::{self, PanicReport};
+use crate::proto::PanicReport;
 
 /// Decodes the result of a single submitted call.
 pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
@@ -38,16 +39,16 @@ pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
 }
 
 /// Decodes the next result of a dense `DONE` body (see
-/// [`wire::dense_width`]).
+/// [`codec::dense_width`]).
 pub(crate) fn decode_dense_item<R: DeserializeOwned + 'static>(
     worker: &'static str,
     index: Option<u64>,
     rest: &mut &[u8],
 ) -> Result<R> {
-    let width = wire::dense_width::<R>().unwrap_or(usize::MAX);
+    let width = codec::dense_width::<R>().unwrap_or(usize::MAX);
     let value = rest.split_at_checked(width).and_then(|(bytes, after)| {
         *rest = after;
-        wire::get_dense::<R>(bytes)
+        codec::get_dense::<R>(bytes)
     });
     value.ok_or_else(|| {
         *rest = &[];
@@ -64,7 +65,7 @@ pub(crate) fn decode_item<R: DeserializeOwned + 'static>(
     index: Option<u64>,
     rest: &mut &[u8],
 ) -> Result<R> {
-    let Some((status, body, _)) = wire::next_item(rest) else {
+    let Some((status, body, _)) = codec::next_item(rest) else {
         *rest = &[];
         return Err(Error::new(ErrorKind::Protocol(format!(
             "the reply of worker `{worker}` is missing the result of task {index:?}"
@@ -80,10 +81,10 @@ pub(crate) fn decode_item<R: DeserializeOwned + 'static>(
         })
     };
     match status {
-        wire::ITEM_OK => wire::decode_value::<R>(body)
+        codec::ITEM_OK => codec::decode_value::<R>(body)
             .map_err(|m| codec(CodecSide::DecodeOutput, type_name::<R>(), m)),
-        wire::ITEM_PANIC => {
-            let report: PanicReport = wire::decode_exact(body).unwrap_or(PanicReport {
+        codec::ITEM_PANIC => {
+            let report: PanicReport = codec::decode_exact(body).unwrap_or(PanicReport {
                 message: "<the panic report could not be decoded>".to_owned(),
                 location: None,
             });
@@ -94,7 +95,7 @@ pub(crate) fn decode_item<R: DeserializeOwned + 'static>(
                 location: report.location,
             }))
         }
-        wire::ITEM_ENCODE_ERROR => Err(codec(
+        codec::ITEM_ENCODE_ERROR => Err(codec(
             CodecSide::EncodeOutput,
             type_name::<R>(),
             String::from_utf8_lossy(body).into_owned(),
@@ -126,9 +127,9 @@ pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
     mut put: impl FnMut(R),
 ) -> (u32, usize) {
     let mut n = 0;
-    if let (true, Some(width)) = (dense, wire::dense_width::<R>()) {
+    if let (true, Some(width)) = (dense, codec::dense_width::<R>()) {
         for bytes in data.chunks_exact(width).take(max as usize) {
-            let Some(value) = wire::get_dense::<R>(bytes) else {
+            let Some(value) = codec::get_dense::<R>(bytes) else {
                 break;
             };
             put(value);
@@ -139,10 +140,10 @@ pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
     let mut rest = data;
     while n < max {
         let mut after = rest;
-        let Some((len, body)) = wire::next_ok_item(&mut after) else {
+        let Some((len, body)) = codec::next_ok_item(&mut after) else {
             break;
         };
-        match wire::decode_fast_at::<R>(body, len) {
+        match codec::decode_fast_at::<R>(body, len) {
             Some(value) => put(value),
             None => break,
         }
@@ -153,13 +154,13 @@ pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
 }
 
 /// Copies the first `max` results in `data` to `dst` in one go if they
-/// are dense and of a plain type ([`wire::copy_plain`]), and returns how
+/// are dense and of a plain type ([`codec::copy_plain`]), and returns how
 /// many it copied and the bytes they took; `None` (nothing copied): decode
 /// them with [`decode_results`].
 ///
 /// # Safety
 ///
-/// As for [`wire::copy_plain`]: `dst` valid for writes of `max` results,
+/// As for [`codec::copy_plain`]: `dst` valid for writes of `max` results,
 /// not overlapping `data`.
 pub(crate) unsafe fn copy_results<R: 'static>(
     data: &[u8],
@@ -171,7 +172,7 @@ pub(crate) unsafe fn copy_results<R: 'static>(
         return None;
     }
     // SAFETY: the caller's contract.
-    let n = unsafe { wire::copy_plain(data, max as usize, dst) }?;
+    let n = unsafe { codec::copy_plain(data, max as usize, dst) }?;
     // Lossless: n <= max.
     Some((n as u32, n * size_of::<R>()))
 }

@@ -20,16 +20,18 @@ use super::PoolShared;
 use super::job::{Job, Next, Sink};
 use super::outcome::{Failure, Outcome, ReplyBytes};
 use super::runner::Runner;
+use crate::codec;
 use crate::error::{Error, ErrorKind, ExitReason, Result};
+use crate::proto;
+use crate::proto::BatchFailure;
 use crate::proto::reply;
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Arena, Lease};
 use crate::spawn::{self, Spawned};
-use crate::wire::{self, BatchFailure};
 
 /// Batches sent to one child before its first answer (as many as it has
 /// reply arenas, so that each can be answered through one).
-const PIPELINE_DEPTH: usize = wire::REPLY_ARENAS;
+const PIPELINE_DEPTH: usize = proto::REPLY_ARENAS;
 /// Batches are sent ahead of the running one only while all of them
 /// together stay under this many bytes: well under a Unix socket's send
 /// buffer (about 208 KiB by default), so that writing them never blocks
@@ -135,11 +137,11 @@ struct Worker {
 /// [`crate::shm::arena`]).
 struct Arenas {
     request: Arena,
-    /// [`wire::REPLY_ARENAS`] of them, which the child uses in turn: it
+    /// [`proto::REPLY_ARENAS`] of them, which the child uses in turn: it
     /// can write its next replies while the last one is still being read
     /// (with one, those went through the socket instead, a few wake-ups
     /// per 200 KiB). Shared with the leases of replies decoded in place.
-    reply: [Arc<Arena>; wire::REPLY_ARENAS],
+    reply: [Arc<Arena>; proto::REPLY_ARENAS],
 }
 
 impl Worker {
@@ -153,7 +155,7 @@ impl Worker {
         self.arenas = None;
         self.reply_wanted = 0;
         let mut buf = Vec::new();
-        wire::arenas_frame(&mut buf, 0, 0)?;
+        proto::arenas_frame(&mut buf, 0, 0)?;
         self.writer.write_all(&buf)
     }
 
@@ -178,7 +180,7 @@ impl Worker {
         let Ok(request) = Arena::create(request.max(have_request).max(ARENA_FROM)) else {
             return Ok(false);
         };
-        let Ok(reply) = (0..wire::REPLY_ARENAS)
+        let Ok(reply) = (0..proto::REPLY_ARENAS)
             .map(|_| Arena::create(reply_len).map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()
         else {
@@ -192,7 +194,7 @@ impl Worker {
             return Ok(false);
         };
         let mut buf = Vec::new();
-        wire::arenas_frame(&mut buf, request.len() as u64, reply[0].len() as u64)?;
+        proto::arenas_frame(&mut buf, request.len() as u64, reply[0].len() as u64)?;
         crate::fdpass::write_with_fds(&mut self.writer, &buf, &fds)?;
         let reply = reply
             .try_into()
@@ -249,7 +251,7 @@ pub(crate) fn run(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Re
             // process; waiting for it only reaps it.
             unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
         }
-        let message = crate::child::take_panic_report(&*panic).message;
+        let message = crate::exec::take_panic_report(&*panic).message;
         shared.slot_failed(Failure::Protocol(format!(
             "a worker slot's driver thread panicked (a bug in multiproc): {message}"
         )));
@@ -317,7 +319,7 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Worker> {
     let Spawned { child, stream } = spawn::spawn_worker(shared.test_name.as_deref(), progress)
         .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
     let pid = child.id();
-    if let Some(limit) = shared.task_timeout.filter(|&t| t < wire::FRAME_STALL) {
+    if let Some(limit) = shared.task_timeout.filter(|&t| t < proto::FRAME_STALL) {
         // A frame that stalls this long is an item that overstays; not
         // below half a second, which a descheduled child may take to go
         // on writing a frame on a loaded machine.
@@ -364,13 +366,13 @@ fn run_initializer(
     encode_run(&mut buf, batch, init.worker, &init.payload, init.fds.len()).map_err(io_protocol)?;
     let mut frame = Vec::new();
     let answer = send_run(&mut worker.writer, &buf, &init.payload, &init.fds)
-        .and_then(|()| wire::read_frame(&mut worker.reader, &mut frame));
+        .and_then(|()| proto::read_frame(&mut worker.reader, &mut frame));
     match answer {
-        Ok(Some(wire::TAG_DONE)) => {
-            let mut rest = &frame[wire::DONE_HEADER..];
+        Ok(Some(proto::TAG_DONE)) => {
+            let mut rest = &frame[proto::DONE_HEADER..];
             (init.check)(init.worker, &mut rest)
         }
-        Ok(Some(wire::TAG_FAILED)) => Err(batch_failure(&frame).to_error(init.worker, None)),
+        Ok(Some(proto::TAG_FAILED)) => Err(batch_failure(&frame).to_error(init.worker, None)),
         Ok(_) | Err(_) => {
             let reason = reap(&mut worker.child);
             Err(Failure::Died {
@@ -395,14 +397,14 @@ pub(crate) fn encode_run(
     payload: &[u8],
     fds: usize,
 ) -> std::io::Result<()> {
-    run_head(buf, wire::TAG_RUN, batch, worker, fds);
-    wire::finish_frame_with(buf, payload.len())
+    run_head(buf, proto::TAG_RUN, batch, worker, fds);
+    proto::finish_frame_with(buf, payload.len())
 }
 
 /// The head of a `RUN` or `RUN_SHARED` frame: tag, batch, descriptor count,
 /// worker name (the length is filled in later).
 fn run_head(buf: &mut Vec<u8>, tag: u8, batch: u64, worker: &str, fds: usize) {
-    wire::begin_frame(buf, tag);
+    proto::begin_frame(buf, tag);
     buf.extend_from_slice(&batch.to_le_bytes());
     buf.extend_from_slice(&(fds as u32).to_le_bytes());
     buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
@@ -433,7 +435,7 @@ fn send_job(
     if in_flight.is_empty() {
         if len >= ARENA_FROM {
             // Results are usually about as large as their arguments.
-            worker.reply_wanted = worker.reply_wanted.max(len + wire::DONE_HEADER + 64);
+            worker.reply_wanted = worker.reply_wanted.max(len + proto::DONE_HEADER + 64);
         }
         if worker.reply_wanted.max(len) >= ARENA_FROM {
             let ring = len.saturating_mul(RING_BATCHES).min(RING_MOST.max(len));
@@ -448,9 +450,9 @@ fn send_job(
     .map(|at| (at, at + len));
     // A range's first integer and count follow the head; other payloads go
     // in the request arena, or on the socket after the head.
-    let range_body = range.map(|(first, count, width)| wire::range_body(first, count, width));
+    let range_body = range.map(|(first, count, width)| proto::range_body(first, count, width));
     let (tag, inline) = match (&range_body, &worker.arenas, region) {
-        (Some(body), _, _) => (wire::TAG_RUN_RANGE, [&body[..], &[]]),
+        (Some(body), _, _) => (proto::TAG_RUN_RANGE, [&body[..], &[]]),
         (None, Some(arenas), Some((at, _))) => {
             let parts = job.payload.parts();
             // SAFETY: no batch in flight has its payload in these bytes
@@ -460,9 +462,9 @@ fn send_job(
                 arenas.request.write_at(at, parts[0]);
                 arenas.request.write_at(at + parts[0].len(), parts[1]);
             }
-            (wire::TAG_RUN_SHARED, [&[][..], &[]])
+            (proto::TAG_RUN_SHARED, [&[][..], &[]])
         }
-        _ => (wire::TAG_RUN, job.payload.parts()),
+        _ => (proto::TAG_RUN, job.payload.parts()),
     };
     run_head(
         buf,
@@ -475,7 +477,7 @@ fn send_job(
         buf.extend_from_slice(&(at as u64).to_le_bytes());
         buf.extend_from_slice(&(len as u64).to_le_bytes());
     }
-    wire::finish_frame_with(buf, inline[0].len() + inline[1].len())?;
+    proto::finish_frame_with(buf, inline[0].len() + inline[1].len())?;
     crate::fdpass::write_parts_with_fds(
         &mut worker.writer,
         &[buf, inline[0], inline[1]],
@@ -484,9 +486,9 @@ fn send_job(
     Ok(region)
 }
 
-/// [`wire::DENSE`] for a job whose arguments are dense.
+/// [`proto::DENSE`] for a job whose arguments are dense.
 fn dense_flag(job: &Job) -> u8 {
-    if job.dense.is_some() { wire::DENSE } else { 0 }
+    if job.dense.is_some() { proto::DENSE } else { 0 }
 }
 
 /// Sends a `RUN` frame: the head built by [`encode_run`], then the payload.
@@ -500,7 +502,7 @@ pub(crate) fn send_run(
 }
 
 pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
-    match frame.get(9..).map(wire::decode_exact::<BatchFailure>) {
+    match frame.get(9..).map(codec::decode_exact::<BatchFailure>) {
         Some(Ok(failure)) => Failure::from(failure),
         _ => Failure::Protocol("undecodable failure report from a worker".to_owned()),
     }
@@ -743,7 +745,7 @@ fn serve_batches(
                 runner.kill_if_running(None);
                 return End::Died(in_flight);
             }
-            Err(e) if wire::is_breach(&e) => {
+            Err(e) if proto::is_breach(&e) => {
                 return breach(runner, fault, in_flight, e.to_string());
             }
             Err(_) => return End::Died(in_flight),
@@ -902,7 +904,7 @@ fn cut_piece(shared: &PoolShared, worker: &Worker, job: Job) -> Job {
 /// panicked go back to the queue instead (each alone) and the others are
 /// delivered in contiguous runs.
 fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns: u64, dense: bool) {
-    const START: usize = wire::DONE_HEADER;
+    const START: usize = proto::DONE_HEADER;
     let mut results: Vec<(bool, &[u8])> = Vec::new();
     // Dense results are all fine (a panic turns a reply back to framed).
     // The reply was checked to hold `count` items; one read in place from
@@ -911,10 +913,10 @@ fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns:
     if job.panic_retries > 0 && !dense {
         let mut rest = data.get(START..).unwrap_or_default();
         for _ in 0..job.count {
-            let Some((status, _, whole)) = wire::next_item(&mut rest) else {
+            let Some((status, _, whole)) = codec::next_item(&mut rest) else {
                 break;
             };
-            results.push((status == wire::ITEM_PANIC, whole));
+            results.push((status == codec::ITEM_PANIC, whole));
         }
     }
     if !results.iter().any(|&(p, _)| p) {
@@ -1024,14 +1026,14 @@ fn read_reply(
             }
         }
     }
-    let tag = wire::read_frame(&mut worker.reader, frame)?;
-    if tag == Some(wire::TAG_DONE_SHARED) {
+    let tag = proto::read_frame(&mut worker.reader, frame)?;
+    if tag == Some(proto::TAG_DONE_SHARED) {
         if lease_ok {
             return lease_reply(worker, frame, lease).map(Some);
         }
         return copy_out_reply(worker, frame).map(Some);
     }
-    if tag.is_some_and(|t| t & !wire::DENSE == wire::TAG_DONE) && frame.len() >= ARENA_FROM {
+    if tag.is_some_and(|t| t & !proto::DENSE == proto::TAG_DONE) && frame.len() >= ARENA_FROM {
         // A large reply that came through the socket: have a reply arena
         // for the next one.
         worker.reply_wanted = worker.reply_wanted.max(frame.len());
@@ -1042,12 +1044,12 @@ fn read_reply(
 /// The reply number and body length a `DONE_SHARED` frame gives, and the
 /// reply arena it is in.
 fn shared_reply(worker: &Worker, frame: &[u8]) -> std::io::Result<(u64, usize, Arc<Arena>)> {
-    let mut cur = wire::Cursor(&frame[1..]);
+    let mut cur = proto::Cursor(&frame[1..]);
     let which = cur.u32()? as usize;
     let seq = cur.u64()?;
     let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
     match worker.arenas.as_ref().and_then(|a| a.reply.get(which)) {
-        Some(reply) if len <= reply.capacity() && len >= wire::DONE_HEADER => {
+        Some(reply) if len <= reply.capacity() && len >= proto::DONE_HEADER => {
             Ok((seq, len, reply.clone()))
         }
         _ => Err(std::io::Error::new(
@@ -1075,10 +1077,10 @@ fn lease_reply(
         )
     })?;
     frame.clear();
-    frame.extend_from_slice(&held[..wire::DONE_HEADER]);
+    frame.extend_from_slice(&held[..proto::DONE_HEADER]);
     *lease = Some(held);
     match frame.first() {
-        Some(&tag) if tag & !wire::DENSE == wire::TAG_DONE => Ok(tag),
+        Some(&tag) if tag & !proto::DENSE == proto::TAG_DONE => Ok(tag),
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "a shared reply is not a DONE frame",
@@ -1102,8 +1104,8 @@ fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
 /// Asks a worker to exit and reaps it.
 fn stop(runner: &Runner, mut worker: Worker) {
     let mut buf = Vec::new();
-    wire::begin_frame(&mut buf, wire::TAG_SHUTDOWN);
-    let asked = wire::finish_frame(&mut buf)
+    proto::begin_frame(&mut buf, proto::TAG_SHUTDOWN);
+    let asked = proto::finish_frame(&mut buf)
         .and_then(|()| worker.writer.write_all(&buf))
         .is_ok();
     drop(worker.writer);

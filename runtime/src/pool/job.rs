@@ -11,19 +11,20 @@ use super::collect::Collector;
 use super::outcome::{Failure, Outcome, Reply};
 use super::runner::STEAL_AFTER;
 use super::task::{Control, TaskSlot};
-use crate::wire;
+use crate::codec;
+use crate::proto;
 
 /// A batch of framed argument items for one worker function.
 pub(crate) struct Job {
     pub(crate) worker: &'static str,
-    /// Framed argument items (see [`crate::wire`]).
+    /// Framed argument items (see [`crate::codec`]).
     pub(crate) payload: Payload,
     /// Where some items start in `payload`, as (item, byte offset) in
     /// ascending order: a split walks the items from the last mark before
     /// it, not from the front (see [`MARK_EVERY`]). May be empty.
     pub(crate) marks: Vec<(u32, u32)>,
     /// `Some(width)` if the arguments are dense: item `k` is the `width`
-    /// bytes at `k * width` (see [`wire::dense_width`]).
+    /// bytes at `k * width` (see [`codec::dense_width`]).
     pub(crate) dense: Option<usize>,
     pub(crate) count: u32,
     /// Input position of the first item; `None` for `submit`/`apply`.
@@ -77,12 +78,12 @@ pub(crate) enum Payload {
     },
     /// One item in two pieces: its head, and the large `Vec<u8>` argument
     /// it holds, taken as it is instead of copied after the head
-    /// ([`wire::take_byte_vec_call`]). The sends write both pieces; what
+    /// ([`codec::take_byte_vec_call`]). The sends write both pieces; what
     /// needs the bytes in one piece (a failed call's retry, say) joins them
     /// once, the first time.
     Split(Box<Split>),
     /// The dense arguments of a batch of consecutive integers (`map` over
-    /// `a..b`, see [`wire::take_range`]), not written out: the driver sends
+    /// `a..b`, see [`codec::take_range`]), not written out: the driver sends
     /// the first and the count, and the child makes the rest. What needs
     /// the bytes themselves (one item's retry, a batch for an MPI rank)
     /// has them written out, once.
@@ -130,7 +131,7 @@ impl std::ops::Deref for Payload {
             Payload::Split(s) => s.joined.get_or_init(|| [&s.head[..], &s.body].concat()),
             Payload::Range(r) => r
                 .written
-                .get_or_init(|| wire::range_bytes(r.first, r.count, r.width)),
+                .get_or_init(|| codec::range_bytes(r.first, r.count, r.width)),
         }
     }
 }
@@ -181,7 +182,7 @@ impl Payload {
     /// The bytes it takes on the socket: a range's first integer and count.
     pub(crate) fn sent_len(&self) -> usize {
         match self {
-            Payload::Range(_) => wire::RANGE_BODY,
+            Payload::Range(_) => proto::RANGE_BODY,
             _ => self.len(),
         }
     }
@@ -282,7 +283,7 @@ impl Job {
         let (mut item, offset) = marked.checked_sub(1).map_or((0, 0), |i| self.marks[i]);
         let mut rest = &self.payload[offset as usize..];
         while item < n {
-            wire::next_item(&mut rest).expect("the parent framed this payload itself");
+            codec::next_item(&mut rest).expect("the parent framed this payload itself");
             item += 1;
         }
         let cut = self.payload.len() - rest.len();
@@ -343,7 +344,7 @@ impl Job {
             None => {
                 let mut rest = &self.payload[..];
                 let mut args = Vec::with_capacity(self.count as usize);
-                while let Some((_, _, whole)) = wire::next_item(&mut rest) {
+                while let Some((_, _, whole)) = codec::next_item(&mut rest) {
                     args.push(whole);
                 }
                 args
@@ -661,7 +662,7 @@ mod tests {
             if k > 0 && k as u32 % MARK_EVERY == 0 {
                 marks.push((k as u32, payload.len() as u32));
             }
-            wire::put_item(&mut payload, &(v * 1000)).unwrap();
+            codec::put_item(&mut payload, &(v * 1000)).unwrap();
         }
         let count = (values.end - values.start) as u32;
         let sink = Sink::Stream(std::sync::mpsc::channel().0);
@@ -674,15 +675,15 @@ mod tests {
     fn items(job: &Job) -> Vec<u64> {
         let mut rest = &job.payload[..];
         let mut out = Vec::new();
-        while let Some((_, body, _)) = wire::next_item(&mut rest) {
-            out.push(wire::decode_exact::<u64>(body).unwrap() / 1000);
+        while let Some((_, body, _)) = codec::next_item(&mut rest) {
+            out.push(codec::decode_exact::<u64>(body).unwrap() / 1000);
         }
         assert_eq!(out.len(), job.count as usize);
         for &(item, offset) in &job.marks {
             let mut at = &job.payload[offset as usize..];
-            let (_, body, _) = wire::next_item(&mut at).expect("a mark points at an item");
+            let (_, body, _) = codec::next_item(&mut at).expect("a mark points at an item");
             assert_eq!(
-                wire::decode_exact::<u64>(body).unwrap() / 1000,
+                codec::decode_exact::<u64>(body).unwrap() / 1000,
                 out[item as usize]
             );
         }
@@ -715,7 +716,7 @@ mod tests {
         job.dense = Some(2);
         job.first_index = Some(0);
         assert_eq!(job.payload.len(), 16);
-        assert_eq!(job.payload.sent_len(), wire::RANGE_BODY);
+        assert_eq!(job.payload.sent_len(), proto::RANGE_BODY);
         let (head, tail) = job.split_at(3);
         // Both parts are still ranges: nothing was written out to cut them.
         assert_eq!(head.payload.as_range(), Some((first, 3, 2)));

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::codec;
 use serde::de::DeserializeOwned;
 
 pub use stream::{Imap, ImapUnordered, Indexed};
@@ -29,7 +30,7 @@ use task::{Control, TaskSlot};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::worker::Worker;
-use crate::{child, registry, wire};
+use crate::{child, registry};
 
 /// Checks an initializer's result: `Ok` or the error it reported.
 pub(crate) type InitCheck = fn(&'static str, &mut &[u8]) -> Result<()>;
@@ -54,7 +55,7 @@ pub(crate) struct PoolShared {
     pub(crate) runners: Vec<Arc<Runner>>,
     pub(crate) slots_alive: AtomicUsize,
     /// Whether `map` and `imap` may send dense batches (see
-    /// [`wire::dense_width`]): not over MPI, whose messages carry framed
+    /// [`codec::dense_width`]): not over MPI, whose messages carry framed
     /// items only.
     pub(crate) dense_batches: bool,
 }
@@ -215,7 +216,7 @@ impl PoolBuilder {
         W::Output: InitOutcome,
     {
         let _ = worker;
-        let init = wire::encode_call::<W>(&args).map(|(payload, fds)| Initializer {
+        let init = codec::encode_call::<W>(&args).map(|(payload, fds)| Initializer {
             worker: W::NAME,
             payload,
             fds,
@@ -576,14 +577,14 @@ impl Pool {
     /// task.
     pub fn submit<W: Worker>(&self, worker: W, args: W::Args) -> Task<W::Output> {
         let _ = worker;
-        let (payload, fds) = match wire::take_byte_vec_call(args) {
+        let (payload, fds) = match codec::take_byte_vec_call(args) {
             Ok((head, body)) => (job::Payload::split(head, body), Vec::new()),
-            Err(args) => match wire::encode_call::<W>(&args) {
+            Err(args) => match codec::encode_call::<W>(&args) {
                 Ok((payload, fds)) => {
                     // Encoded: a large `Vec<u8>` argument can hold the
                     // next large buffer (the result, say) instead of being
                     // freed.
-                    wire::recycle_value(args);
+                    codec::recycle_value(args);
                     (payload.into(), fds)
                 }
                 Err(error) => {
@@ -633,58 +634,6 @@ impl Pool {
             runner.kill_if_running(None);
         }
         self.join();
-    }
-}
-
-#[cfg(feature = "mpi")]
-impl PoolBuilder {
-    /// Starts a pool whose workers are the other ranks of the MPI job this
-    /// program runs in (feature `mpi`): Python's `MPIPoolExecutor`.
-    ///
-    /// Start the program with an MPI launcher, e.g. `mpirun -n 3 ./app` or
-    /// `srun --mpi=pmix -n 3 ./app`. `#[entry]` makes rank 0 run `main`;
-    /// every other rank serves this pool. Each worker rank runs its batches
-    /// in a local pool of [`workers`](PoolBuilder::workers) child processes
-    /// (default `0`: the `MULTIPROC_WORKERS_PER_RANK` environment variable
-    /// if the launcher sets it, else that node's CPUs shared among the worker
-    /// ranks on it),
-    /// so a task that crashes fails alone and its rank keeps serving. The
-    /// pool's size ([`Pool::workers`]) is the sum over the ranks, and batch
-    /// sizes follow from it as on one machine.
-    ///
-    /// The other options apply on every rank: the initializer runs in each
-    /// worker process (its result is checked when the pool opens), and
-    /// `task_timeout`, `retries`, `retry_panics`, `max_tasks_per_worker`
-    /// and `max_worker_memory` work as on a local pool. Arguments that hold
-    /// handles (queues, pipes, shared memory) cannot cross machines and
-    /// fail that task. [`Task::cancel`] cannot interrupt a task that a
-    /// rank already runs: it settles the task, and the result is dropped.
-    /// One MPI pool may be open at a time; dropping it frees the ranks for
-    /// the next.
-    ///
-    /// # Errors
-    ///
-    /// [`Mpi`](ErrorKind::Mpi) if the program was not started by an MPI
-    /// launcher, the job has a single rank, the MPI library lacks
-    /// `MPI_THREAD_SERIALIZED`, another MPI pool is open, or a rank cannot
-    /// start its worker processes; [`Initializer`](ErrorKind::Initializer)
-    /// if the initializer fails on a rank; and the errors of
-    /// [`build`](PoolBuilder::build).
-    pub fn build_mpi(self) -> Result<Pool> {
-        crate::mpi::open(self)
-    }
-}
-
-#[cfg(feature = "mpi")]
-impl Pool {
-    /// A pool on the other ranks of the MPI job, with default options:
-    /// [`PoolBuilder::build_mpi`].
-    ///
-    /// # Errors
-    ///
-    /// As [`PoolBuilder::build_mpi`].
-    pub fn mpi() -> Result<Pool> {
-        Pool::builder().build_mpi()
     }
 }
 

@@ -20,7 +20,7 @@ pub(crate) enum Outcome {
         dense: bool,
     },
     /// The results were decoded into a `map`'s output by the driver
-    /// ([`Sink::Collect`]): `bytes` of them, and the buffer they came in,
+    /// ([`Sink::Collect`](super::job::Sink::Collect)): `bytes` of them, and the buffer they came in,
     /// for the caller to encode into again.
     Stored {
         elapsed_ns: u64,

@@ -14,8 +14,8 @@ use super::collect::{Collector, Store};
 use super::decode::{copy_results, decode_dense_item, decode_item, decode_results};
 use super::job::{Job, MARK_EVERY, Payload, Sink};
 use super::outcome::{Outcome, Reply};
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::wire;
 use crate::worker::Worker;
 
 /// Batch duration that adaptive batching aims for, measured in the child.
@@ -102,7 +102,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             next_yield: 0,
             yielded: 0,
             // Exact for dense batches; a guess for framed ones.
-            bytes_per_item: wire::dense_width::<W::Args>().unwrap_or(2),
+            bytes_per_item: codec::dense_width::<W::Args>().unwrap_or(2),
             pending_errors: VecDeque::new(),
             abandoned: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
@@ -151,13 +151,13 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let limit = match self.chunking {
                 Chunking::Fixed(n) | Chunking::Adaptive(n) => n.max(1),
             };
-            let dense = wire::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
+            let dense = codec::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
             // Items of a dense batch: a batch's worth, and no more than
             // MAX_BATCH_BYTES of them.
             let dense_room = dense.map(|width| (width, limit.min(MAX_BATCH_BYTES.div_ceil(width))));
             if let Some((width, room)) = dense_room {
                 // A range of integers goes as its first one and a count.
-                if let Some((start, count, exhausted)) = wire::take_range(input, room) {
+                if let Some((start, count, exhausted)) = codec::take_range(input, room) {
                     if exhausted {
                         self.input = None;
                     }
@@ -185,7 +185,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let mut marks = Vec::new();
             let ((count, encode_error, exhausted), fds) = if let Some((_, room)) = dense_room {
                 // Primitives: no handles to capture, no encoding that fails.
-                let (count, exhausted) = wire::fill_dense(&mut payload, input, room);
+                let (count, exhausted) = codec::fill_dense(&mut payload, input, room);
                 ((count, None, exhausted), Vec::new())
             } else {
                 crate::fdpass::capture(|| {
@@ -203,10 +203,10 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                             // count (items take a byte at least).
                             marks.push((count as u32, payload.len() as u32));
                         }
-                        if let Err(message) = wire::put_item(&mut payload, &args) {
+                        if let Err(message) = codec::put_item(&mut payload, &args) {
                             // This item fails alone; the batch goes on without it.
                             encode_error =
-                                Some(wire::args_error::<W>(Some(first + count as u64), message));
+                                Some(codec::args_error::<W>(Some(first + count as u64), message));
                             break;
                         }
                         count += 1;

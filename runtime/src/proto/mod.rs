@@ -6,4 +6,7 @@
 //! docs): a check here that fails is a protocol breach by that process,
 //! never a panic in this one.
 
+pub(crate) mod frame;
 pub(crate) mod reply;
+
+pub(crate) use frame::*;

@@ -23,7 +23,9 @@
 
 use std::fmt;
 
-use crate::wire::{self, BatchFailure};
+use crate::codec;
+use crate::proto;
+use crate::proto::BatchFailure;
 
 /// What the parent knows of the batch a reply must answer.
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +41,7 @@ pub(crate) struct Expect {
 /// A checked answer to the batch in flight.
 #[derive(Debug)]
 pub(crate) enum Answer {
-    /// The batch ran; its results follow the head (`wire::DONE_HEADER`).
+    /// The batch ran; its results follow the head (`proto::DONE_HEADER`).
     Done {
         /// Items run, at most the batch's count.
         ran: u32,
@@ -93,9 +95,9 @@ pub(crate) fn read_answer(
     let Some((&tag, rest)) = frame.split_first() else {
         return Err(breach("an empty frame".to_owned()));
     };
-    let dense = tag & wire::DENSE != 0;
-    let kind = tag & !wire::DENSE;
-    let known = kind == wire::TAG_DONE || (kind == wire::TAG_FAILED && !dense);
+    let dense = tag & proto::DENSE != 0;
+    let kind = tag & !proto::DENSE;
+    let known = kind == proto::TAG_DONE || (kind == proto::TAG_FAILED && !dense);
     if !known {
         return Err(breach(format!(
             "a frame with tag {tag} while batch {} was in flight",
@@ -118,19 +120,19 @@ pub(crate) fn read_answer(
             ))
         });
     }
-    if kind == wire::TAG_FAILED {
-        return match wire::decode_exact::<BatchFailure>(&rest[8..]) {
+    if kind == proto::TAG_FAILED {
+        return match codec::decode_exact::<BatchFailure>(&rest[8..]) {
             Ok(failure) => Ok(Answer::Failed(failure)),
             Err(e) => Err(breach(format!(
                 "an undecodable failure report for batch {batch}: {e}"
             ))),
         };
     }
-    let Some(head) = frame.get(..wire::DONE_HEADER) else {
+    let Some(head) = frame.get(..proto::DONE_HEADER) else {
         return Err(breach(format!(
             "a DONE frame of {} bytes for batch {batch}, shorter than its {} byte head",
             frame.len(),
-            wire::DONE_HEADER
+            proto::DONE_HEADER
         )));
     };
     let elapsed_ns = u64::from_le_bytes(head[9..17].try_into().unwrap_or_default());
@@ -146,7 +148,7 @@ pub(crate) fn read_answer(
             }
         )));
     }
-    let body = &frame[wire::DONE_HEADER..];
+    let body = &frame[proto::DONE_HEADER..];
     if dense {
         if let Some(width) = dense_width {
             let want = (ran as usize).checked_mul(width);
@@ -172,7 +174,7 @@ pub(crate) fn read_answer(
 fn check_items(mut body: &[u8], count: u32) -> Result<(), String> {
     // Every status a two-bit field can hold is a known one.
     for k in 0..count {
-        if wire::next_item(&mut body).is_none() {
+        if codec::next_item(&mut body).is_none() {
             return Err(format!(
                 "item {k} of {count} is missing or runs past the end of the frame"
             ));
@@ -191,7 +193,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn done(batch: u64, ran: u32, dense: bool, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![wire::TAG_DONE | if dense { wire::DENSE } else { 0 }];
+        let mut f = vec![proto::TAG_DONE | if dense { proto::DENSE } else { 0 }];
         f.extend_from_slice(&batch.to_le_bytes());
         f.extend_from_slice(&7u64.to_le_bytes());
         f.extend_from_slice(&ran.to_le_bytes());
@@ -202,7 +204,7 @@ mod tests {
     fn items(n: u32) -> Vec<u8> {
         let mut out = Vec::new();
         for k in 0..n {
-            wire::put_raw_item(&mut out, wire::ITEM_OK, &[k as u8]);
+            codec::put_raw_item(&mut out, codec::ITEM_OK, &[k as u8]);
         }
         out
     }
@@ -233,7 +235,7 @@ mod tests {
                 ..
             }
         ));
-        let mut failed = vec![wire::TAG_FAILED];
+        let mut failed = vec![proto::TAG_FAILED];
         failed.extend_from_slice(&5u64.to_le_bytes());
         failed.extend(postcard::to_allocvec(&BatchFailure::Malformed("x".into())).unwrap());
         assert!(matches!(
@@ -246,7 +248,7 @@ mod tests {
     fn every_broken_rule_is_a_breach() {
         let bad: Vec<(&str, Vec<u8>, Option<usize>)> = vec![
             ("empty", vec![], None),
-            ("forged 5-byte frame", vec![wire::TAG_DONE], None),
+            ("forged 5-byte frame", vec![proto::TAG_DONE], None),
             (
                 "unknown tag",
                 done(5, 3, false, &items(3))[..]
@@ -279,7 +281,7 @@ mod tests {
             (
                 "garbage failure",
                 [
-                    vec![wire::TAG_FAILED],
+                    vec![proto::TAG_FAILED],
                     5u64.to_le_bytes().to_vec(),
                     vec![0xff; 9],
                 ]
@@ -318,9 +320,9 @@ mod tests {
             let expect = Expect { batch: 5, count, stop_asked };
             if let Ok(Answer::Done { ran, dense: false, .. }) = read_answer(&frame, expect, width) {
                 prop_assert!(ran <= count);
-                let mut body = &frame[wire::DONE_HEADER..];
+                let mut body = &frame[proto::DONE_HEADER..];
                 for _ in 0..ran {
-                    prop_assert!(wire::next_item(&mut body).is_some());
+                    prop_assert!(codec::next_item(&mut body).is_some());
                 }
                 prop_assert!(body.is_empty());
             }

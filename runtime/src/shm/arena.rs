@@ -10,7 +10,7 @@
 //!
 //! Each worker has five, all created by the parent and sent to the child:
 //! the *request* arena (parent → child) and four *reply* arenas (child →
-//! parent, `wire::REPLY_ARENAS`), which the child uses in turn. Who may
+//! parent, `proto::REPLY_ARENAS`), which the child uses in turn. Who may
 //! touch which bytes when:
 //!
 //! - request: a ring. The parent writes a batch where no batch still in

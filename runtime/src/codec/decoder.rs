@@ -1,0 +1,477 @@
+//! [`Decoder`]: a serde deserializer that reads postcard's format.
+
+use serde::de::{DeserializeOwned, DeserializeSeed, Visitor};
+
+use super::{ITEM_OK, get_varint, is_byte_vec, take_byte_vec};
+
+// ---- decoding -------------------------------------------------------------
+
+/// Decodes a value that must fill `body` exactly, with [`Decoder`]; `None`
+/// if it does not decode. The hot paths (a batch's arguments in the child,
+/// a run of results in the parent) try this first and fall back to
+/// [`decode_exact`](super::decode_exact) for anything it refuses, which then reports postcard's
+/// error: so this only has to be right on what it accepts.
+#[inline]
+pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(body: &[u8]) -> Option<T> {
+    decode_fast_at(body, body.len())
+}
+
+/// [`decode_fast`] of the `len` bytes at the start of `input`, which may go
+/// on past them (the items that follow in the batch): the decoder can then
+/// read a varint as one 8-byte word even at the end of a short item. What
+/// a value that overruns its `len` bytes read past them does not matter: it
+/// is refused.
+#[inline]
+pub(crate) fn decode_fast_at<T: DeserializeOwned + 'static>(input: &[u8], len: usize) -> Option<T> {
+    if is_byte_vec::<T>() {
+        return take_byte_vec(input.get(..len)?);
+    }
+    let mut d = Decoder { input };
+    let value = T::deserialize(&mut d).ok()?;
+    (input.len() - d.input.len() == len).then_some(value)
+}
+
+/// Splits the next item off `input` if it is an `ITEM_OK` one:
+/// `(its length, input from its body on)`; `input` moves past it.
+#[inline]
+pub(crate) fn next_ok_item<'a>(input: &mut &'a [u8]) -> Option<(usize, &'a [u8])> {
+    let mut after = *input;
+    let header = get_varint(&mut after)?;
+    let len = usize::try_from(header >> 2).ok()?;
+    if header & 3 != u64::from(ITEM_OK) || after.len() < len {
+        return None;
+    }
+    *input = &after[len..];
+    Some((len, after))
+}
+
+/// Why [`Decoder`] refused its input (the message is not shown: the caller
+/// asks postcard again for one).
+#[derive(Debug)]
+pub(crate) struct DecodeError;
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("malformed postcard data")
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl serde::de::Error for DecodeError {
+    fn custom<T: std::fmt::Display>(_msg: T) -> Self {
+        DecodeError
+    }
+}
+
+/// A serde deserializer for what [`Encoder`](super::Encoder) (and postcard) writes, over a
+/// byte slice: the varints are read with one bounds check per byte and no
+/// flavor layer, which made postcard's own `try_take_varint_u64` the largest
+/// single cost of decoding a batch of integers.
+pub(crate) struct Decoder<'de> {
+    input: &'de [u8],
+}
+
+impl<'de> Decoder<'de> {
+    #[inline]
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let (&b, rest) = self.input.split_first().ok_or(DecodeError)?;
+        self.input = rest;
+        Ok(b)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'de [u8], DecodeError> {
+        if self.input.len() < n {
+            return Err(DecodeError);
+        }
+        let (head, rest) = self.input.split_at(n);
+        self.input = rest;
+        Ok(head)
+    }
+
+    #[inline]
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        match self.input.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
+                self.input = rest;
+                Ok(u64::from(b))
+            }
+            _ => self.varint_long(),
+        }
+    }
+
+    #[inline]
+    fn varint_long(&mut self) -> Result<u64, DecodeError> {
+        // Up to 8 bytes (56 bits) at once: load a word, find the first
+        // byte without the continuation bit, squeeze out the 7-bit groups.
+        if let Some(word) = self.input.first_chunk::<8>() {
+            let word = u64::from_le_bytes(*word);
+            let ends = !word & 0x8080_8080_8080_8080;
+            if ends != 0 {
+                let n = ends.trailing_zeros() as usize / 8 + 1;
+                let keep = if n == 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (8 * n)) - 1
+                };
+                let mut x = word & keep & 0x7f7f_7f7f_7f7f_7f7f;
+                x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+                x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                self.input = &self.input[n..];
+                return Ok(x);
+            }
+        }
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                // The tenth byte holds the top bit only.
+                return if i == 9 && b > 1 {
+                    Err(DecodeError)
+                } else {
+                    Ok(v)
+                };
+            }
+        }
+        Err(DecodeError)
+    }
+
+    fn varint128(&mut self) -> Result<u128, DecodeError> {
+        let mut v = 0u128;
+        for i in 0..19 {
+            let b = self.byte()?;
+            v |= u128::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return if i == 18 && b > 3 {
+                    Err(DecodeError)
+                } else {
+                    Ok(v)
+                };
+            }
+        }
+        Err(DecodeError)
+    }
+
+    #[inline]
+    fn varint_as<T: TryFrom<u64>>(&mut self) -> Result<T, DecodeError> {
+        T::try_from(self.varint()?).map_err(|_| DecodeError)
+    }
+
+    #[inline]
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        self.varint_as()
+    }
+
+    #[inline]
+    fn str(&mut self) -> Result<&'de str, DecodeError> {
+        let n = self.len()?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError)
+    }
+}
+
+impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
+        Err(DecodeError) // postcard is not self-describing
+    }
+    #[inline]
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        match self.byte()? {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            _ => Err(DecodeError),
+        }
+    }
+    #[inline]
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_i8(self.byte()? as i8)
+    }
+    #[inline]
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let n: u16 = self.varint_as()?;
+        visitor.visit_i16(((n >> 1) as i16) ^ -((n & 1) as i16))
+    }
+    #[inline]
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let n: u32 = self.varint_as()?;
+        visitor.visit_i32(((n >> 1) as i32) ^ -((n & 1) as i32))
+    }
+    #[inline]
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let n = self.varint()?;
+        visitor.visit_i64(((n >> 1) as i64) ^ -((n & 1) as i64))
+    }
+    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let n = self.varint128()?;
+        visitor.visit_i128(((n >> 1) as i128) ^ -((n & 1) as i128))
+    }
+    #[inline]
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u8(self.byte()?)
+    }
+    #[inline]
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u16(self.varint_as()?)
+    }
+    #[inline]
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u32(self.varint_as()?)
+    }
+    #[inline]
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u64(self.varint()?)
+    }
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u128(self.varint128()?)
+    }
+    #[inline]
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let b = self.take(4)?.try_into().map_err(|_| DecodeError)?;
+        visitor.visit_f32(f32::from_le_bytes(b))
+    }
+    #[inline]
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let b = self.take(8)?.try_into().map_err(|_| DecodeError)?;
+        visitor.visit_f64(f64::from_le_bytes(b))
+    }
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let mut chars = self.str()?.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => visitor.visit_char(c),
+            _ => Err(DecodeError),
+        }
+    }
+    #[inline]
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_borrowed_str(self.str()?)
+    }
+    #[inline]
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_borrowed_str(self.str()?)
+    }
+    #[inline]
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let n = self.len()?;
+        visitor.visit_borrowed_bytes(self.take(n)?)
+    }
+    #[inline]
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let n = self.len()?;
+        visitor.visit_borrowed_bytes(self.take(n)?)
+    }
+    #[inline]
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        match self.byte()? {
+            0 => visitor.visit_none(),
+            1 => visitor.visit_some(self),
+            _ => Err(DecodeError),
+        }
+    }
+    #[inline]
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_unit()
+    }
+    #[inline]
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_unit()
+    }
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_newtype_struct(self)
+    }
+    #[inline]
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let left = self.len()?;
+        visitor.visit_seq(Counted { de: self, left })
+    }
+    #[inline]
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_seq(Counted {
+            de: self,
+            left: len,
+        })
+    }
+    #[inline]
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_seq(Counted {
+            de: self,
+            left: len,
+        })
+    }
+    #[inline]
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let left = self.len()?;
+        visitor.visit_map(Counted { de: self, left })
+    }
+    #[inline]
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_seq(Counted {
+            de: self,
+            left: fields.len(),
+        })
+    }
+    #[inline]
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_enum(self)
+    }
+    fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
+        Err(DecodeError) // postcard writes no identifiers
+    }
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
+        Err(DecodeError) // as postcard: nothing says how long the value is
+    }
+}
+
+/// A sequence, tuple, struct or map of `left` more elements (or entries).
+struct Counted<'a, 'de> {
+    de: &'a mut Decoder<'de>,
+    left: usize,
+}
+
+impl<'de> serde::de::SeqAccess<'de> for Counted<'_, 'de> {
+    type Error = DecodeError;
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DecodeError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+impl<'de> serde::de::MapAccess<'de> for Counted<'_, 'de> {
+    type Error = DecodeError;
+    #[inline]
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DecodeError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+    #[inline]
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, DecodeError> {
+        seed.deserialize(&mut *self.de)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+impl<'de> serde::de::EnumAccess<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+    type Variant = Self;
+    #[inline]
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self), DecodeError> {
+        let index: u32 = self.varint_as()?;
+        let value =
+            seed.deserialize(serde::de::value::U32Deserializer::<DecodeError>::new(index))?;
+        Ok((value, self))
+    }
+}
+
+impl<'de> serde::de::VariantAccess<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+    #[inline]
+    fn unit_variant(self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    #[inline]
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, DecodeError> {
+        seed.deserialize(self)
+    }
+    #[inline]
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_seq(Counted {
+            de: self,
+            left: len,
+        })
+    }
+    #[inline]
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_seq(Counted {
+            de: self,
+            left: fields.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_reads_every_varint_length() {
+        for bits in 0..64 {
+            for v in [1u64 << bits, (1u64 << bits) - 1, (1u64 << bits) | 0x55] {
+                let mut bytes = postcard::to_stdvec(&(v, 7u8)).unwrap();
+                assert_eq!(decode_fast::<(u64, u8)>(&bytes), Some((v, 7)), "{v}");
+                bytes.extend_from_slice(&[0xff; 9]);
+                let mut d = Decoder { input: &bytes };
+                assert_eq!(d.varint().ok(), Some(v), "{v}");
+            }
+        }
+    }
+}

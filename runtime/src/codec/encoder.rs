@@ -1,0 +1,451 @@
+//! [`Encoder`]: a serde serializer that writes postcard's format.
+
+use serde::Serialize;
+
+/// Why a value could not be encoded: serde's message (kept, unlike
+/// postcard's own serializer, which replaces custom messages with a fixed
+/// text).
+#[derive(Debug)]
+pub(crate) struct EncodeError(pub(crate) String);
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+impl serde::ser::Error for EncodeError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        EncodeError(msg.to_string())
+    }
+}
+
+/// A serde serializer that writes postcard's format (1.x wire format:
+/// LEB128 varints for integers wider than a byte, zigzag for signed ones,
+/// little-endian floats, length-prefixed strings, sequences and maps,
+/// varint variant indices) straight into a `Vec`, without postcard's flavor
+/// layer: one capacity check per varint instead of a call per byte range.
+/// What it writes is byte for byte what `postcard::to_stdvec` writes (see
+/// the tests), and postcard decodes it.
+pub(crate) struct Encoder<'a> {
+    pub(crate) out: &'a mut Vec<u8>,
+}
+
+impl Encoder<'_> {
+    #[inline]
+    fn varint(&mut self, mut v: u64) {
+        if v < 0x80 {
+            self.out.push(v as u8);
+            return;
+        }
+        self.out.reserve(10);
+        let len = self.out.len();
+        let spare = self.out.spare_capacity_mut();
+        let mut i = 0;
+        while v >= 0x80 {
+            spare[i].write((v as u8) | 0x80);
+            v >>= 7;
+            i += 1;
+        }
+        spare[i].write(v as u8);
+        // SAFETY: the `i + 1` bytes after `len` were just written (the
+        // writes above are bounds-checked against the spare capacity, which
+        // `reserve(10)` made at least 10 bytes, the longest u64 varint).
+        unsafe { self.out.set_len(len + i + 1) };
+    }
+
+    #[inline]
+    fn varint128(&mut self, mut v: u128) {
+        while v >= 0x80 {
+            self.out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.out.push(v as u8);
+    }
+
+    #[inline]
+    fn len(&mut self, len: Option<usize>) -> Result<(), EncodeError> {
+        match len {
+            Some(n) => {
+                self.varint(n as u64);
+                Ok(())
+            }
+            None => Err(EncodeError(
+                "The length of a sequence must be known".to_owned(),
+            )),
+        }
+    }
+
+    #[inline]
+    fn bytes(&mut self, v: &[u8]) {
+        self.varint(v.len() as u64);
+        self.out.extend_from_slice(v);
+    }
+}
+
+impl serde::Serializer for &mut Encoder<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    #[inline]
+    fn serialize_bool(self, v: bool) -> Result<(), EncodeError> {
+        self.out.push(u8::from(v));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i8(self, v: i8) -> Result<(), EncodeError> {
+        self.out.push(v as u8);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
+        self.varint(u64::from(((v << 1) ^ (v >> 15)) as u16));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
+        self.varint(u64::from(((v << 1) ^ (v >> 31)) as u32));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_i128(self, v: i128) -> Result<(), EncodeError> {
+        self.varint128(((v << 1) ^ (v >> 127)) as u128);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u8(self, v: u8) -> Result<(), EncodeError> {
+        self.out.push(v);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
+        self.varint(u64::from(v));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
+        self.varint(u64::from(v));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
+        self.varint(v);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_u128(self, v: u128) -> Result<(), EncodeError> {
+        self.varint128(v);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_f32(self, v: f32) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_f64(self, v: f64) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_char(self, v: char) -> Result<(), EncodeError> {
+        let mut buf = [0u8; 4];
+        self.bytes(v.encode_utf8(&mut buf).as_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_str(self, v: &str) -> Result<(), EncodeError> {
+        self.bytes(v.as_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), EncodeError> {
+        self.bytes(v);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_none(self) -> Result<(), EncodeError> {
+        self.out.push(0);
+        Ok(())
+    }
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
+        self.out.push(1);
+        value.serialize(self)
+    }
+    #[inline]
+    fn serialize_unit(self) -> Result<(), EncodeError> {
+        Ok(())
+    }
+    #[inline]
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), EncodeError> {
+        Ok(())
+    }
+    #[inline]
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        variant_index: u32,
+        _variant: &'static str,
+    ) -> Result<(), EncodeError> {
+        self.varint(u64::from(variant_index));
+        Ok(())
+    }
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        value.serialize(self)
+    }
+    #[inline]
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        variant_index: u32,
+        _variant: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        self.varint(u64::from(variant_index));
+        value.serialize(self)
+    }
+    #[inline]
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self, EncodeError> {
+        self.len(len)?;
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_tuple(self, _len: usize) -> Result<Self, EncodeError> {
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_tuple_struct(self, _name: &'static str, _len: usize) -> Result<Self, EncodeError> {
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        variant_index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self, EncodeError> {
+        self.varint(u64::from(variant_index));
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_map(self, len: Option<usize>) -> Result<Self, EncodeError> {
+        self.len(len)?;
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self, EncodeError> {
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        variant_index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self, EncodeError> {
+        self.varint(u64::from(variant_index));
+        Ok(self)
+    }
+    fn collect_str<T: std::fmt::Display + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
+        self.bytes(value.to_string().as_bytes());
+        Ok(())
+    }
+}
+
+/// The compound serializers: every element, field, key and value is simply
+/// the next value in the stream.
+macro_rules! compound {
+    ($($trait:ident $method:ident $(($key:ty))?),* $(,)?) => {$(
+        impl serde::ser::$trait for &mut Encoder<'_> {
+            type Ok = ();
+            type Error = EncodeError;
+            #[inline]
+            fn $method<T: Serialize + ?Sized>(
+                &mut self,
+                $(_key: $key,)?
+                value: &T,
+            ) -> Result<(), EncodeError> {
+                value.serialize(&mut **self)
+            }
+            #[inline]
+            fn end(self) -> Result<(), EncodeError> {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+compound! {
+    SerializeSeq serialize_element,
+    SerializeTuple serialize_element,
+    SerializeTupleStruct serialize_field,
+    SerializeTupleVariant serialize_field,
+    SerializeStruct serialize_field (&'static str),
+    SerializeStructVariant serialize_field (&'static str),
+}
+
+impl serde::ser::SerializeMap for &mut Encoder<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    #[inline]
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), EncodeError> {
+        key.serialize(&mut **self)
+    }
+    #[inline]
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+        value.serialize(&mut **self)
+    }
+    #[inline]
+    fn end(self) -> Result<(), EncodeError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_exact, decode_fast, put_item};
+    use serde::Deserialize;
+    use serde::de::DeserializeOwned;
+
+    /// Encodes `v` with [`Encoder`] and checks it against postcard's own
+    /// serializer, byte for byte, and that postcard decodes it back.
+    fn same_as_postcard<T>(v: &T)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
+    {
+        let mut ours = vec![0xAA]; // appends after what is there
+        v.serialize(&mut Encoder { out: &mut ours }).unwrap();
+        let theirs = postcard::to_stdvec(v).unwrap();
+        assert_eq!(&ours[1..], &theirs[..], "{v:?}");
+        assert_eq!(&decode_exact::<T>(&ours[1..]).unwrap(), v);
+        assert_eq!(&decode_fast::<T>(&ours[1..]).unwrap(), v);
+        // Every strict prefix is refused, as postcard refuses it.
+        for cut in 0..ours.len() - 1 {
+            let short = &ours[1..1 + cut];
+            assert_eq!(
+                decode_fast::<T>(short).is_some(),
+                decode_exact::<T>(short).is_ok(),
+                "{v:?} cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn encoder_writes_what_postcard_writes() {
+        use std::collections::BTreeMap;
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Unit;
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Newtype(i32);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Tuple(u8, i64, String);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Named {
+            a: u16,
+            b: Option<Vec<u32>>,
+            c: (char, bool, f32, f64),
+            d: BTreeMap<String, i128>,
+            e: u128,
+            unit: Unit,
+            n: Newtype,
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        enum E {
+            A,
+            B(u64),
+            C(i8, i16),
+            D { x: Option<u8> },
+        }
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            same_as_postcard(&v);
+            same_as_postcard(&(v as u32));
+            same_as_postcard(&(v as u16));
+            same_as_postcard(&(v as i64));
+            same_as_postcard(&(v as i64).wrapping_neg());
+            same_as_postcard(&(v as i32));
+            same_as_postcard(&(v as i16));
+            same_as_postcard(&(v as i8));
+            same_as_postcard(&(u128::from(v) << 64 | u128::from(v)));
+            same_as_postcard(&(i128::from(v) << 63).wrapping_neg());
+            same_as_postcard(&(v as usize, v as isize));
+        }
+        same_as_postcard(&i128::MIN);
+        same_as_postcard(&i64::MIN);
+        same_as_postcard(&());
+        same_as_postcard(&Unit);
+        same_as_postcard(&Newtype(-5));
+        same_as_postcard(&Tuple(3, -300, "héllo".to_owned()));
+        same_as_postcard(&"x".repeat(300));
+        same_as_postcard(&vec![7u8; 1000]);
+        same_as_postcard(&Some(E::A));
+        same_as_postcard(&None::<E>);
+        same_as_postcard(&vec![
+            E::A,
+            E::B(1 << 40),
+            E::C(-1, 300),
+            E::D { x: Some(9) },
+        ]);
+        same_as_postcard(&Named {
+            a: 65_535,
+            b: Some(vec![1, 200, 70_000]),
+            c: ('€', true, -1.5, f64::MAX),
+            d: [("k".to_owned(), -7), ("long key".to_owned(), i128::MAX)]
+                .into_iter()
+                .collect(),
+            e: u128::MAX,
+            unit: Unit,
+            n: Newtype(i32::MIN),
+        });
+    }
+
+    #[test]
+    fn encoder_keeps_custom_messages_and_rolls_back() {
+        struct Refuse;
+        impl Serialize for Refuse {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no thanks"))
+            }
+        }
+        let mut out = vec![1, 2, 3];
+        assert_eq!(
+            put_item(&mut out, &(5u64, Refuse)).unwrap_err(),
+            "no thanks"
+        );
+        assert_eq!(out, [1, 2, 3]);
+        struct Unsized;
+        impl Serialize for Unsized {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(std::iter::from_fn(|| Some(1u8)).take(3).filter(|_| true))
+            }
+        }
+        assert!(put_item(&mut out, &Unsized).is_err());
+        assert_eq!(out, [1, 2, 3]);
+    }
+}
