@@ -736,10 +736,7 @@ fn serve_batches(
                 // A frame stalled for the task time limit (the socket's
                 // read timeout then): the item overstayed.
                 if let Some(front) = in_flight.front() {
-                    let item = progress
-                        .running(front.batch)
-                        .map(|(item, _)| item)
-                        .filter(|&item| item < u64::from(front.job.count));
+                    let item = page_item(progress, front, None).ok().flatten();
                     fault.timed_out = Some((front.batch, item));
                 }
                 runner.kill_if_running(None);
@@ -1010,13 +1007,20 @@ fn read_reply(
         // The item the page named last, and when this thread first saw it.
         let mut seen: (Option<u64>, std::time::Instant) = (None, waiting_since);
         while worker.reader.buffer().is_empty() && !spawn::wait_readable(fd, tick)? {
-            if fault.timed_out.is_some() {
+            if fault.timed_out.is_some() || fault.breach.is_some() {
                 continue; // killed; waiting for the EOF
             }
-            let named = progress
-                .running(front.batch)
-                .map(|(item, _)| item)
-                .filter(|&item| item < u64::from(front.job.count));
+            let named = match page_item(progress, front, seen.0) {
+                Ok(named) => named,
+                // A child answers a batch before it begins the next: a page
+                // ahead of the front batch is fine once its answer is here.
+                Err(_) if spawn::wait_readable(fd, Duration::ZERO)? => break,
+                Err(what) => {
+                    fault.breach = Some(what);
+                    runner.kill_if_running(None);
+                    continue;
+                }
+            };
             if named.is_some() && named > seen.0 {
                 seen = (named, std::time::Instant::now());
             }
@@ -1209,7 +1213,7 @@ fn died(
     let timed = fault.timed_out.is_some_and(|(b, _)| Some(b) == front_batch);
     let running = in_flight.front().and_then(|s| match fault.timed_out {
         Some((batch, item)) if batch == s.batch => item,
-        _ => progress.running(s.batch).map(|(item, _)| item),
+        _ => page_item(progress, s, None).ok().flatten(),
     });
     runner.set_pid(None);
     let reason = reap(&mut worker.child);
@@ -1284,6 +1288,39 @@ fn died(
     }
     if !requeue.is_empty() {
         shared.queue.requeue_front(requeue);
+    }
+}
+
+/// The item of the front batch `front` that a worker's progress page says
+/// runs (`None`: none yet, or it is between items), checked against what
+/// this thread knows: a child runs the items of its oldest batch in order,
+/// marks itself idle between batches, and names no item past the batch's
+/// count; it names no item before `after` (one it was already seen on).
+///
+/// # Errors
+///
+/// What the page says that no correct child writes.
+fn page_item(progress: &Progress, front: &Sent, after: Option<u64>) -> Result<Option<u64>, String> {
+    let (batch, item) = progress.snapshot();
+    let count = u64::from(front.job.count);
+    if item == crate::shm::IDLE {
+        Ok(None)
+    } else if batch != front.batch {
+        Err(format!(
+            "its progress page names item {item} of batch {batch} while batch {} is the one it runs",
+            front.batch
+        ))
+    } else if item >= count {
+        Err(format!(
+            "its progress page names item {item} of batch {batch}, which has {count}"
+        ))
+    } else if after.is_some_and(|a| item < a) {
+        Err(format!(
+            "its progress page went back from item {} to item {item} of batch {batch}",
+            after.unwrap_or_default()
+        ))
+    } else {
+        Ok(Some(item))
     }
 }
 

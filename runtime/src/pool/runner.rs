@@ -72,7 +72,7 @@ impl Runner {
             (Some((batch, count, since)), Some(progress), Some(_))
                 if s.thief.is_none() && since.elapsed() >= STEAL_AFTER =>
             {
-                let started = progress.running(*batch).map_or(0, |(item, _)| item + 1);
+                let started = progress.running(*batch).map_or(0, |item| item + 1);
                 u64::from(*count).saturating_sub(started)
             }
             _ => 0,
@@ -95,7 +95,7 @@ impl Runner {
         if s.thief.is_some() {
             return false;
         }
-        let started = progress.running(batch).map_or(0, |(item, _)| item + 1);
+        let started = progress.running(batch).map_or(0, |item| item + 1);
         let left = u64::from(count).saturating_sub(started);
         if left < 2 {
             return false;

@@ -26,7 +26,7 @@ pub use element::{Element, IntElement};
 pub use primitives::{
     Barrier, BarrierWaitResult, Event, Lock, LockGuard, Semaphore, Value, ValueGuard,
 };
-pub(crate) use progress::{ItemLog, Progress};
+pub(crate) use progress::{IDLE, ItemLog, Progress};
 #[allow(unused_imports)]
 pub(crate) use segment::Segment;
 #[allow(unused_imports)]

@@ -212,15 +212,30 @@ impl Progress {
         self.page().item.store(IDLE, Ordering::Release);
     }
 
-    /// Parent: the item of `batch` that is running, and since when (ns on
-    /// the monotonic clock, 0 if not timed).
-    pub(crate) fn running(&self, batch: u64) -> Option<(u64, u64)> {
+    /// Parent: what the page says runs, `(batch, item)`, read so that the
+    /// two belong together: the batch is read before and after the item,
+    /// and a child that moves to another batch in between (which it marks
+    /// idle first) is read again. Only a child that keeps rewriting its
+    /// page can make this give up, after a few tries, with the item
+    /// [`IDLE`]. What it says is the child's word: check it.
+    pub(crate) fn snapshot(&self) -> (u64, u64) {
         let p = self.page();
-        let item = p.item.load(Ordering::Acquire);
-        if item == IDLE || p.batch.load(Ordering::Acquire) != batch {
-            return None;
+        for _ in 0..8 {
+            let batch = p.batch.load(Ordering::Acquire);
+            let item = p.item.load(Ordering::Acquire);
+            if p.batch.load(Ordering::Acquire) == batch {
+                return (batch, item);
+            }
         }
-        Some((item, p.started_ns.load(Ordering::Relaxed)))
+        (0, IDLE)
+    }
+
+    /// Parent: the item of `batch` that the page says is running, if any.
+    pub(crate) fn running(&self, batch: u64) -> Option<u64> {
+        match self.snapshot() {
+            (b, item) if b == batch && item != IDLE => Some(item),
+            _ => None,
+        }
     }
 }
 
@@ -260,9 +275,8 @@ mod tests {
         assert!(child.begin_batch(7));
         let batch_7 = child.items(7, true);
         assert!(batch_7.begin(3));
-        let (item, started) = parent.running(7).unwrap();
-        assert_eq!(item, 3);
-        assert!(started > 0 && started <= monotonic_ns());
+        assert_eq!(parent.running(7), Some(3));
+        assert_eq!(parent.snapshot(), (7, 3));
         assert_eq!(parent.running(8), None);
         parent.request_stop(7, 5);
         assert!(batch_7.begin(4));
