@@ -21,6 +21,7 @@ mod mpi;
 mod pipe;
 mod pool;
 mod process;
+mod proto;
 mod queue;
 mod registry;
 mod shm;
