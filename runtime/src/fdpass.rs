@@ -157,6 +157,37 @@ pub(crate) fn write_parts_with_fds(
     Ok(())
 }
 
+/// Sends what the socket takes of `buf` now, without waiting, attaching
+/// `fds` (if any) to its first byte; returns the bytes sent (`WouldBlock`
+/// if none: then the descriptors were not sent either).
+pub(crate) fn send_now(stream: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    let mut space = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))]
+    };
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many handles in one frame",
+        ));
+    }
+    loop {
+        match rustix::net::sendmsg(
+            stream,
+            &[IoSlice::new(buf)],
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A reader that also collects descriptors sent with `SCM_RIGHTS`.
 pub(crate) struct FdReader {
     stream: UnixStream,
@@ -185,15 +216,18 @@ impl FdReader {
     }
 }
 
-impl Read for FdReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl FdReader {
+    /// Receives into `buf`, keeping the descriptors that come with the
+    /// bytes; with `RecvFlags::DONTWAIT`, fails with `WouldBlock` rather
+    /// than wait.
+    fn recv(&mut self, buf: &mut [u8], flags: RecvFlags) -> io::Result<usize> {
         let mut control = RecvAncillaryBuffer::new(&mut self.space);
         let msg = loop {
             match rustix::net::recvmsg(
                 &self.stream,
                 &mut [IoSliceMut::new(buf)],
                 &mut control,
-                RecvFlags::CMSG_CLOEXEC,
+                flags | RecvFlags::CMSG_CLOEXEC,
             ) {
                 Ok(msg) => break msg,
                 Err(rustix::io::Errno::INTR) => {}
@@ -206,6 +240,30 @@ impl Read for FdReader {
             }
         }
         Ok(msg.bytes)
+    }
+}
+
+impl Read for FdReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv(buf, RecvFlags::empty())
+    }
+}
+
+impl FdReader {
+    /// Reads what has arrived, taking the descriptors that came with it;
+    /// without `wait`, returns `WouldBlock` at once if nothing has.
+    pub(crate) fn read_some(&mut self, buf: &mut [u8], wait: bool) -> io::Result<usize> {
+        let flags = if wait {
+            RecvFlags::empty()
+        } else {
+            RecvFlags::DONTWAIT
+        };
+        self.recv(buf, flags)
+    }
+
+    /// The socket read from.
+    pub(crate) fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 }
 

@@ -11,18 +11,20 @@
 
 use std::any::type_name;
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Write};
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fdpass::{self, FdReader};
+use crate::proto::stream::{EncodeError, FrameError, FrameReader, FrameWriter, MANAGER_CAP};
 
 #[derive(Serialize, Deserialize)]
 enum Request {
@@ -74,65 +76,183 @@ enum Object {
     List(Vec<Vec<u8>>),
 }
 
-fn write_msg(stream: &mut UnixStream, msg: &impl Serialize, fds: &[OwnedFd]) -> io::Result<()> {
-    let mut buf = vec![0u8; 4];
-    postcard::to_io(msg, &mut buf).map_err(io::Error::other)?;
-    let len = u32::try_from(buf.len() - 4).map_err(io::Error::other)?;
-    buf[..4].copy_from_slice(&len.to_le_bytes());
-    fdpass::write_with_fds(stream, &buf, fds)
+/// Requests the broker serves from one client before it turns to the
+/// others: a client that keeps sending cannot starve the rest.
+const BURST: usize = 64;
+
+/// One client connection of the broker.
+///
+/// A client is another process (a handle passed to a worker) and is not
+/// trusted: its requests are read with a cap and without waiting for bytes
+/// that have not arrived, and its replies are sent without waiting for it
+/// to read them. While a reply is not fully sent, the broker reads no more
+/// of that client's requests, so it holds at most one reply per client.
+struct Client {
+    stream: UnixStream,
+    frames: FrameReader,
+    /// The unsent rest of a reply.
+    out: Vec<u8>,
+    /// Descriptors to attach to the first byte of `out` (none once a byte
+    /// of the reply went).
+    fds: Vec<OwnedFd>,
 }
 
-fn read_msg<T: DeserializeOwned>(reader: &mut impl Read) -> io::Result<T> {
-    let mut len = [0u8; 4];
-    reader.read_exact(&mut len)?;
-    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
-    reader.read_exact(&mut buf)?;
-    crate::codec::decode_exact(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
+impl Client {
+    fn new(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            frames: FrameReader::new(MANAGER_CAP),
+            out: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
 
-/// The broker loop: serves every connection until all of them are closed.
-fn broker(first: UnixStream) {
-    let mut objects: Vec<Object> = Vec::new();
-    let mut conns: Vec<BufReader<UnixStream>> = vec![BufReader::new(first)];
-    while !conns.is_empty() {
-        let ready: Vec<bool> = {
-            let mut fds: Vec<PollFd<'_>> = conns
-                .iter()
-                .map(|c| PollFd::new(c.get_ref(), PollFlags::IN))
-                .collect();
-            if rustix::event::poll(&mut fds, None).is_err() {
-                continue;
-            }
-            fds.iter().map(|f| !f.revents().is_empty()).collect()
+    /// Sends a reply, as much as the socket takes now; `Ok(true)` if all of
+    /// it went, else the rest waits in `out`.
+    fn reply(&mut self, frame: &[u8], fds: Vec<OwnedFd>) -> io::Result<bool> {
+        let sent = match fdpass::send_now(&self.stream, frame, &fds) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
         };
-        let mut i = conns.len();
-        while i > 0 {
-            i -= 1;
-            if !ready[i] {
-                continue;
-            }
-            let request: Request = match read_msg(&mut conns[i]) {
-                Ok(r) => r,
-                Err(_) => {
-                    conns.swap_remove(i); // closed, or the peer died
-                    continue;
+        if sent == frame.len() {
+            return Ok(true);
+        }
+        self.out.extend_from_slice(&frame[sent..]);
+        if sent == 0 {
+            self.fds = fds;
+        }
+        Ok(false)
+    }
+
+    /// Sends what the socket takes of a pending reply; `Ok(true)` once
+    /// nothing is pending.
+    fn flush(&mut self) -> io::Result<bool> {
+        let mut sent = 0;
+        while sent < self.out.len() {
+            match fdpass::send_now(&self.stream, &self.out[sent..], &self.fds) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    sent += n;
+                    self.fds.clear(); // they went with the first byte
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.drain(..sent);
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        Ok(self.out.is_empty())
+    }
+
+    /// Serves this client's buffered and arrived requests (at most
+    /// [`BURST`]), without waiting for it. `false` if it is to be dropped:
+    /// it closed, broke the protocol, or its socket failed.
+    fn serve(
+        &mut self,
+        objects: &mut Vec<Object>,
+        writer: &mut FrameWriter,
+        joined: &mut Vec<Client>,
+    ) -> bool {
+        match self.flush() {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(_) => return false,
+        }
+        for _ in 0..BURST {
+            let request = match self
+                .frames
+                .read_message::<Request, _>(&mut self.stream, Some(Instant::now()))
+            {
+                Ok(Some(request)) => request,
+                Ok(None) => return true,
+                // Closed, cut short, over the cap or not a request: the
+                // connection cannot go on.
+                Err(_) => return false,
             };
             let mut new_conn = None;
-            let response = serve(&mut objects, request, &mut new_conn);
+            let response = serve(objects, request, &mut new_conn);
             let fds: Vec<OwnedFd> = new_conn
                 .take()
                 .map(|(ours, theirs)| {
-                    conns.push(BufReader::new(ours));
+                    joined.push(Client::new(ours));
                     theirs
                 })
                 .into_iter()
                 .collect();
-            let sent = write_msg(conns[i].get_mut(), &response, &fds);
-            if sent.is_err() {
-                conns.swap_remove(i);
+            let frame = match writer.encode(&response) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    let why = match e {
+                        EncodeError::OverCap { len, cap } => {
+                            format!("a reply of {len} bytes is over the cap of {cap} bytes")
+                        }
+                        EncodeError::Codec(why) => why,
+                    };
+                    match writer.encode(&Response::Failed(why)) {
+                        Ok(frame) => frame,
+                        Err(_) => return false,
+                    }
+                }
+            };
+            match self.reply(frame, fds) {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(_) => return false,
             }
         }
+        true
+    }
+}
+
+/// The broker loop: serves every connection until all of them are closed.
+/// It never waits for one client: a client that stalls inside a request,
+/// sends garbage or does not read its replies holds up nobody else.
+fn broker(first: UnixStream) {
+    let mut objects: Vec<Object> = Vec::new();
+    let mut clients: Vec<Client> = vec![Client::new(first)];
+    let mut writer = FrameWriter::new(MANAGER_CAP);
+    let mut joined = Vec::new();
+    let mut ready = Vec::new();
+    while !clients.is_empty() {
+        // A client with a whole request buffered needs no poll to be served.
+        let buffered = clients
+            .iter()
+            .any(|c| c.out.is_empty() && c.frames.has_frame());
+        ready.clear();
+        {
+            let mut fds: Vec<PollFd<'_>> = clients
+                .iter()
+                .map(|c| {
+                    let wanted = if c.out.is_empty() {
+                        PollFlags::IN
+                    } else {
+                        PollFlags::OUT
+                    };
+                    PollFd::new(&c.stream, wanted)
+                })
+                .collect();
+            let now = Timespec::try_from(Duration::ZERO).expect("zero fits");
+            if rustix::event::poll(&mut fds, buffered.then_some(&now)).is_err() {
+                continue; // interrupted
+            }
+            ready.extend(fds.iter().map(|f| !f.revents().is_empty()));
+        }
+        let mut i = clients.len();
+        while i > 0 {
+            i -= 1;
+            let client = &mut clients[i];
+            let buffered = client.out.is_empty() && client.frames.has_frame();
+            if !ready[i] && !buffered {
+                continue;
+            }
+            if !client.serve(&mut objects, &mut writer, &mut joined) {
+                clients.swap_remove(i); // closed, broke the protocol, or died
+            }
+        }
+        clients.append(&mut joined);
     }
 }
 
@@ -210,28 +330,67 @@ fn serve(
 
 /// One connection to the broker.
 struct Conn {
-    inner: Mutex<(UnixStream, BufReader<FdReader>)>,
+    /// The socket's descriptor, for `Debug`.
+    fd: RawFd,
+    inner: Mutex<ConnInner>,
+}
+
+struct ConnInner {
+    stream: UnixStream,
+    /// A second descriptor of `stream`, which also receives the descriptor
+    /// of a new connection.
+    reader: FdReader,
+    frames: FrameReader,
+    writer: FrameWriter,
 }
 
 impl Conn {
     fn new(stream: UnixStream) -> io::Result<Conn> {
-        let reader = BufReader::new(FdReader::new(stream.try_clone()?));
+        let reader = FdReader::new(stream.try_clone()?);
         Ok(Conn {
-            inner: Mutex::new((stream, reader)),
+            fd: stream.as_raw_fd(),
+            inner: Mutex::new(ConnInner {
+                stream,
+                reader,
+                frames: FrameReader::new(MANAGER_CAP),
+                writer: FrameWriter::new(MANAGER_CAP),
+            }),
         })
     }
 
     fn call(&self, request: &Request) -> Result<Response> {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (writer, reader) = &mut *guard;
-        let result = write_msg(writer, request, &[]).and_then(|()| read_msg::<Response>(reader));
-        match result {
-            Ok(Response::Failed(message)) => Err(Error::new(ErrorKind::Protocol(message))),
-            Ok(r) => Ok(r),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Err(Error::new(ErrorKind::Protocol(e.to_string())))
+        let ConnInner {
+            stream,
+            reader,
+            frames,
+            writer,
+        } = &mut *guard;
+        let frame = writer.encode(request).map_err(|e| {
+            Error::new(ErrorKind::MessageCodec {
+                what: "manager",
+                encode: true,
+                type_name: type_name::<Request>(),
+                message: match e {
+                    EncodeError::OverCap { len, cap } => {
+                        format!("a request of {len} bytes is over the cap of {cap} bytes")
+                    }
+                    EncodeError::Codec(why) => why,
+                },
+            })
+        })?;
+        if stream.write_all(frame).is_err() {
+            return Err(Error::new(ErrorKind::Disconnected { what: "manager" }));
+        }
+        match frames.read_message::<Response, _>(reader, None) {
+            Ok(Some(Response::Failed(message))) => Err(Error::new(ErrorKind::Protocol(message))),
+            Ok(Some(r)) => Ok(r),
+            Ok(None) | Err(FrameError::Closed | FrameError::Io(_)) => {
+                Err(Error::new(ErrorKind::Disconnected { what: "manager" }))
             }
-            Err(_) => Err(Error::new(ErrorKind::Disconnected { what: "manager" })),
+            Err(e) => Err(Error::new(ErrorKind::Protocol(
+                e.describe("manager's broker"),
+            ))),
         }
     }
 
@@ -242,8 +401,7 @@ impl Conn {
                 let fd = {
                     let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                     guard
-                        .1
-                        .get_mut()
+                        .reader
                         .take_fds(1)
                         .map_err(|e| Error::new(ErrorKind::Protocol(e.to_string())))?
                 };
@@ -271,7 +429,7 @@ impl Conn {
         let guard = conn.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut t = serializer.serialize_tuple(2)?;
         t.serialize_element(&id)?;
-        t.serialize_element(&FdRef(guard.0.as_fd()))?;
+        t.serialize_element(&FdRef(guard.stream.as_fd()))?;
         t.end()
     }
 }
@@ -312,6 +470,11 @@ fn deserialize_handle<'de, D: Deserializer<'de>>(
 /// The containers live in a thread of this process and stay available as
 /// long as any handle to them exists (in any process). Each operation is a
 /// round trip to that thread (see the module docs for the cost).
+///
+/// The thread trusts no handle: a request is at most 1 GiB encoded, and a
+/// connection that sends something else (a longer one, bytes that are not
+/// a request, a request cut short) is closed; one that stalls inside a
+/// request or does not read its replies holds up no other handle.
 pub struct Manager {
     conn: Arc<Conn>,
 }
@@ -349,7 +512,8 @@ impl Manager {
     ///
     /// # Errors
     ///
-    /// [`Disconnected`](ErrorKind::Disconnected) if the broker is gone.
+    /// [`Disconnected`](ErrorKind::Disconnected) if the broker is gone;
+    /// [`Protocol`](ErrorKind::Protocol) if its reply is not one.
     pub fn map<K, V>(&self) -> Result<SharedMap<K, V>> {
         match self.conn.call(&Request::NewMap)? {
             Response::Object(id) => Ok(SharedMap {
@@ -367,7 +531,8 @@ impl Manager {
     ///
     /// # Errors
     ///
-    /// [`Disconnected`](ErrorKind::Disconnected) if the broker is gone.
+    /// [`Disconnected`](ErrorKind::Disconnected) if the broker is gone;
+    /// [`Protocol`](ErrorKind::Protocol) if its reply is not one.
     pub fn list<T>(&self) -> Result<SharedList<T>> {
         match self.conn.call(&Request::NewList)? {
             Response::Object(id) => Ok(SharedList {
@@ -437,7 +602,10 @@ macro_rules! handle_impls {
     ($name:ident <$($p:ident),*>) => {
         impl<$($p),*> std::fmt::Debug for $name<$($p),*> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($name)).field("id", &self.id).finish()
+                f.debug_struct(stringify!($name))
+                    .field("id", &self.id)
+                    .field("fd", &self.conn.fd)
+                    .finish()
             }
         }
 
@@ -482,7 +650,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> SharedMap
     ///
     /// [`Disconnected`](ErrorKind::Disconnected) if the manager is gone;
     /// [`MessageCodec`](ErrorKind::MessageCodec) if a value cannot be
-    /// encoded or decoded.
+    /// encoded or decoded, or a request would be over 1 GiB encoded;
+    /// [`Protocol`](ErrorKind::Protocol) if the broker's reply is not one
+    /// (over 1 GiB, cut short, or not a reply), or the broker could not
+    /// serve the request (a reply would be over 1 GiB).
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         match self.op(MapOp::Get(encode(key)?))? {
             Response::Value(v) => v.map(|b| decode(&b)).transpose(),
@@ -583,7 +754,10 @@ impl<T: Serialize + DeserializeOwned> SharedList<T> {
     ///
     /// [`Disconnected`](ErrorKind::Disconnected) if the manager is gone;
     /// [`MessageCodec`](ErrorKind::MessageCodec) if a value cannot be
-    /// encoded or decoded.
+    /// encoded or decoded, or a request would be over 1 GiB encoded;
+    /// [`Protocol`](ErrorKind::Protocol) if the broker's reply is not one
+    /// (over 1 GiB, cut short, or not a reply), or the broker could not
+    /// serve the request (a reply would be over 1 GiB).
     pub fn push(&self, value: &T) -> Result<()> {
         self.op(ListOp::Push(encode(value)?)).map(|_| ())
     }

@@ -71,6 +71,11 @@ const REPLY_HEAD: usize = 1 + 8 + 4 + 4 + 1;
 /// queue does not run dry while a reply travels back.
 const IN_FLIGHT_PER_WORKER: usize = 2;
 
+/// The most worker processes rank 0 believes a rank has, whatever it
+/// answers: the count only sizes what is kept in flight, and must not
+/// overflow a sum.
+const MAX_RANK_WORKERS: usize = 1 << 16;
+
 /// Pool options that a worker rank applies to its local pool.
 #[derive(Serialize, Deserialize)]
 struct Config {
@@ -321,7 +326,90 @@ struct RankSlot {
 struct Flight {
     job: Job,
     slot: usize,
+    /// The rank it was sent to: the only one whose replies count for it.
+    rank: i32,
+    answered: Answered,
+}
+
+/// Which items of a batch of `items` have been answered: each item must
+/// be answered exactly once, by parts that lie inside the batch.
+#[derive(Debug)]
+struct Answered {
+    items: u32,
+    /// Items not answered yet.
     left: u32,
+    /// One bit per item, set when answered; allocated by the first part
+    /// that does not answer the whole batch at once.
+    bits: Vec<u64>,
+}
+
+impl Answered {
+    fn new(items: u32) -> Answered {
+        Answered {
+            items,
+            left: items,
+            bits: Vec::new(),
+        }
+    }
+
+    /// Marks items `offset..offset + count` answered, or says why they
+    /// cannot be (outside the batch, or answered before).
+    fn claim(&mut self, offset: u32, count: u32) -> std::result::Result<(), String> {
+        let items = self.items;
+        let end = offset
+            .checked_add(count)
+            .filter(|&end| end <= items)
+            .ok_or_else(|| {
+                format!("it answered items {offset}..{offset}+{count} of a batch of {items}")
+            })?;
+        if count == 0 {
+            return Ok(());
+        }
+        if self.bits.is_empty() {
+            if self.left != items {
+                return Err("it answered the whole batch already".to_owned());
+            }
+            if count == items {
+                self.left = 0; // the whole batch in one part: no bits needed
+                return Ok(());
+            }
+            self.bits = vec![0; (items as usize).div_ceil(64)];
+        }
+        let bit = |i: u32| (i as usize / 64, 1u64 << (i % 64));
+        if let Some(i) = (offset..end).find(|&i| {
+            let (word, mask) = bit(i);
+            self.bits[word] & mask != 0
+        }) {
+            return Err(format!("it answered item {i} of the batch twice"));
+        }
+        for i in offset..end {
+            let (word, mask) = bit(i);
+            self.bits[word] |= mask;
+        }
+        self.left -= count;
+        Ok(())
+    }
+
+    /// The items not answered yet, as `(offset, count)` ranges.
+    fn unanswered(&self) -> Vec<(u32, u32)> {
+        if self.left == 0 {
+            return Vec::new();
+        }
+        if self.bits.is_empty() {
+            return vec![(0, self.items)];
+        }
+        let mut gaps: Vec<(u32, u32)> = Vec::new();
+        for i in 0..self.items {
+            if self.bits[i as usize / 64] & (1 << (i % 64)) != 0 {
+                continue;
+            }
+            match gaps.last_mut() {
+                Some((start, count)) if *start + *count == i => *count += 1,
+                _ => gaps.push((i, 1)),
+            }
+        }
+        gaps
+    }
 }
 
 /// Opens a pool on the worker ranks: [`PoolBuilder::build_mpi`].
@@ -424,7 +512,9 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
                 };
                 slots.push(RankSlot {
                     rank,
-                    workers: usize::try_from(workers).unwrap_or(1).max(1),
+                    workers: usize::try_from(workers)
+                        .unwrap_or(1)
+                        .clamp(1, MAX_RANK_WORKERS),
                     in_flight: 0,
                     runner: Arc::new(Runner::new(slots.len())),
                 });
@@ -501,7 +591,7 @@ fn drive(world: &World, shared: &PoolShared, mut slots: Vec<RankSlot>) {
         let mut busy = false;
         let mut closed = false;
         for (i, slot) in slots.iter_mut().enumerate() {
-            while slot.in_flight < slot.workers * IN_FLIGHT_PER_WORKER {
+            while slot.in_flight < slot.workers.saturating_mul(IN_FLIGHT_PER_WORKER) {
                 // With nothing in flight there is nothing to poll for:
                 // sleep on the queue until work (or the end) comes.
                 let block = flights.is_empty() && out.pending.is_empty();
@@ -531,8 +621,16 @@ fn drive(world: &World, shared: &PoolShared, mut slots: Vec<RankSlot>) {
                     }
                 }
                 slot.in_flight += 1;
-                let left = job.count;
-                flights.insert(batch, Flight { job, slot: i, left });
+                let answered = Answered::new(job.count);
+                flights.insert(
+                    batch,
+                    Flight {
+                        job,
+                        slot: i,
+                        rank: slot.rank,
+                        answered,
+                    },
+                );
             }
             if closed {
                 break;
@@ -543,9 +641,9 @@ fn drive(world: &World, shared: &PoolShared, mut slots: Vec<RankSlot>) {
             close_ranks(world, &ranks, CLOSE, &mut flights);
             return;
         }
-        while let Some((_, bytes)) = try_receive(comm, None) {
+        while let Some((rank, bytes)) = try_receive(comm, None) {
             busy = true;
-            if let Some(slot) = deliver_reply(&bytes, &mut flights) {
+            if let Some(slot) = deliver_reply(rank, &bytes, &mut flights) {
                 slots[slot].in_flight -= 1;
             }
         }
@@ -586,45 +684,137 @@ fn run_message(job: &Job, batch: u64) -> std::result::Result<Vec<u8>, Failure> {
     Ok(message)
 }
 
-/// Hands a `REPLY` to the job it answers. Returns the job's rank slot when
-/// the job is complete.
-fn deliver_reply(bytes: &[u8], flights: &mut HashMap<u64, Flight>) -> Option<usize> {
+/// The fixed head of a `REPLY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReplyHead {
+    batch: u64,
+    offset: u32,
+    count: u32,
+    status: u8,
+}
+
+/// The head of a `REPLY`; `None` if `bytes` is another message (`CLOSED`,
+/// a straggler) or too short to be one.
+fn reply_head(bytes: &[u8]) -> Option<ReplyHead> {
     if bytes.first() != Some(&REPLY) || bytes.len() < REPLY_HEAD {
-        return None; // CLOSED or a straggler: nothing waits for it
-    }
-    let mut cur = proto::Cursor(&bytes[1..]);
-    let batch = cur.u64().ok()?;
-    let offset = cur.u32().ok()?;
-    let count = cur.u32().ok()?;
-    let status = bytes[REPLY_HEAD - 1];
-    let flight = flights.get_mut(&batch)?;
-    let count = count.min(flight.left);
-    let outcome = match status {
-        REPLY_DONE => Outcome::Done {
-            elapsed_ns: bytes
-                .get(REPLY_HEAD..REPLY_HEAD + 8)
-                .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
-            data: bytes.to_vec().into(),
-            start: REPLY_HEAD + 8,
-            dense: false, // relayed batches are framed (`dense_batches`)
-        },
-        _ => Outcome::Failed(
-            postcard::from_bytes(&bytes[REPLY_HEAD..]).unwrap_or_else(|e| {
-                Failure::Protocol(format!("undecodable failure report from a rank: {e}"))
-            }),
-        ),
-    };
-    flight.job.deliver_part(offset, count, outcome);
-    flight.left -= count;
-    if flight.left > 0 {
         return None;
     }
-    let flight = flights.remove(&batch)?;
+    let mut cur = proto::Cursor(&bytes[1..]);
+    Some(ReplyHead {
+        batch: cur.u64().ok()?,
+        offset: cur.u32().ok()?,
+        count: cur.u32().ok()?,
+        status: bytes[REPLY_HEAD - 1],
+    })
+}
+
+/// What a `REPLY` reports for its items, checked.
+#[derive(Debug)]
+enum ReplyBody {
+    /// `count` framed results fill `bytes[start..]` exactly.
+    Done {
+        elapsed_ns: u64,
+        start: usize,
+    },
+    Failed(Failure),
+}
+
+/// Checks a `REPLY` (`bytes`, whose head is `head`) against the batch it
+/// answers, before anything is sliced or handed on: its items lie inside
+/// the batch and none was answered before (they are marked in `answered`
+/// only if the whole reply is valid), its status is known, a `DONE` holds
+/// its time and exactly `count` framed results and nothing after them, and
+/// a `FAILED` holds exactly one postcard [`Failure`]. The error says what
+/// the rank broke.
+fn check_reply(
+    bytes: &[u8],
+    head: &ReplyHead,
+    answered: &mut Answered,
+) -> std::result::Result<ReplyBody, String> {
+    let body = match head.status {
+        REPLY_DONE => {
+            let start = REPLY_HEAD + 8;
+            let elapsed = bytes
+                .get(REPLY_HEAD..start)
+                .ok_or("its DONE reply ends before the time it took")?;
+            let elapsed_ns = u64::from_le_bytes(elapsed.try_into().expect("8 bytes"));
+            let mut rest = &bytes[start..];
+            for i in 0..head.count {
+                if codec::next_item(&mut rest).is_none() {
+                    return Err(format!(
+                        "its DONE reply holds {i} results where it announced {}",
+                        head.count
+                    ));
+                }
+            }
+            if !rest.is_empty() {
+                return Err(format!(
+                    "its DONE reply has {} bytes after its {} results",
+                    rest.len(),
+                    head.count
+                ));
+            }
+            ReplyBody::Done { elapsed_ns, start }
+        }
+        REPLY_FAILED => ReplyBody::Failed(
+            codec::decode_exact(&bytes[REPLY_HEAD..])
+                .map_err(|e| format!("its failure report is not one: {e}"))?,
+        ),
+        other => return Err(format!("its reply has an unknown status {other}")),
+    };
+    answered.claim(head.offset, head.count)?;
+    Ok(body)
+}
+
+/// Hands a `REPLY` from `rank` to the job it answers. A reply that breaks
+/// the protocol fails the batch's unanswered items with
+/// [`Failure::Protocol`]; a reply for a batch that is not in flight, or
+/// that went to another rank, is dropped (nothing waits for it, and one
+/// rank cannot answer or fail another's work). Returns the job's rank slot
+/// when the job is complete.
+fn deliver_reply(rank: i32, bytes: &[u8], flights: &mut HashMap<u64, Flight>) -> Option<usize> {
+    let head = reply_head(bytes)?;
+    let flight = flights.get_mut(&head.batch)?;
+    if flight.rank != rank {
+        return None;
+    }
+    match check_reply(bytes, &head, &mut flight.answered) {
+        Ok(body) => {
+            let outcome = match body {
+                ReplyBody::Done { elapsed_ns, start } => Outcome::Done {
+                    elapsed_ns,
+                    data: bytes.to_vec().into(),
+                    start,
+                    dense: false, // relayed batches are framed (`dense_batches`)
+                },
+                ReplyBody::Failed(failure) => Outcome::Failed(failure),
+            };
+            flight.job.deliver_part(head.offset, head.count, outcome);
+        }
+        Err(why) => {
+            let failure = Failure::Protocol(format!("MPI rank {rank} broke the protocol: {why}"));
+            fail_unanswered(flight, &failure);
+        }
+    }
+    if flight.answered.left > 0 {
+        return None;
+    }
+    let flight = flights.remove(&head.batch)?;
     flight.job.settle();
     if let Some(control) = &flight.job.control {
         control.finish();
     }
     Some(flight.slot)
+}
+
+/// Fails every item of `flight` that no reply answered yet.
+fn fail_unanswered(flight: &mut Flight, failure: &Failure) {
+    for (offset, count) in flight.answered.unanswered() {
+        flight
+            .job
+            .deliver_part(offset, count, Outcome::Failed(failure.clone()));
+    }
+    flight.answered.left = 0;
 }
 
 /// Sends `kind` (`CLOSE` or `TERMINATE`) to `ranks` and waits until each
@@ -641,18 +831,19 @@ fn close_ranks(world: &World, ranks: &[i32], kind: u8, flights: &mut HashMap<u64
         out.poll();
         match try_receive(&world.comm, None) {
             Some((_, bytes)) if bytes.first() == Some(&CLOSED) => open -= 1,
-            Some((_, bytes)) => {
-                deliver_reply(&bytes, flights);
+            Some((rank, bytes)) => {
+                deliver_reply(rank, &bytes, flights);
             }
             None => backoff.wait(),
         }
     }
     out.flush();
-    for (_, flight) in flights.drain() {
+    for (_, mut flight) in flights.drain() {
         if let Some(control) = &flight.job.control {
             control.finish();
         }
-        flight.job.deliver(Outcome::Failed(Failure::Cancelled));
+        fail_unanswered(&mut flight, &Failure::Cancelled);
+        flight.job.settle();
     }
 }
 
@@ -915,6 +1106,13 @@ fn send_reply(
     relay: &mut Vec<u8>,
     (batch, reply): (u64, Reply),
 ) {
+    encode_reply(relay, batch, reply);
+    out.send(comm, 0, std::mem::take(relay));
+}
+
+/// Encodes a local reply as a `REPLY` for rank 0 into `relay` (cleared
+/// first).
+fn encode_reply(relay: &mut Vec<u8>, batch: u64, reply: Reply) {
     let offset = reply.first_index.unwrap_or(0) as u32;
     relay.clear();
     relay.push(REPLY);
@@ -957,7 +1155,6 @@ fn send_reply(
         relay.push(REPLY_FAILED);
         relay.extend(postcard::to_stdvec(&failure).unwrap_or_default());
     }
-    out.send(comm, 0, std::mem::take(relay));
 }
 
 impl PoolBuilder {
@@ -1046,6 +1243,181 @@ mod tests {
         match run_message(&with_handle, 8) {
             Err(Failure::Protocol(why)) => assert!(why.contains("handles"), "{why}"),
             other => panic!("a handle was sent: {:?}", other.map(|m| m.len())),
+        }
+    }
+
+    /// A `REPLY` as a rank sends it, for `items` framed results.
+    fn done_reply(batch: u64, offset: u32, results: &[Vec<u8>], elapsed_ns: u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        for r in results {
+            codec::put_raw_item(&mut data, codec::ITEM_OK, r);
+        }
+        let mut relay = Vec::new();
+        encode_reply(
+            &mut relay,
+            batch,
+            Reply {
+                first_index: Some(u64::from(offset)),
+                count: results.len() as u32,
+                outcome: Outcome::Done {
+                    data: data.into(),
+                    start: 0,
+                    elapsed_ns,
+                    dense: false,
+                },
+            },
+        );
+        relay
+    }
+
+    fn flight(batch: u64, rank: i32, items: u32) -> (Flight, Receiver<(u64, Reply)>) {
+        let (tx, rx) = mpsc::channel();
+        let mut job = Job::new("w", vec![0; 4].into(), items, Sink::Relay(batch, tx));
+        job.first_index = Some(0);
+        let flight = Flight {
+            job,
+            slot: 3,
+            rank,
+            answered: Answered::new(items),
+        };
+        (flight, rx)
+    }
+
+    /// `(first index, count, failed with Protocol?)` of each part delivered.
+    fn parts(rx: &Receiver<(u64, Reply)>) -> Vec<(u64, u32, bool)> {
+        rx.try_iter()
+            .map(|(_, r)| {
+                let failed = match &r.outcome {
+                    Outcome::Failed(Failure::Protocol(why)) => {
+                        assert!(why.contains("rank 1"), "{why}");
+                        true
+                    }
+                    Outcome::Done { .. } => false,
+                    _ => panic!("unexpected outcome"),
+                };
+                (r.first_index.unwrap(), r.count, failed)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reply_outside_its_batch_fails_the_batch() {
+        let (f, rx) = flight(7, 1, 4);
+        let mut flights = HashMap::from([(7, f)]);
+        let forged = done_reply(7, 3, &vec![vec![1]; 5], 0);
+        assert_eq!(deliver_reply(1, &forged, &mut flights), Some(3));
+        assert!(flights.is_empty());
+        assert_eq!(parts(&rx), [(0, 4, true)]);
+    }
+
+    #[test]
+    fn overlapping_parts_fail_only_what_is_unanswered() {
+        let (f, rx) = flight(7, 1, 4);
+        let mut flights = HashMap::from([(7, f)]);
+        let first = done_reply(7, 0, &[vec![1], vec![2]], 0);
+        assert_eq!(deliver_reply(1, &first, &mut flights), None);
+        let again = done_reply(7, 1, &[vec![1], vec![2]], 0);
+        assert_eq!(deliver_reply(1, &again, &mut flights), Some(3));
+        assert_eq!(parts(&rx), [(0, 2, false), (2, 2, true)]);
+    }
+
+    #[test]
+    fn short_results_and_other_ranks_replies() {
+        let (f, rx) = flight(7, 1, 2);
+        let mut flights = HashMap::from([(7, f)]);
+        // Rank 2 cannot answer (or fail) rank 1's batch.
+        let mut reply = done_reply(7, 0, &[vec![1], vec![2]], 0);
+        assert_eq!(deliver_reply(2, &reply, &mut flights), None);
+        assert!(parts(&rx).is_empty());
+        // Announces 2 results and holds 1 and a half.
+        reply.truncate(reply.len() - 1);
+        assert_eq!(deliver_reply(1, &reply, &mut flights), Some(3));
+        assert_eq!(parts(&rx), [(0, 2, true)]);
+        // A DONE cut inside its time.
+        let (f, rx) = flight(8, 1, 1);
+        let mut flights = HashMap::from([(8, f)]);
+        let reply = done_reply(8, 0, &[vec![1]], 0);
+        assert_eq!(
+            deliver_reply(1, &reply[..REPLY_HEAD + 3], &mut flights),
+            Some(3)
+        );
+        assert_eq!(parts(&rx), [(0, 1, true)]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a rank sends: no panic, and what is accepted lies
+        /// inside the batch, answers no item twice, and holds exactly the
+        /// results it announced.
+        #[test]
+        fn arbitrary_replies_are_checked(
+            mut bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96),
+            as_reply in proptest::prelude::any::<bool>(),
+            items in 0u32..80,
+            before in proptest::collection::vec((0u32..100, 0u32..100), 0..4),
+        ) {
+            if as_reply && !bytes.is_empty() {
+                bytes[0] = REPLY;
+            }
+            let mut answered = Answered::new(items);
+            for (offset, count) in before {
+                let _ = answered.claim(offset, count);
+            }
+            let left = answered.left;
+            let Some(head) = reply_head(&bytes) else { return Ok(()) };
+            match check_reply(&bytes, &head, &mut answered) {
+                Ok(body) => {
+                    proptest::prop_assert!(u64::from(head.offset) + u64::from(head.count) <= u64::from(items));
+                    proptest::prop_assert_eq!(answered.left, left - head.count);
+                    if let ReplyBody::Done { start, .. } = body {
+                        let mut rest = &bytes[start..];
+                        for _ in 0..head.count {
+                            proptest::prop_assert!(codec::next_item(&mut rest).is_some());
+                        }
+                        proptest::prop_assert!(rest.is_empty());
+                    }
+                }
+                Err(_) => proptest::prop_assert_eq!(answered.left, left),
+            }
+        }
+
+        /// Replies as a rank encodes them, for any split of a batch into
+        /// parts, are accepted with their results intact; answering any
+        /// part again is refused.
+        #[test]
+        fn replies_round_trip(
+            results in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20), 1..40),
+            cuts in proptest::collection::vec(0usize..40, 0..5),
+            elapsed in proptest::prelude::any::<u64>(),
+        ) {
+            let items = results.len() as u32;
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % results.len()).collect();
+            bounds.extend([0, results.len()]);
+            bounds.sort_unstable();
+            bounds.dedup();
+            let mut answered = Answered::new(items);
+            for w in bounds.windows(2) {
+                let bytes = done_reply(9, w[0] as u32, &results[w[0]..w[1]], elapsed);
+                let head = reply_head(&bytes).unwrap();
+                proptest::prop_assert_eq!(head.batch, 9);
+                proptest::prop_assert_eq!(head.offset, w[0] as u32);
+                let body = check_reply(&bytes, &head, &mut answered);
+                let Ok(ReplyBody::Done { elapsed_ns, start }) = body else {
+                    return Err(proptest::test_runner::TestCaseError::fail(format!("{body:?}")));
+                };
+                proptest::prop_assert_eq!(elapsed_ns, elapsed);
+                let mut rest = &bytes[start..];
+                for r in &results[w[0]..w[1]] {
+                    let (status, body, _) = codec::next_item(&mut rest).unwrap();
+                    proptest::prop_assert_eq!(status, codec::ITEM_OK);
+                    proptest::prop_assert_eq!(body, &r[..]);
+                }
+                proptest::prop_assert!(check_reply(&bytes, &head, &mut answered).is_err());
+            }
+            proptest::prop_assert_eq!(answered.left, 0);
+            proptest::prop_assert!(answered.unanswered().is_empty());
         }
     }
 }

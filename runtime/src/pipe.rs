@@ -2,7 +2,7 @@
 //! `multiprocessing.Pipe`.
 
 use std::any::type_name;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
@@ -12,10 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::{fdpass, spawn};
-
-/// Largest message accepted (1 GiB).
-const MAX_MESSAGE: usize = 1 << 30;
+use crate::fdpass;
+use crate::proto::stream::{EncodeError, FrameError, FrameReader, FrameWriter, PIPE_CAP};
 
 /// Creates a connected pair of pipe ends: the first sends `A` and receives
 /// `B`, the second sends `B` and receives `A`.
@@ -25,6 +23,10 @@ const MAX_MESSAGE: usize = 1 << 30;
 /// When every copy of one end is gone — dropped, or its process died — the
 /// other end's `recv` fails with [`Disconnected`](ErrorKind::Disconnected)
 /// instead of hanging.
+///
+/// A message is at most 1 GiB encoded. The peer is another process and is
+/// not trusted: what it sends is checked as it arrives (see
+/// [`PipeEnd::recv`]), and memory is committed only for bytes that arrived.
 ///
 /// ```ignore
 /// let (mut parent, child) = multiproc::pipe::<String, String>()?;
@@ -55,16 +57,16 @@ where
 /// An end is owned by one process at a time and is not `Clone`; move it
 /// into a worker's arguments to hand it over.
 pub struct PipeEnd<S, R> {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    buf: Vec<u8>,
+    stream: UnixStream,
+    reader: FrameReader,
+    writer: FrameWriter,
     _types: PhantomData<fn(S) -> R>,
 }
 
 impl<S, R> std::fmt::Debug for PipeEnd<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PipeEnd")
-            .field("fd", &self.writer.as_raw_fd())
+            .field("fd", &self.stream.as_raw_fd())
             .finish()
     }
 }
@@ -84,11 +86,10 @@ where
     R: Serialize + DeserializeOwned,
 {
     fn new(stream: UnixStream) -> Self {
-        let reader = stream.try_clone().expect("duplicating a fresh socket");
         PipeEnd {
-            reader: BufReader::new(reader),
-            writer: stream,
-            buf: Vec::new(),
+            stream,
+            reader: FrameReader::new(PIPE_CAP),
+            writer: FrameWriter::new(PIPE_CAP),
             _types: PhantomData,
         }
     }
@@ -99,31 +100,50 @@ where
     /// # Errors
     ///
     /// [`Disconnected`](ErrorKind::Disconnected) if the other end is gone;
-    /// [`MessageCodec`](ErrorKind::MessageCodec) if `msg` cannot be encoded.
+    /// [`MessageCodec`](ErrorKind::MessageCodec) if `msg` cannot be encoded
+    /// or is over 1 GiB encoded.
     pub fn send(&mut self, msg: &S) -> Result<()> {
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0; 4]);
-        postcard::to_io(msg, &mut self.buf).map_err(|e| {
+        let frame = self.writer.encode(msg).map_err(|e| {
+            let message = match e {
+                EncodeError::Codec(message) => message,
+                EncodeError::OverCap { len, .. } => {
+                    format!("{len} bytes is over the 1 GiB limit")
+                }
+            };
             Error::new(ErrorKind::MessageCodec {
                 what: "pipe",
                 encode: true,
                 type_name: type_name::<S>(),
-                message: e.to_string(),
+                message,
             })
         })?;
-        let len = self.buf.len() - 4;
-        if len > MAX_MESSAGE {
-            return Err(Error::new(ErrorKind::MessageCodec {
-                what: "pipe",
-                encode: true,
-                type_name: type_name::<S>(),
-                message: format!("{len} bytes is over the 1 GiB limit"),
-            }));
-        }
-        self.buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        self.writer
-            .write_all(&self.buf)
+        self.stream
+            .write_all(frame)
             .map_err(|e| io_error("sending on a pipe", e))
+    }
+
+    /// The next message, waiting until `deadline` (`None`: as long as it
+    /// takes); `Ok(None)` if it passed.
+    fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Option<R>> {
+        let body = match self.reader.read_frame(&mut self.stream, deadline) {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(None),
+            Err(FrameError::Closed) => {
+                return Err(Error::new(ErrorKind::Disconnected { what: "pipe" }));
+            }
+            Err(FrameError::Io(e)) => return Err(io_error("receiving on a pipe", e)),
+            Err(e) => return Err(Error::new(ErrorKind::Protocol(e.describe("pipe peer")))),
+        };
+        crate::codec::decode_exact::<R>(body)
+            .map(Some)
+            .map_err(|message| {
+                Error::new(ErrorKind::MessageCodec {
+                    what: "pipe",
+                    encode: false,
+                    type_name: type_name::<R>(),
+                    message,
+                })
+            })
     }
 
     /// Waits for the next message.
@@ -132,55 +152,29 @@ where
     ///
     /// [`Disconnected`](ErrorKind::Disconnected) once the other end is gone
     /// and every message it sent has been received;
-    /// [`MessageCodec`](ErrorKind::MessageCodec) if a message cannot be
-    /// decoded.
+    /// [`Protocol`](ErrorKind::Protocol) if the other end announced a
+    /// message over 1 GiB, or closed the pipe in the middle of a message
+    /// (from then on the pipe keeps failing: it cannot find the start of
+    /// the next message); [`MessageCodec`](ErrorKind::MessageCodec) if a
+    /// message cannot be decoded as `R` (it is consumed).
     pub fn recv(&mut self) -> Result<R> {
-        let mut len = [0u8; 4];
-        self.reader
-            .read_exact(&mut len)
-            .map_err(|e| io_error("receiving on a pipe", e))?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_MESSAGE {
-            return Err(Error::new(ErrorKind::Protocol(format!(
-                "pipe message of {len} bytes"
-            ))));
-        }
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        self.reader
-            .read_exact(&mut self.buf)
-            .map_err(|e| io_error("receiving on a pipe", e))?;
-        crate::codec::decode_exact::<R>(&self.buf).map_err(|message| {
-            Error::new(ErrorKind::MessageCodec {
-                what: "pipe",
-                encode: false,
-                type_name: type_name::<R>(),
-                message,
-            })
-        })
+        self.recv_until(None)?
+            .ok_or_else(|| Error::new(ErrorKind::Disconnected { what: "pipe" }))
     }
 
     /// Waits at most `timeout` for the next message; `Ok(None)` if none
-    /// came.
+    /// came. The limit holds for the whole message: a message that is
+    /// partly received when it runs out is kept, and a later call goes on
+    /// receiving it.
     ///
     /// # Errors
     ///
     /// As [`recv`](PipeEnd::recv).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<R>> {
-        let deadline = Instant::now() + timeout;
-        if self.reader.buffer().is_empty() {
-            let fd = self.reader.get_ref().as_raw_fd();
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if spawn::wait_readable(fd, left).map_err(|e| io_error("waiting on a pipe", e))? {
-                    break;
-                }
-                if left.is_zero() {
-                    return Ok(None);
-                }
-            }
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.recv_until(Some(deadline)),
+            None => self.recv().map(Some),
         }
-        self.recv().map(Some)
     }
 
     /// The next message if one is waiting, else `Ok(None)` at once.
@@ -189,7 +183,7 @@ where
     ///
     /// As [`recv`](PipeEnd::recv).
     pub fn try_recv(&mut self) -> Result<Option<R>> {
-        self.recv_timeout(Duration::ZERO)
+        self.recv_until(Some(Instant::now()))
     }
 
     /// Iterates over received messages until the other end is gone.
@@ -203,12 +197,12 @@ where
 
 impl<S, R> Serialize for PipeEnd<S, R> {
     fn serialize<Z: Serializer>(&self, serializer: Z) -> std::result::Result<Z::Ok, Z::Error> {
-        if !self.reader.buffer().is_empty() {
+        if self.reader.buffered() > 0 {
             return Err(serde::ser::Error::custom(
                 "this pipe end has received data that was not read yet; it cannot be handed over",
             ));
         }
-        fdpass::serialize_fd(self.writer.as_fd(), serializer)
+        fdpass::serialize_fd(self.stream.as_fd(), serializer)
     }
 }
 

@@ -1,12 +1,19 @@
-//! What crosses the trust boundary: the frames a worker process sends, read
-//! once and checked against what the parent knows before anything else in
-//! the runtime sees them.
+//! What crosses the trust boundary: the bytes other processes send this
+//! one, each format with one reader and one writer, with caps, checked
+//! against what this process knows before anything else in the runtime
+//! sees them.
 //!
 //! Every byte another process can write is untrusted input (see the crate
 //! docs): a check here that fails is a protocol breach by that process,
 //! never a panic in this one.
+//!
+//! - [`frame`]: the frames on a worker's control socket;
+//! - [`reply`]: a worker's answer to the batch in flight;
+//! - [`stream`]: length-prefixed messages between peers of a pipe or a
+//!   `Manager`.
 
 pub(crate) mod frame;
 pub(crate) mod reply;
+pub(crate) mod stream;
 
 pub(crate) use frame::*;
