@@ -241,9 +241,11 @@ pub enum ErrorKind {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// Shared state that another process can write failed validation: the
-    /// header of a [`Queue`](crate::Queue)'s ring, a lock's, event's,
-    /// semaphore's or barrier's words, or a [`SharedArray`](crate::SharedArray)'s
-    /// lease table hold values no correct process writes. The operation
+    /// header of a [`Queue`](crate::Queue)'s ring, a
+    /// [`Barrier`](crate::Barrier)'s counters, or a
+    /// [`SharedArray`](crate::SharedArray)'s lease table hold values no
+    /// correct process writes. (A lock's word that names no live holder is
+    /// taken over and reported as [`OwnerDied`](ErrorKind::OwnerDied).) The operation
     /// fails and this process is unharmed; the structure is unusable until
     /// whoever corrupted it is dealt with. The message says which field.
     #[error("corrupted shared state: {0}")]

@@ -366,7 +366,13 @@ impl<T> Queue<T> {
                 !left.is_zero() && cv.wait_timeout(guard, left)
             }
         };
-        self.set(counter, self.word(counter).saturating_sub(1));
+        // Atomically: a timed wait may return without the lock (its holder
+        // kept it past the deadline), and then returns at once.
+        let _ = self.seg.atomic_u64(counter).fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| Some(n.saturating_sub(1)),
+        );
         woken
     }
 

@@ -4,25 +4,23 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut, Range};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::element::{Element, IntElement, private::IntSealed};
 use super::segment::Segment;
-use super::sync::{RawCondvar, RawGuard, RawMutex};
+use super::sync::{OwnerDied, RawCondvar, RawGuard, RawMutex, process_alive};
 use super::{lock_recovering, shm_error};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 
 // Segment layout. The header is one page; the data starts at DATA_AT, so it
-// is aligned for every element type.
+// is aligned for every element type. Bytes 16..64 are reserved.
 const MAGIC: u64 = 0x4d50_4152_5241_5900; // "MPARRAY\0"
 const TAG_AT: usize = 0;
 const LEN_AT: usize = 8;
-/// Number of leases held right now (a hint that lets unleased writes skip
-/// the table).
-const ACTIVE_AT: usize = 16;
 const MUTEX_AT: usize = 64;
 const CONDVAR_AT: usize = 128;
 const TABLE_AT: usize = 192;
@@ -32,6 +30,31 @@ const LEASES: usize = 120;
 const ENTRY: usize = 32;
 const DATA_AT: usize = 4096;
 const _: () = assert!(TABLE_AT + LEASES * ENTRY <= DATA_AT);
+/// How long a waiting lease sleeps before it looks for dead holders again.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// A lease this process holds: the array's segment identity, the table
+/// slot, and the range. The shared table is where other processes see the
+/// lease; this private list is what this process trusts about its own.
+#[derive(PartialEq, Eq)]
+struct OwnLease {
+    array: (u64, u64),
+    slot: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Every lease held by this process, in any array.
+static OWN_LEASES: Mutex<Vec<OwnLease>> = Mutex::new(Vec::new());
+/// `OWN_LEASES.len()`, readable without the mutex: unleased writes skip the
+/// list while it is 0.
+static OWN_LEASE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn own_leases() -> std::sync::MutexGuard<'static, Vec<OwnLease>> {
+    // The list is valid after any panic: every change is one push or one
+    // remove.
+    OWN_LEASES.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A fixed-length array of plain numbers ([`Element`]: integers, floats) in
 /// shared memory. Every process that holds a handle sees the same elements;
@@ -56,8 +79,8 @@ const _: () = assert!(TABLE_AT + LEASES * ENTRY <= DATA_AT);
 ///   a range of elements recorded in the segment's header, so no two
 ///   holders (in any processes) ever overlap. It derefs to `&mut [T]` for
 ///   fast plain loops, and dropping it releases the range. Writing an
-///   element of a leased range through [`store`](Self::store) or `fetch_*`
-///   from elsewhere panics (see their `# Panics`). Atomic *reads* of a
+///   element that this process has leased through [`store`](Self::store)
+///   or `fetch_*` panics (see their `# Panics`). Atomic *reads* of a
 ///   leased range are allowed and see the holder's progress.
 ///
 /// [`as_mut_slice_unchecked`](Self::as_mut_slice_unchecked) is the
@@ -65,6 +88,19 @@ const _: () = assert!(TABLE_AT + LEASES * ENTRY <= DATA_AT);
 ///
 /// A lease whose holder process died is reclaimed by the next process that
 /// wants an overlapping range.
+///
+/// # The lease table is untrusted
+///
+/// Every process holding the array can write the lease table. This process
+/// keeps its own leases in a private list and checks its writes against
+/// that list only: an entry another process claims (or forged) never makes
+/// this process panic. An entry naming no process, a dead one, or this
+/// process when its private list has no such lease, is reclaimed. An entry
+/// of a live process whose range lies outside the array is reported as
+/// [`Corrupted`](crate::ErrorKind::Corrupted). An entry of a live process
+/// is honoured as a lease, forged or not: [`lease`](Self::lease) waits for
+/// it, [`lease_timeout`](Self::lease_timeout) returns on time. Releasing a
+/// lease takes no lock.
 ///
 /// ```ignore
 /// #[worker]
@@ -109,13 +145,15 @@ fn my_pid() -> u64 {
     u64::from(std::process::id())
 }
 
-fn alive(pid: u64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+/// How long a lease attempt may wait.
+#[derive(Clone, Copy)]
+enum LeaseWait {
+    /// Not for other leases (`try_lease`).
+    No,
+    /// Until this instant, for everything.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
 }
 
 impl<T: Element> SharedArray<T> {
@@ -231,9 +269,10 @@ impl<T: Element> SharedArray<T> {
     /// # Panics
     ///
     /// If `index >= len()`, or if the element is inside a range leased by
-    /// a [`ChunkMut`] that is alive (in any process): its holder has it as
-    /// `&mut`. A lease taken at the same instant as the store may escape
-    /// this check.
+    /// a [`ChunkMut`] alive in this process: its holder has it as `&mut`.
+    /// A lease taken at the same instant as the store may escape this
+    /// check. Leases of other processes are not checked: their table
+    /// entries are claims this process cannot verify.
     pub fn store(&self, index: usize, value: T) {
         self.check_not_leased(index);
         T::store(self.cell(index), value, Ordering::Release);
@@ -251,10 +290,6 @@ impl<T: Element> SharedArray<T> {
         (0..self.len).map(move |i| T::load(self.cell(i), Ordering::Acquire))
     }
 
-    fn active(&self) -> &AtomicU64 {
-        self.seg.atomic_u64(ACTIVE_AT)
-    }
-
     fn entry(&self, slot: usize) -> (&AtomicU64, &AtomicU64, &AtomicU64) {
         let at = TABLE_AT + slot * ENTRY;
         (
@@ -264,47 +299,82 @@ impl<T: Element> SharedArray<T> {
         )
     }
 
+    /// Panics if this process holds a lease on element `index`.
     fn check_not_leased(&self, index: usize) {
-        if self.active().load(Ordering::Acquire) == 0 {
+        if OWN_LEASE_COUNT.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let i = index as u64;
-        for slot in 0..LEASES {
-            let (pid, start, end) = self.entry(slot);
-            let holder = pid.load(Ordering::Acquire);
-            if holder != 0
-                && start.load(Ordering::Relaxed) <= i
-                && i < end.load(Ordering::Relaxed)
-                && alive(holder)
-            {
-                panic!(
-                    "element {index} of a shared array is leased by a ChunkMut (process {holder}); write it through that lease"
-                );
-            }
+        let array = self.seg.identity();
+        if own_leases()
+            .iter()
+            .any(|l| l.array == array && l.start <= index && index < l.end)
+        {
+            panic!(
+                "element {index} of a shared array is leased by a ChunkMut of this process; write it through that lease"
+            );
         }
     }
 
-    /// Takes the lease on `range` if it is free. Called with the table lock.
+    /// Clears table slot `slot` if it still names `holder`; `true` if the
+    /// slot is free afterwards.
+    fn reclaim(&self, slot: usize, holder: u64) -> bool {
+        let (pid, _, _) = self.entry(slot);
+        let _ = pid.compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed);
+        pid.load(Ordering::Acquire) == 0
+    }
+
+    /// Takes the lease on `range` if it is free. Called with the table
+    /// lock. Every entry is validated before it counts (see the type's
+    /// docs); a probe of the holder's liveness is made only for entries
+    /// that would block or are malformed.
     fn take(&self, range: &Range<usize>) -> Result<Option<usize>> {
+        let me = my_pid();
+        let array = self.seg.identity();
         let (lo, hi) = (range.start as u64, range.end as u64);
         let mut free = None;
         for slot in 0..LEASES {
             let (pid, start, end) = self.entry(slot);
-            let holder = pid.load(Ordering::Relaxed);
+            let holder = pid.load(Ordering::Acquire);
             if holder == 0 {
                 free.get_or_insert(slot);
                 continue;
             }
-            let overlaps = start.load(Ordering::Relaxed) < hi && lo < end.load(Ordering::Relaxed);
-            if !overlaps {
+            if holder == me {
+                let own = own_leases()
+                    .iter()
+                    .find(|l| l.array == array && l.slot == slot)
+                    .map(|l| (l.start as u64, l.end as u64));
+                match own {
+                    // Ours: the private range counts, not the shared one.
+                    Some((s, e)) if s < hi && lo < e => return Ok(None),
+                    Some(_) => {}
+                    // This process holds no such lease: a forgery.
+                    None => {
+                        if self.reclaim(slot, holder) {
+                            free.get_or_insert(slot);
+                        }
+                    }
+                }
                 continue;
             }
-            if holder != my_pid() && !alive(holder) {
-                // The holder died with its lease: reclaim it.
-                pid.store(0, Ordering::Relaxed);
-                self.active().fetch_sub(1, Ordering::AcqRel);
-                free.get_or_insert(slot);
+            let (s, e) = (start.load(Ordering::Relaxed), end.load(Ordering::Relaxed));
+            let malformed = s > e || e > self.len as u64;
+            let overlaps = s < hi && lo < e;
+            if !malformed && !overlaps {
                 continue;
+            }
+            if !process_alive(holder) {
+                // The holder died with its lease (or never existed).
+                if self.reclaim(slot, holder) {
+                    free.get_or_insert(slot);
+                }
+                continue;
+            }
+            if malformed {
+                return Err(Error::new(ErrorKind::Corrupted(format!(
+                    "shared array lease table slot {slot}: process {holder} holds elements {s}..{e} of an array of {}",
+                    self.len
+                ))));
             }
             return Ok(None);
         }
@@ -316,33 +386,58 @@ impl<T: Element> SharedArray<T> {
         let (pid, start, end) = self.entry(slot);
         start.store(lo, Ordering::Relaxed);
         end.store(hi, Ordering::Relaxed);
-        pid.store(my_pid(), Ordering::Release);
-        self.active().fetch_add(1, Ordering::AcqRel);
+        pid.store(me, Ordering::Release);
+        own_leases().push(OwnLease {
+            array,
+            slot,
+            start: range.start,
+            end: range.end,
+        });
+        OWN_LEASE_COUNT.fetch_add(1, Ordering::Relaxed);
         Ok(Some(slot))
     }
 
-    fn lease_inner(&self, range: Range<usize>, block: bool) -> Result<Option<ChunkMut<'_, T>>> {
+    fn lease_inner(&self, range: Range<usize>, wait: LeaseWait) -> Result<Option<ChunkMut<'_, T>>> {
         assert!(
             range.start <= range.end && range.end <= self.len,
             "range {range:?} out of bounds for a shared array of length {}",
             self.len
         );
-        let guard: RawGuard<'_> = lock_recovering(&self.leases);
         loop {
-            if let Some(slot) = self.take(&range)? {
+            // Read before the scan: a release after it moves the sequence
+            // on, so the wait below cannot miss it.
+            let seen = self.released.sequence();
+            let guard: RawGuard<'_> = match wait {
+                LeaseWait::Until(deadline) => match self.leases.lock_until(deadline) {
+                    Ok(Some(guard)) => guard,
+                    Ok(None) => return Ok(None),
+                    Err(died) => OwnerDied::into_guard(died),
+                },
+                LeaseWait::No | LeaseWait::Forever => lock_recovering(&self.leases),
+            };
+            let taken = self.take(&range);
+            drop(guard);
+            if let Some(slot) = taken? {
                 return Ok(Some(ChunkMut {
                     array: self,
                     slot,
                     range,
                 }));
             }
-            if !block {
+            let deadline = match wait {
+                LeaseWait::No => return Ok(None),
+                LeaseWait::Until(deadline) => Some(deadline),
+                LeaseWait::Forever => None,
+            };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
-            // Woken by every release; the timeout re-checks for holders
-            // that died without releasing.
-            self.released
-                .wait_timeout(&guard, Duration::from_millis(100));
+            // Woken by every release; the recheck looks for holders that
+            // died without releasing.
+            let recheck = now + RECHECK;
+            let until = deadline.map_or(recheck, |d| d.min(recheck));
+            self.released.wait_changed(seen, Some(until));
         }
     }
 
@@ -351,20 +446,26 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`SharedMemory`](crate::ErrorKind::SharedMemory) if 120 leases are already
-    /// held (over all processes).
+    /// [`SharedMemory`](crate::ErrorKind::SharedMemory) if 120 leases are
+    /// already held (over all processes);
+    /// [`Corrupted`](crate::ErrorKind::Corrupted) if a live process's
+    /// entry in the lease table has a range outside the array.
     ///
     /// # Panics
     ///
     /// If `range` is out of bounds. Waits forever if this thread already
-    /// holds an overlapping lease (use [`try_lease`](Self::try_lease)).
+    /// holds an overlapping lease (use [`try_lease`](Self::try_lease)), and
+    /// for as long as a live process's entry (real or forged) overlaps it
+    /// (use [`lease_timeout`](Self::lease_timeout)).
     pub fn lease(&self, range: Range<usize>) -> Result<ChunkMut<'_, T>> {
-        self.lease_inner(range, true)
+        self.lease_inner(range, LeaseWait::Forever)
             .map(|c| c.expect("a blocking lease returns a chunk"))
     }
 
     /// An exclusive lease on `range`, or `Ok(None)` at once if any element
-    /// of it is leased by someone else (including this thread).
+    /// of it is leased by someone else (including this thread). It waits
+    /// only for the lease table's lock, which correct processes hold just
+    /// to scan the table.
     ///
     /// # Errors
     ///
@@ -374,7 +475,30 @@ impl<T: Element> SharedArray<T> {
     ///
     /// If `range` is out of bounds.
     pub fn try_lease(&self, range: Range<usize>) -> Result<Option<ChunkMut<'_, T>>> {
-        self.lease_inner(range, false)
+        self.lease_inner(range, LeaseWait::No)
+    }
+
+    /// An exclusive lease on `range`, waiting at most `timeout` (for the
+    /// lease table's lock and for overlapping leases together); `Ok(None)`
+    /// if it expired. Returns on time whatever other processes wrote into
+    /// the table.
+    ///
+    /// # Errors
+    ///
+    /// As [`lease`](Self::lease).
+    ///
+    /// # Panics
+    ///
+    /// If `range` is out of bounds.
+    pub fn lease_timeout(
+        &self,
+        range: Range<usize>,
+        timeout: Duration,
+    ) -> Result<Option<ChunkMut<'_, T>>> {
+        let wait = Instant::now()
+            .checked_add(timeout)
+            .map_or(LeaseWait::Forever, LeaseWait::Until);
+        self.lease_inner(range, wait)
     }
 
     /// How many chunks of `chunk_len` elements cover the array (the last
@@ -550,12 +674,26 @@ impl<T: Element> DerefMut for ChunkMut<'_, T> {
     }
 }
 
+/// Releases the lease without the table lock (which another process may
+/// hold, or claim to hold, for as long as it likes): the slot is cleared
+/// only if it still names this process, and only then dropped from the
+/// private list, so a scan by another thread of this process never sees a
+/// slot of this process that the list does not explain. Waiters read the
+/// release sequence before they scan, so the notify reaches them.
 impl<T: Element> Drop for ChunkMut<'_, T> {
     fn drop(&mut self) {
-        let _guard = lock_recovering(&self.array.leases);
         let (pid, _, _) = self.array.entry(self.slot);
-        pid.store(0, Ordering::Release);
-        self.array.active().fetch_sub(1, Ordering::AcqRel);
+        let _ = pid.compare_exchange(my_pid(), 0, Ordering::AcqRel, Ordering::Relaxed);
+        let array = self.array.seg.identity();
+        let mut own = own_leases();
+        if let Some(i) = own
+            .iter()
+            .position(|l| l.array == array && l.slot == self.slot)
+        {
+            own.swap_remove(i);
+            OWN_LEASE_COUNT.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(own);
         self.array.released.notify_all();
     }
 }
@@ -611,6 +749,103 @@ mod tests {
         let a = SharedArray::<u64>::zeroed(4).unwrap();
         let _c = a.lease(0..2).unwrap();
         a.fetch_add(1, 1);
+    }
+
+    /// Writes a lease table entry, as another process could.
+    fn forge(a: &SharedArray<u64>, slot: usize, pid: u64, start: u64, end: u64) {
+        let (p, s, e) = a.entry(slot);
+        s.store(start, Ordering::Relaxed);
+        e.store(end, Ordering::Relaxed);
+        p.store(pid, Ordering::Release);
+    }
+
+    #[test]
+    fn another_process_lease_blocks_leases_but_never_panics_a_store() {
+        let a = SharedArray::<u64>::zeroed(16).unwrap();
+        forge(&a, 5, 1, 0, 8); // pid 1: alive, never releases
+        a.store(3, 7);
+        assert_eq!(a.fetch_add(3, 1), 7);
+        assert!(a.try_lease(4..12).unwrap().is_none());
+        assert!(a.try_lease(8..16).unwrap().is_some());
+        let limit = Duration::from_millis(50);
+        let t = Instant::now();
+        assert!(a.lease_timeout(0..1, limit).unwrap().is_none());
+        assert!(t.elapsed() >= limit && t.elapsed() < limit + Duration::from_millis(250));
+    }
+
+    #[test]
+    fn forged_dead_and_malformed_entries() {
+        let a = SharedArray::<u64>::zeroed(16).unwrap();
+        // This process, which holds no such lease: reclaimed.
+        forge(&a, 0, my_pid(), 0, 16);
+        // No process at all, and a pid no process has: reclaimed.
+        forge(&a, 1, u64::MAX, 0, 16);
+        forge(&a, 2, (1 << 22) + 1000, 0, 16);
+        let c = a.try_lease(0..16).unwrap().expect("every entry reclaimed");
+        assert_eq!(c.range(), 0..16);
+        // The chunk's slot is the first free one, and it is ours.
+        assert_eq!(a.entry(c.slot).0.load(Ordering::Relaxed), my_pid());
+        drop(c);
+        // A live holder with a range past the end: corrupted, named.
+        forge(&a, 9, 1, 4, 17);
+        let err = a.try_lease(0..1).unwrap_err();
+        assert!(
+            err.is_corrupted() && err.to_string().contains("slot 9"),
+            "{err}"
+        );
+        forge(&a, 9, 1, 9, 3);
+        assert!(a.try_lease(0..1).unwrap_err().is_corrupted());
+        // A dead holder's malformed entry is just reclaimed.
+        forge(&a, 9, (1 << 22) + 1000, 9, 3);
+        assert!(a.try_lease(0..1).unwrap().is_some());
+    }
+
+    #[test]
+    fn own_leases_are_judged_by_the_private_range() {
+        let a = SharedArray::<u64>::zeroed(16).unwrap();
+        let mut c = a.lease(0..4).unwrap();
+        // Another process shrinks our entry: our range still counts.
+        a.entry(c.slot).2.store(1, Ordering::Relaxed);
+        assert!(a.try_lease(2..3).unwrap().is_none());
+        c[3] = 9;
+        drop(c);
+        assert_eq!(a.load(3), 9);
+        // A release when another process overwrote our slot leaves their
+        // entry alone.
+        let c = a.lease(0..4).unwrap();
+        let slot = c.slot;
+        forge(&a, slot, 1, 8, 12);
+        drop(c);
+        assert_eq!(a.entry(slot).0.load(Ordering::Relaxed), 1);
+        a.store(2, 1);
+    }
+
+    #[test]
+    fn releasing_needs_no_table_lock_and_wakes_a_waiter() {
+        let a = SharedArray::<u64>::zeroed(16).unwrap();
+        let c = a.lease(0..8).unwrap();
+        let b = round_trip(&a);
+        let waiter = std::thread::spawn(move || {
+            let t = Instant::now();
+            let got = b
+                .lease_timeout(0..8, Duration::from_secs(5))
+                .unwrap()
+                .is_some();
+            (got, t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        // The table lock is held by a live process that never lets go.
+        a.seg
+            .atomic_u64(MUTEX_AT + 8)
+            .store(1 << 32 | 1, Ordering::Relaxed);
+        drop(c);
+        // The waiter needs the table lock to take the lease: give it back.
+        std::thread::sleep(Duration::from_millis(20));
+        a.seg.atomic_u64(MUTEX_AT + 8).store(0, Ordering::Relaxed);
+        let (got, took) = waiter.join().unwrap();
+        assert!(got);
+        // Well before the 100 ms recheck plus slack: it was woken.
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
     #[test]

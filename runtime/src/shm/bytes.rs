@@ -16,8 +16,11 @@ use crate::error::Result;
 ///
 /// The buffer is written once, when it is created, and then sealed by the
 /// kernel against any change (`F_SEAL_WRITE`, `F_SEAL_GROW`,
-/// `F_SEAL_SHRINK`): no process can write it again, so it is read as a
-/// plain `&[u8]` without locks. Clones share one mapping.
+/// `F_SEAL_SHRINK`, `F_SEAL_SEAL`): no process can write, resize or
+/// unseal it again, so it is read as a plain `&[u8]` without locks. A
+/// buffer that arrives from another process is refused unless the kernel
+/// reports all of these seals and the announced length. Clones share one
+/// mapping.
 ///
 /// ```ignore
 /// #[worker]

@@ -7,9 +7,36 @@
 //! | bytes | content |
 //! |---|---|
 //! | `0..8` | kind tag (so an `Event` cannot be received as a `Lock`) |
-//! | `64..128` | [`RawMutex`] |
-//! | `128..192` | [`RawCondvar`] |
+//! | `64..128` | [`RawMutex`] (used by `Lock` and `Value`) |
+//! | `128..192` | [`RawCondvar`] (its sequence word wakes waiters of `Event`, `Semaphore` and `Barrier`) |
 //! | `192..` | the handle's own state words (`u64` each) |
+//!
+//! # Shared words are untrusted
+//!
+//! Any process holding a handle can write any of these bytes. The kind tag
+//! is checked once, when a handle arrives; the mutex is
+//! [`RawMutex`], which trusts nothing in its words; and every state word
+//! is read as follows:
+//!
+//! * `Value`: the number. Every bit pattern is a number.
+//! * `Event`: the flag. Non-zero is set.
+//! * `Semaphore`: the count of permits. Every value is a count; taking a
+//!   permit never goes below zero, and giving one back saturates at
+//!   `u64::MAX` rather than wrapping.
+//! * `Barrier`: the number of parties (written once, at creation, and read
+//!   once into the handle when it arrives; the handle never reads it
+//!   again), and one state word packing the generation (bits `0..31`), the
+//!   broken flag (bit 31) and the parties arrived (bits `32..64`). More
+//!   parties arrived than the barrier has is no state a correct process
+//!   writes: [`Barrier::wait`] fails with
+//!   [`Corrupted`](ErrorKind::Corrupted), and [`Barrier::reset`] repairs
+//!   it.
+//!
+//! `Event`, `Semaphore` and `Barrier` take no lock at all: each change is
+//! one atomic operation on one word followed by a notify of the condvar's
+//! sequence word, and a waiter reads the sequence before it checks its
+//! condition (an event count), so no wake-up is lost and no word another
+//! process holds can keep them from returning on time.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -20,8 +47,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::element::Element;
 use super::segment::Segment;
+use super::shm_error;
 use super::sync::{RawCondvar, RawGuard, RawMutex};
-use super::{lock_recovering, shm_error};
 use crate::error::{Error, ErrorKind, Result};
 
 const SIZE: usize = 4096;
@@ -75,34 +102,10 @@ impl Cell {
         self.seg.atomic_u64(STATE_AT + 8 * i)
     }
 
-    /// Locks for internal bookkeeping. The critical sections of `Event`,
-    /// `Semaphore` and `Barrier` only store whole words, so a holder that
-    /// died cannot leave them half-updated: recover silently.
-    fn lock(&self) -> RawGuard<'_> {
-        lock_recovering(&self.mutex)
-    }
-
-    /// Waits on the condvar until `done()` or the deadline; returns
-    /// `done()`.
-    fn wait_until(
-        &self,
-        guard: &RawGuard<'_>,
-        deadline: Option<Instant>,
-        mut done: impl FnMut() -> bool,
-    ) -> bool {
-        while !done() {
-            match deadline {
-                None => self.cond.wait(guard),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.cond.wait_timeout(guard, d - now);
-                }
-            }
-        }
-        true
+    /// Sleeps until the condvar's sequence moves on from `seen` (or
+    /// spuriously), at most until `deadline`; `false` once it has passed.
+    fn wait_changed(&self, seen: u32, deadline: Option<Instant>) -> bool {
+        self.cond.wait_changed(seen, deadline)
     }
 }
 
@@ -150,7 +153,18 @@ fn owner_died() -> Error {
 /// Locking a `Lock` twice from the same thread panics instead of
 /// deadlocking. The guard is not `Send`: unlock in the thread that locked.
 ///
-/// Built on a robust, process-shared pthread mutex.
+/// # Another process's writes
+///
+/// The lock is a word in shared memory naming its holder (thread id and
+/// pid), which any process holding the lock can overwrite. This process
+/// never trusts it beyond the word's value: a word naming no live thread,
+/// or naming this very thread when this thread does not hold the lock, is
+/// taken over and reported as [`OwnerDied`](ErrorKind::OwnerDied); a word
+/// naming a live thread is waited for like a real holder, so
+/// [`lock_timeout`](Self::lock_timeout) and [`try_lock`](Self::try_lock)
+/// return on time and [`lock`](Self::lock) waits. A dead holder is noticed
+/// within about ten milliseconds of waiting; a holder whose pid the kernel
+/// has already given to a new process is taken for that process.
 #[derive(Clone)]
 pub struct Lock {
     cell: Cell,
@@ -402,6 +416,11 @@ impl<'de, T: Element> Deserialize<'de> for Value<T> {
 
 /// A flag that processes wait for (Python's `multiprocessing.Event`):
 /// [`set`](Self::set) wakes every waiter, [`clear`](Self::clear) resets.
+///
+/// Takes no lock, so no other process can hold up [`set`](Self::set),
+/// [`clear`](Self::clear) or [`is_set`](Self::is_set), and
+/// [`wait_timeout`](Self::wait_timeout) returns on time whatever is
+/// written into its memory. Any non-zero flag word reads as set.
 #[derive(Clone)]
 pub struct Event {
     cell: Cell,
@@ -428,14 +447,12 @@ impl Event {
 
     /// Sets the flag and wakes every waiter, in every process.
     pub fn set(&self) {
-        let _g = self.cell.lock();
         self.flag().store(1, Ordering::Release);
         self.cell.cond.notify_all();
     }
 
     /// Clears the flag.
     pub fn clear(&self) {
-        let _g = self.cell.lock();
         self.flag().store(0, Ordering::Release);
     }
 
@@ -444,17 +461,26 @@ impl Event {
         self.flag().load(Ordering::Acquire) != 0
     }
 
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            let seen = self.cell.cond.sequence();
+            if self.is_set() {
+                return true;
+            }
+            if !self.cell.wait_changed(seen, deadline) {
+                return self.is_set();
+            }
+        }
+    }
+
     /// Waits until the flag is set (returns at once if it is).
     pub fn wait(&self) {
-        let g = self.cell.lock();
-        self.cell.wait_until(&g, None, || self.is_set());
+        self.wait_until(None);
     }
 
     /// Waits at most `timeout` for the flag; returns whether it is set.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let g = self.cell.lock();
-        self.cell
-            .wait_until(&g, deadline(timeout), || self.is_set())
+        self.wait_until(deadline(timeout))
     }
 }
 
@@ -464,6 +490,12 @@ impl Event {
 ///
 /// A process that dies holding permits does not give them back: there is
 /// no owner to detect. Use a [`Lock`] when a dead holder must be noticed.
+///
+/// Takes no lock: the count is one word changed by compare-and-swap, so
+/// no other process can keep [`try_acquire`](Self::try_acquire) or
+/// [`acquire_timeout`](Self::acquire_timeout) from returning on time. Any
+/// value of the word is a count of permits; it never goes below zero and
+/// saturates at `u64::MAX` instead of wrapping.
 #[derive(Clone)]
 pub struct Semaphore {
     cell: Cell,
@@ -495,13 +527,26 @@ impl Semaphore {
         self.permits().load(Ordering::Acquire)
     }
 
+    /// Takes a permit if there is one, never below zero.
+    fn take_one(&self) -> bool {
+        self.permits()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+            .is_ok()
+    }
+
     fn take(&self, deadline: Option<Instant>) -> bool {
-        let g = self.cell.lock();
-        if !self.cell.wait_until(&g, deadline, || self.available() > 0) {
-            return false;
+        loop {
+            let seen = self.cell.cond.sequence();
+            if self.take_one() {
+                return true;
+            }
+            if !self.cell.wait_changed(seen, deadline) {
+                // A wake-up aimed at this waiter may have come with the
+                // deadline: take the permit it announced rather than
+                // leave it to nobody.
+                return self.take_one();
+            }
         }
-        self.permits().fetch_sub(1, Ordering::AcqRel);
-        true
     }
 
     /// Takes a permit, waiting while there is none.
@@ -511,7 +556,7 @@ impl Semaphore {
 
     /// Takes a permit if one is available; returns whether it did.
     pub fn try_acquire(&self) -> bool {
-        self.take(Some(Instant::now()))
+        self.take_one()
     }
 
     /// Takes a permit, waiting at most `timeout`; returns whether it did.
@@ -519,10 +564,14 @@ impl Semaphore {
         self.take(deadline(timeout))
     }
 
-    /// Gives a permit back and wakes one waiter.
+    /// Gives a permit back and wakes one waiter. The count saturates at
+    /// `u64::MAX`.
     pub fn release(&self) {
-        let _g = self.cell.lock();
-        self.permits().fetch_add(1, Ordering::AcqRel);
+        let _ = self
+            .permits()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_add(1))
+            });
         self.cell.cond.notify_one();
     }
 }
@@ -540,12 +589,51 @@ impl Semaphore {
 /// [`BarrierBroken`](ErrorKind::BarrierBroken) too, as in Python), or call
 /// [`abort`](Self::abort) from a process that noticed the death (for
 /// example after `Process::join` reported it).
+///
+/// # Shared state
+///
+/// The number of parties is kept in the handle (from its creation, or read
+/// once when the handle arrives in a process). The round's state is one
+/// word changed by compare-and-swap, without a lock, so no other process
+/// can keep [`wait_timeout`](Self::wait_timeout) from returning on time.
+/// A state word that counts as many parties arrived as the barrier has, or
+/// more, was written by no correct process: `wait` fails with
+/// [`Corrupted`](ErrorKind::Corrupted) until [`reset`](Self::reset).
 #[derive(Clone)]
 pub struct Barrier {
     cell: Cell,
+    parties: u64,
 }
 
-handle_serde!(Barrier, BARRIER);
+/// Serialises as a reference to the shared memory (its descriptor); the
+/// number of parties is read from it once, on arrival.
+impl Serialize for Barrier {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.cell.seg.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Barrier {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let seg = Segment::deserialize(deserializer)?;
+        let cell = Cell::open(seg, BARRIER).map_err(serde::de::Error::custom)?;
+        let parties = cell.word(PARTIES).load(Ordering::Acquire);
+        if !(1..=MAX_PARTIES).contains(&parties) {
+            return Err(serde::de::Error::custom(format!(
+                "a barrier arrived with {parties} parties"
+            )));
+        }
+        Ok(Barrier { cell, parties })
+    }
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What [`Barrier::wait`] returns: exactly one party of each round is the
 /// leader.
@@ -561,10 +649,28 @@ impl BarrierWaitResult {
     }
 }
 
+/// State word index of the number of parties.
 const PARTIES: usize = 0;
-const ARRIVED: usize = 1;
-const GENERATION: usize = 2;
-const BROKEN: usize = 3;
+/// State word index of the round's state: generation, broken, arrived.
+const ROUND: usize = 1;
+/// Generation bits of the round word.
+const GENERATION: u64 = (1 << 31) - 1;
+/// Broken bit of the round word.
+const BROKEN: u64 = 1 << 31;
+/// Shift of the arrived count in the round word.
+const ARRIVED_SHIFT: u32 = 32;
+/// Most parties a barrier can have: the arrived count is 32 bits.
+const MAX_PARTIES: u64 = u32::MAX as u64;
+
+fn generation(round: u64) -> u64 {
+    round & GENERATION
+}
+
+/// The round word of a fresh round after `round`: next generation, nobody
+/// arrived, not broken.
+fn next_round(round: u64) -> u64 {
+    generation(round).wrapping_add(1) & GENERATION
+}
 
 impl Barrier {
     /// A new barrier for `parties` parties.
@@ -576,11 +682,16 @@ impl Barrier {
     ///
     /// # Panics
     ///
-    /// If `parties` is 0.
+    /// If `parties` is 0 or more than `u32::MAX`.
     pub fn new(parties: u64) -> Result<Barrier> {
         assert!(parties > 0, "a barrier needs at least one party");
+        assert!(
+            parties <= MAX_PARTIES,
+            "a barrier has at most {MAX_PARTIES} parties"
+        );
         let b = Barrier {
             cell: Cell::create(BARRIER, c"multiproc-barrier")?,
+            parties,
         };
         b.cell.word(PARTIES).store(parties, Ordering::Relaxed);
         Ok(b)
@@ -588,37 +699,69 @@ impl Barrier {
 
     /// The number of parties.
     pub fn parties(&self) -> u64 {
-        self.cell.word(PARTIES).load(Ordering::Relaxed)
+        self.parties
+    }
+
+    fn round(&self) -> &AtomicU64 {
+        self.cell.word(ROUND)
     }
 
     fn wait_inner(&self, deadline: Option<Instant>) -> Result<BarrierWaitResult> {
-        let w = |i| self.cell.word(i);
-        let g = self.cell.lock();
-        if w(BROKEN).load(Ordering::Acquire) != 0 {
-            return Err(Error::new(ErrorKind::BarrierBroken));
+        let round = self.round();
+        // Arrive: count this party in, or complete the round.
+        let mut seen = round.load(Ordering::Acquire);
+        let mine = loop {
+            if seen & BROKEN != 0 {
+                return Err(Error::new(ErrorKind::BarrierBroken));
+            }
+            let arrived = seen >> ARRIVED_SHIFT;
+            if arrived >= self.parties {
+                return Err(Error::new(ErrorKind::Corrupted(format!(
+                    "barrier: the round word counts {arrived} parties arrived of {}",
+                    self.parties
+                ))));
+            }
+            let last = arrived + 1 == self.parties;
+            let new = if last {
+                next_round(seen)
+            } else {
+                seen + (1 << ARRIVED_SHIFT)
+            };
+            match round.compare_exchange_weak(seen, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if last => {
+                    self.cell.cond.notify_all();
+                    return Ok(BarrierWaitResult { leader: true });
+                }
+                Ok(_) => break generation(seen),
+                Err(now) => seen = now,
+            }
+        };
+        // Wait for the generation to move on, or the barrier to break.
+        loop {
+            let seq = self.cell.cond.sequence();
+            let now = round.load(Ordering::Acquire);
+            if generation(now) != mine {
+                return Ok(BarrierWaitResult { leader: false });
+            }
+            if now & BROKEN != 0 {
+                return Err(Error::new(ErrorKind::BarrierBroken));
+            }
+            if !self.cell.wait_changed(seq, deadline) {
+                break;
+            }
         }
-        let generation = w(GENERATION).load(Ordering::Acquire);
-        let arrived = w(ARRIVED).load(Ordering::Relaxed) + 1;
-        if arrived >= self.parties() {
-            w(ARRIVED).store(0, Ordering::Relaxed);
-            w(GENERATION).store(generation + 1, Ordering::Release);
-            self.cell.cond.notify_all();
-            return Ok(BarrierWaitResult { leader: true });
-        }
-        w(ARRIVED).store(arrived, Ordering::Relaxed);
-        let passed = self.cell.wait_until(&g, deadline, || {
-            w(GENERATION).load(Ordering::Acquire) != generation
-                || w(BROKEN).load(Ordering::Acquire) != 0
+        // Timed out: break the round for everyone, as Python does, unless
+        // it completed meanwhile.
+        let broke = round.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            (generation(now) == mine).then_some(now | BROKEN)
         });
-        if w(GENERATION).load(Ordering::Acquire) != generation {
-            return Ok(BarrierWaitResult { leader: false });
+        match broke {
+            Ok(_) => {
+                self.cell.cond.notify_all();
+                Err(Error::new(ErrorKind::BarrierBroken))
+            }
+            Err(_) => Ok(BarrierWaitResult { leader: false }),
         }
-        if !passed {
-            // Timed out: break the barrier for everyone, as Python does.
-            w(BROKEN).store(1, Ordering::Release);
-            self.cell.cond.notify_all();
-        }
-        Err(Error::new(ErrorKind::BarrierBroken))
     }
 
     /// Waits until all parties have called `wait`.
@@ -627,7 +770,9 @@ impl Barrier {
     ///
     /// [`BarrierBroken`](ErrorKind::BarrierBroken) if the barrier is or
     /// becomes broken ([`abort`](Self::abort), or another party's
-    /// [`wait_timeout`](Self::wait_timeout) expired).
+    /// [`wait_timeout`](Self::wait_timeout) expired);
+    /// [`Corrupted`](ErrorKind::Corrupted) if the shared round word counts
+    /// as many parties arrived as the barrier has, or more.
     pub fn wait(&self) -> Result<BarrierWaitResult> {
         self.wait_inner(None)
     }
@@ -647,20 +792,19 @@ impl Barrier {
     /// [`BarrierBroken`](ErrorKind::BarrierBroken) until
     /// [`reset`](Self::reset).
     pub fn abort(&self) {
-        let _g = self.cell.lock();
-        self.cell.word(BROKEN).store(1, Ordering::Release);
+        self.round().fetch_or(BROKEN, Ordering::AcqRel);
         self.cell.cond.notify_all();
     }
 
-    /// Mends a broken barrier and starts a new round with nobody waiting.
-    /// Parties waiting in the current round (if it was not broken) are
-    /// released as if the round had completed.
+    /// Mends a broken (or corrupted) barrier and starts a new round with
+    /// nobody waiting. Parties waiting in the current round (if it was not
+    /// broken) are released as if the round had completed.
     pub fn reset(&self) {
-        let _g = self.cell.lock();
-        let w = |i| self.cell.word(i);
-        w(ARRIVED).store(0, Ordering::Relaxed);
-        w(BROKEN).store(0, Ordering::Release);
-        w(GENERATION).fetch_add(1, Ordering::AcqRel);
+        let _ = self
+            .round()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(next_round(now))
+            });
         self.cell.cond.notify_all();
     }
 }
@@ -669,8 +813,173 @@ impl Barrier {
 mod tests {
     use super::*;
     use crate::shm::segment::tests::round_trip;
+    use crate::shm::sync::thread_alive;
+    use proptest::prelude::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
+
+    /// Slack allowed over a timeout: scheduling on a loaded machine.
+    const MARGIN: Duration = Duration::from_millis(250);
+
+    /// Runs `f`, asserting that it returned within `limit` plus `MARGIN`.
+    fn within<R>(limit: Duration, f: impl FnOnce() -> R) -> R {
+        let started = Instant::now();
+        let r = f();
+        let took = started.elapsed();
+        assert!(took <= limit + MARGIN, "took {took:?}, limit {limit:?}");
+        r
+    }
+
+    /// Byte offset of the mutex's owner word.
+    const OWNER: usize = MUTEX_AT + 8;
+
+    #[test]
+    fn a_barrier_counting_too_many_arrivals_is_corrupted_until_reset() {
+        let b = Barrier::new(3).unwrap();
+        b.round().store(3 << ARRIVED_SHIFT, Ordering::Relaxed);
+        let err = b.wait_timeout(Duration::from_millis(10)).unwrap_err();
+        assert!(err.is_corrupted(), "{err}");
+        assert!(err.to_string().contains("3 parties arrived of 3"), "{err}");
+        b.reset();
+        // A lone party now just times out (and breaks the round).
+        assert!(
+            b.wait_timeout(Duration::from_millis(10))
+                .unwrap_err()
+                .is_barrier_broken()
+        );
+    }
+
+    #[test]
+    fn a_barrier_keeps_its_own_party_count() {
+        let b = Barrier::new(2).unwrap();
+        b.cell.word(PARTIES).store(1, Ordering::Relaxed);
+        assert_eq!(b.parties(), 2);
+        assert!(
+            b.wait_timeout(Duration::from_millis(10))
+                .unwrap_err()
+                .is_barrier_broken()
+        );
+        // A handle arriving in a process reads the count once, and refuses
+        // a count no barrier has.
+        assert_eq!(round_trip(&b).parties(), 1);
+        b.cell.word(PARTIES).store(0, Ordering::Relaxed);
+        let (bytes, fds) = crate::fdpass::capture(|| postcard::to_stdvec(&b).unwrap());
+        let got =
+            crate::fdpass::with_table(fds, || postcard::from_bytes::<Barrier>(&bytes).map(|_| ()));
+        assert!(got.is_err());
+    }
+
+    #[test]
+    fn a_semaphore_count_neither_wraps_nor_goes_below_zero() {
+        let s = Semaphore::new(u64::MAX).unwrap();
+        s.release();
+        assert_eq!(s.available(), u64::MAX);
+        let s = Semaphore::new(0).unwrap();
+        assert!(!s.try_acquire());
+        assert_eq!(s.available(), 0);
+    }
+
+    #[test]
+    fn event_semaphore_and_barrier_ignore_a_held_mutex() {
+        let e = Event::new().unwrap();
+        let s = Semaphore::new(1).unwrap();
+        let b = Barrier::new(1).unwrap();
+        for seg in [&e.cell.seg, &s.cell.seg, &b.cell.seg] {
+            // pid 1 never unlocks.
+            seg.atomic_u64(OWNER).store(1 << 32 | 1, Ordering::Relaxed);
+        }
+        let limit = Duration::from_millis(20);
+        e.set();
+        assert!(within(limit, || e.wait_timeout(limit)));
+        e.clear();
+        assert!(!within(limit, || e.wait_timeout(limit)));
+        assert!(within(limit, || s.acquire_timeout(limit)));
+        assert!(!within(limit, || s.acquire_timeout(limit)));
+        s.release();
+        assert!(within(limit, || b.wait_timeout(limit)).unwrap().is_leader());
+        b.abort();
+        b.reset();
+    }
+
+    /// Every timed or non-blocking operation of every handle, over a page
+    /// whose first bytes are `header`.
+    fn every_operation_returns_on_time(header: &[u8], value_too: bool) {
+        let limit = Duration::from_millis(5);
+        let scribble = |seg: &Segment| seg.copy_in(0, header);
+
+        let lock = Lock::new().unwrap();
+        scribble(&lock.cell.seg);
+        drop(within(limit, || lock.lock_timeout(limit)));
+        drop(within(limit, || lock.try_lock()));
+
+        if value_too {
+            let value = Value::<u64>::new(1).unwrap();
+            scribble(&value.cell.seg);
+            drop(within(limit, || value.get()));
+            drop(within(limit, || value.update(|v| v.wrapping_add(1))));
+        }
+
+        let event = Event::new().unwrap();
+        scribble(&event.cell.seg);
+        let set = event.is_set();
+        assert_eq!(within(limit, || event.wait_timeout(limit)), set);
+        within(limit, || event.set());
+        assert!(within(limit, || event.wait_timeout(limit)));
+        within(limit, || event.clear());
+        assert!(!within(limit, || event.wait_timeout(limit)));
+
+        let sem = Semaphore::new(0).unwrap();
+        scribble(&sem.cell.seg);
+        let had = sem.available();
+        assert_eq!(within(limit, || sem.try_acquire()), had > 0);
+        within(limit, || sem.acquire_timeout(limit));
+        within(limit, || sem.release());
+        assert!(within(limit, || sem.acquire_timeout(limit)));
+
+        let barrier = Barrier::new(2).unwrap();
+        scribble(&barrier.cell.seg);
+        match within(limit, || barrier.wait_timeout(limit)) {
+            Ok(_) => {}
+            Err(e) => assert!(e.is_barrier_broken() || e.is_corrupted(), "{e}"),
+        }
+        within(limit, || barrier.abort());
+        assert!(barrier.wait_timeout(limit).unwrap_err().is_barrier_broken());
+        within(limit, || barrier.reset());
+        assert!(
+            within(limit, || barrier.wait_timeout(limit))
+                .unwrap_err()
+                .is_barrier_broken()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever bytes cover the tag, mutex, condvar and state words of
+        /// a handle, every operation with a timeout returns within it and
+        /// nothing panics.
+        #[test]
+        fn any_bytes_over_a_handle(header in proptest::collection::vec(any::<u8>(), 256)) {
+            let word = u64::from_ne_bytes(header[OWNER..OWNER + 8].try_into().unwrap());
+            // `Value` has no timed operation: it waits for a live owner,
+            // as any lock does, so it is only tried when the word names
+            // none.
+            let value_too = !thread_alive(word >> 32, word & 0x3fff_ffff);
+            every_operation_returns_on_time(&header, value_too);
+        }
+    }
+
+    #[test]
+    fn special_headers() {
+        for fill in [0x00, 0xFF, 0x01, 0x80] {
+            every_operation_returns_on_time(&[fill; 256], fill != 0x01);
+        }
+        let mut header = [0u8; 256];
+        header[OWNER..OWNER + 8].copy_from_slice(&(1u64 << 32 | 1).to_ne_bytes());
+        header[STATE_AT..STATE_AT + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        header[STATE_AT + 8..STATE_AT + 16].copy_from_slice(&(u64::MAX << 32).to_ne_bytes());
+        every_operation_returns_on_time(&header, false);
+    }
 
     #[test]
     fn value_counts_exactly_across_threads() {

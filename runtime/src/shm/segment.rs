@@ -9,9 +9,14 @@
 //!
 //! Every segment is sealed against growing and shrinking
 //! (`F_SEAL_GROW | F_SEAL_SHRINK`), so no process can truncate it under a
-//! mapping (which would turn reads into `SIGBUS`). A read-only segment
-//! (made by [`Segment::sealed_copy`]) is also sealed against writes
-//! (`F_SEAL_WRITE`): its bytes can never change again, in any process.
+//! mapping (which would turn reads into `SIGBUS`), and its set of seals is
+//! sealed too (`F_SEAL_SEAL`), so no process can add `F_SEAL_FUTURE_WRITE`
+//! and make the segment unmappable for the next worker it is sent to. A
+//! read-only segment (made by [`Segment::sealed_copy`]) is also sealed
+//! against writes (`F_SEAL_WRITE`): its bytes can never change again, in
+//! any process. [`Segment::from_fd`] refuses a descriptor that lacks any of
+//! these seals or whose size is not the one announced, so a worker cannot
+//! hand this process memory it could still resize.
 
 use std::ffi::CStr;
 use std::io::{self, Write};
@@ -26,8 +31,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::fdpass;
 
-/// Seals every segment carries: its size is fixed.
-const SIZE_SEALS: libc::c_int = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
+/// Seals every segment carries: its size is fixed, and so are its seals.
+const SIZE_SEALS: libc::c_int = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
 
 /// A shared mapping of a `memfd`. Cheap to clone (one [`Arc`]).
 #[derive(Clone)]
@@ -42,12 +47,17 @@ struct Mapping {
     len: usize,
     writable: bool,
     fd: OwnedFd,
+    /// The memfd's `(st_dev, st_ino)`: the same for every mapping of it in
+    /// this process, so private bookkeeping keyed by it (the mutexes a
+    /// thread holds, the leases this process holds) sees every handle of
+    /// one object as one.
+    identity: (u64, u64),
     /// Process-shared mutexes in this mapping that a thread of this process
-    /// holds. A held robust mutex sits on its thread's robust list, which
-    /// glibc and the kernel walk through the mutex's memory: unmapping it
-    /// then would crash this process or hide the holder's death from
-    /// others, so the mapping is leaked instead (a guard that was
-    /// `mem::forget`-ten).
+    /// holds. A held mutex is recorded, by the segment's identity, in its
+    /// thread's private list of held mutexes; a mapping with a held mutex
+    /// (a guard that was `mem::forget`-ten) is leaked rather than unmapped,
+    /// so the memfd, and with it the identity, is never reused by another
+    /// segment while the record stands.
     held_locks: AtomicUsize,
 }
 
@@ -106,16 +116,15 @@ fn seals(fd: &OwnedFd) -> io::Result<libc::c_int> {
     Ok(seals)
 }
 
-fn file_len(fd: &OwnedFd) -> io::Result<u64> {
+fn stat(fd: &OwnedFd) -> io::Result<libc::stat> {
     // SAFETY: fstat writes into the zeroed stat we pass.
-    let st = unsafe {
+    unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         if libc::fstat(fd.as_raw_fd(), &mut st) < 0 {
             return Err(io::Error::last_os_error());
         }
-        st
-    };
-    Ok(st.st_size as u64)
+        Ok(st)
+    }
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -161,18 +170,22 @@ impl Segment {
     ///
     /// If the descriptor is not such a segment, or cannot be mapped.
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Segment> {
-        if file_len(&fd)? != len as u64 {
-            return Err(invalid("a shared segment arrived with the wrong length"));
-        }
+        // Seals first: once F_SEAL_SHRINK | F_SEAL_GROW are on, the size
+        // read next can no longer change.
         let seals = seals(&fd)?;
         if seals & SIZE_SEALS != SIZE_SEALS {
             return Err(invalid("a shared segment arrived without its size seals"));
+        }
+        if u64::try_from(stat(&fd)?.st_size).ok() != Some(len as u64) {
+            return Err(invalid("a shared segment arrived with the wrong length"));
         }
         let writable = seals & libc::F_SEAL_WRITE == 0;
         Segment::map(fd, len, writable)
     }
 
     fn map(fd: OwnedFd, len: usize, writable: bool) -> io::Result<Segment> {
+        let st = stat(&fd)?;
+        let identity = (st.st_dev, st.st_ino);
         let ptr = if len == 0 {
             NonNull::dangling()
         } else {
@@ -205,6 +218,7 @@ impl Segment {
                 len,
                 writable,
                 fd,
+                identity,
                 held_locks: AtomicUsize::new(0),
             }),
         })
@@ -229,6 +243,12 @@ impl Segment {
     /// The `memfd`.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.map.fd.as_fd()
+    }
+
+    /// The memfd's identity in this process (`st_dev`, `st_ino`): equal
+    /// for every mapping of one memfd, whoever sent it.
+    pub(crate) fn identity(&self) -> (u64, u64) {
+        self.map.identity
     }
 
     /// Records that this process now holds a mutex in the segment; the
@@ -459,6 +479,43 @@ pub(crate) mod tests {
         let fd = memfd(c"test").unwrap();
         set_len(&fd, 64).unwrap();
         assert!(Segment::from_fd(fd, 64).is_err());
+    }
+
+    #[test]
+    fn a_memfd_whose_seals_are_not_sealed_is_refused() {
+        let fd = memfd(c"test").unwrap();
+        set_len(&fd, 64).unwrap();
+        add_seals(&fd, libc::F_SEAL_GROW | libc::F_SEAL_SHRINK).unwrap();
+        let err = Segment::from_fd(fd, 64).unwrap_err();
+        assert!(err.to_string().contains("seals"), "{err}");
+    }
+
+    #[test]
+    fn a_memfd_of_another_length_is_refused() {
+        let a = Segment::create(c"test", 4096).unwrap();
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        let err = Segment::from_fd(fd, 8192).unwrap_err();
+        assert!(err.to_string().contains("length"), "{err}");
+    }
+
+    #[test]
+    fn a_segment_can_be_neither_resized_nor_resealed() {
+        let a = Segment::create(c"test", 4096).unwrap();
+        let fd = a.fd().as_raw_fd();
+        // SAFETY: plain system calls on a descriptor this test holds.
+        let (shrink, grow, seal) = unsafe {
+            (
+                libc::ftruncate(fd, 0),
+                libc::ftruncate(fd, 8192),
+                libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_FUTURE_WRITE),
+            )
+        };
+        assert_eq!((shrink, grow, seal), (-1, -1, -1));
+        assert_eq!(a.identity(), round_trip(&a).identity());
+        assert_ne!(
+            a.identity(),
+            Segment::create(c"test", 64).unwrap().identity()
+        );
     }
 
     #[test]

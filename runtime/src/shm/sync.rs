@@ -1,12 +1,13 @@
-//! Process-shared building blocks: [`RawMutex`] (a robust pthread mutex) and
-//! [`RawCondvar`] (a futex), placed at an offset of a [`Segment`].
+//! Process-shared building blocks: [`RawMutex`] (a futex mutex that notices
+//! a dead owner) and [`RawCondvar`] (a futex sequence word), placed at an
+//! offset of a [`Segment`].
 //!
-//! The public `Lock`, `Event`, `Semaphore`, `Barrier` and `Value` are built
-//! on these, and so can any other cross-process structure (a ring buffer in
-//! a segment): create the segment, [`RawMutex::init`] /
-//! [`RawCondvar::init`] the regions in the creating process, send the
-//! segment, and [`RawMutex::open`] / [`RawCondvar::open`] them at the same
-//! offsets on the other side.
+//! The public `Lock` and `Value` are built on these, `Event`, `Semaphore`
+//! and `Barrier` on the condvar's word alone, and so can any other
+//! cross-process structure (a ring buffer in a segment): create the
+//! segment, [`RawMutex::init`] / [`RawCondvar::init`] the regions in the
+//! creating process, send the segment, and [`RawMutex::open`] /
+//! [`RawCondvar::open`] them at the same offsets on the other side.
 //!
 //! # Layout
 //!
@@ -16,36 +17,94 @@
 //! | bytes | content |
 //! |---|---|
 //! | `0..4` | state word: 0 never initialised, 1 initialising, 2 ready |
-//! | `8..48` | `pthread_mutex_t` (`PTHREAD_PROCESS_SHARED`, `PTHREAD_MUTEX_ROBUST`, `PTHREAD_MUTEX_ERRORCHECK`) |
+//! | `8..16` | owner word (`u64`): 0 when free; else the owner's thread id (bits `0..30`), a waiters bit (bit 31), and the owner's pid (bits `32..64`) |
+//!
+//! The low half of the owner word is the futex that waiters sleep on. The
+//! thread id and the pid share one 64-bit word so that one compare-and-swap
+//! sets, clears or takes over both: a waiter never pairs one owner's thread
+//! id with another owner's pid.
 //!
 //! A `RawCondvar` takes [`RawCondvar::SIZE`] (64) bytes at a multiple of 4:
 //! bytes `0..4` are a sequence number used as the futex word; the rest is
 //! padding. A zeroed region is a valid condvar.
 //!
-//! # Why a robust pthread mutex and a futex condvar
+//! # The trust boundary
 //!
-//! Only the kernel can tell that the holder of a lock died: glibc registers
-//! a *robust list* for every thread, and when a thread or process dies the
-//! kernel marks each robust mutex it held, so the next locker gets
-//! `EOWNERDEAD` instead of waiting forever. That machinery belongs to glibc,
-//! so the mutex is a pthread one.
+//! Every process that holds the segment can write every byte of these
+//! regions, and a worker may be corrupted or hostile. So this process never
+//! dereferences a pointer read from the segment, never lets a value read
+//! there decide where it writes, and never lets one decide how long it
+//! waits past a deadline:
+//!
+//! * Locking is a compare-and-swap of the owner word; unlocking is a swap
+//!   to 0 followed, if the old value had the waiters bit, by a wake.
+//! * Deadlines are `Instant`s of this process (`CLOCK_MONOTONIC`); every
+//!   sleep is a relative futex wait bounded by the time left, so
+//!   [`RawMutex::lock_timeout`] and [`RawCondvar::wait_timeout`] return
+//!   within their timeout whatever the shared words say.
+//! * "This thread already holds the mutex" is decided from a private,
+//!   thread-local list of held mutexes (by segment identity and offset),
+//!   never from the owner word, which any process can set to our thread id.
+//!
+//! # Why not a robust pthread mutex
+//!
+//! glibc trusts the memory of a `pthread_mutex_t`, and here every worker
+//! can write it:
+//!
+//! * a robust mutex is linked into its holder's robust list *through the
+//!   mutex's memory*: a worker that rewrites the links while this process
+//!   holds the lock chooses the addresses glibc writes on unlock;
+//! * a robust priority-inheritance kind together with a dead owner trips an
+//!   assertion inside glibc, which aborts;
+//! * an owner thread id that does not exist makes `pthread_mutex_lock`
+//!   wait forever (only the kernel's robust-list walk at the real owner's
+//!   death would mark it), and a garbled kind makes every call fail with
+//!   `EINVAL`.
+//!
+//! # How a dead owner is noticed
+//!
+//! Nothing marks the word when its owner dies (the kernel marks only the
+//! mutexes on the robust list glibc registers for each thread, and that
+//! list runs through the mutexes' memory). Waiters sleep in slices of
+//! at most [`SLICE`] and, when the same owner has held the word for a whole
+//! slice, probe it: `tgkill(pid, tid, 0)` fails with `ESRCH` once that
+//! thread is gone, and a thread-group leader that died and is not yet
+//! reaped shows as a zombie in `/proc/<pid>/stat`. A dead owner, and a word
+//! that names no possible thread (a thread id of 0 or above the 30-bit
+//! range, a pid of 0 or above `i32::MAX`, the reserved bit 30 set), is
+//! taken over with a compare-and-swap and reported as [`OwnerDied`], as is
+//! a word naming this very thread when the private list says it does not
+//! hold the mutex (a forgery). `try_lock`, and a timed lock at its
+//! deadline, probe at once.
+//!
+//! Limits, stated: a pid is recycled by the kernel once its process is
+//! reaped, so a dead owner whose pid and thread id now belong to a new
+//! thread looks alive until that thread ends (timed locks still return on
+//! time). A word forged to name another live thread (of any process, this
+//! one included) cannot be told from a real owner: untimed locks wait for
+//! that thread, as they would for a real holder, and timed ones time out.
+//! The probe needs the owner in this process's pid namespace.
+//!
+//! # The condvar
 //!
 //! The condvar is a bare futex (a sequence number bumped by every notify)
 //! rather than a `pthread_cond_t`: glibc's condvar keeps waiter groups in
 //! the shared memory, and a waiter that dies in the middle leaves them
 //! inconsistent, so a later signal can be swallowed by the dead waiter. With
 //! a futex the kernel keeps the list of waiters and a dead waiter simply is
-//! not on it. Futex timeouts are relative and measured on
-//! `CLOCK_MONOTONIC`, so a change of the wall clock does not affect them.
-//! (`pthread_mutex_timedlock`, used by [`RawMutex::lock_timeout`], takes a
-//! `CLOCK_REALTIME` deadline; it is computed just before the call.)
+//! not on it. Any value of the word is valid; a process that bumps it only
+//! causes spurious wake-ups, which every waiter re-checks against its own
+//! deadline. Used without a mutex, it is an event count:
+//! [`sequence`](RawCondvar::sequence) before checking a condition, then
+//! [`wait_changed`](RawCondvar::wait_changed) from that sequence, and a
+//! notify after every change of the condition cannot be missed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::segment::Segment;
 
@@ -53,26 +112,135 @@ const UNINIT: u32 = 0;
 const INITIALISING: u32 = 1;
 const READY: u32 = 2;
 
-/// Offset of the `pthread_mutex_t` inside a `RawMutex` region.
-const PTHREAD_AT: usize = 8;
+/// Offset of the owner word inside a `RawMutex` region.
+const OWNER_AT: usize = 8;
 
-const _: () = assert!(PTHREAD_AT + std::mem::size_of::<libc::pthread_mutex_t>() <= RawMutex::SIZE);
-const _: () = assert!(std::mem::align_of::<libc::pthread_mutex_t>() <= 8);
+/// Waiters bit of the owner word: someone may sleep on the futex.
+const WAITERS: u64 = 1 << 31;
+/// Thread-id bits of the owner word (the kernel's `FUTEX_TID_MASK`).
+const TID_MASK: u64 = 0x3fff_ffff;
+/// Owner-word bits that no owner sets: the reserved bit 30.
+const RESERVED: u64 = 1 << 30;
 
-/// A robust, process-shared mutex living in a [`Segment`].
+/// Longest sleep of a waiter before it looks at the owner again.
+const SLICE: Duration = Duration::from_millis(10);
+
+thread_local! {
+    /// The owner word of this thread, `pid << 32 | tid` (0: not yet
+    /// computed).
+    static ME: Cell<u64> = const { Cell::new(0) };
+    /// Mutexes this thread holds: (segment identity, offset).
+    static HELD: RefCell<Vec<((u64, u64), usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The owner word of this thread, cached (no system call after the first).
+fn this_thread() -> u64 {
+    ME.with(|me| {
+        if me.get() == 0 {
+            // SAFETY: getpid and gettid have no preconditions.
+            let (pid, tid) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid)) };
+            me.set((u64::from(pid as u32) << 32) | (tid as u64 & TID_MASK));
+            register_fork_handler();
+        }
+        me.get()
+    })
+}
+
+/// After a `fork` (without exec), the child's one thread has a new pid and
+/// thread id and holds none of the parent's mutexes: it forgets the cached
+/// owner word and the held list it inherited.
+fn register_fork_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        let _ = ME.try_with(|me| me.set(0));
+        let _ = HELD.try_with(|held| {
+            if let Ok(mut held) = held.try_borrow_mut() {
+                held.clear();
+            }
+        });
+    }
+    ONCE.call_once(|| {
+        // SAFETY: registers a function with no captured state; it runs in
+        // the child after fork and only touches that thread's
+        // thread-locals.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
+}
+
+/// `true` if thread `tid` of process `pid` exists and has not exited.
+/// `false` for ids that name no possible thread.
+pub(crate) fn thread_alive(pid: u64, tid: u64) -> bool {
+    let (Ok(pid), Ok(tid)) = (libc::pid_t::try_from(pid), libc::pid_t::try_from(tid)) else {
+        return false;
+    };
+    if pid <= 0 || tid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the thread exists in that thread
+    // group; nothing is delivered.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // A thread other than the leader is gone as soon as it exits; a leader
+    // that exited stays, as a zombie, until its whole process is reaped.
+    tid != pid || !task_stat(pid).is_some_and(|(zombie, _)| zombie)
+}
+
+/// `true` if process `pid` exists and has a thread that has not exited.
+/// `false` for values that name no possible process.
+pub(crate) fn process_alive(pid: u64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // A process not yet reaped is a zombie leader with no other thread; a
+    // zombie leader with other threads is a live process whose main thread
+    // exited.
+    !task_stat(pid).is_some_and(|(zombie, threads)| zombie && threads <= 1)
+}
+
+/// From `/proc/<pid>/stat`: whether the task is a zombie (or dead), and
+/// the number of threads of its process. `None` if it cannot be read (no
+/// `/proc`, or the process is gone): callers then go by the signal probe.
+fn task_stat(pid: libc::pid_t) -> Option<(bool, u64)> {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = f.read(&mut buf).ok()?;
+    // `pid (comm) state ppid ...`: the fields follow the last ')' (comm
+    // may itself hold parentheses); the thread count is the 18th of them.
+    let stat = buf.get(..n)?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat
+        .get(close + 1..)?
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty());
+    let zombie = matches!(fields.next()?, [b'Z' | b'X' | b'x']);
+    let threads = std::str::from_utf8(fields.nth(16)?).ok()?.parse().ok()?;
+    Some((zombie, threads))
+}
+
+/// A process-shared mutex living in a [`Segment`], that notices when its
+/// holder dies and trusts nothing it reads from the segment (see the
+/// module docs).
 ///
 /// Locking returns [`OwnerDied`] when the previous holder died while
-/// holding it: the mutex has then already been made consistent again
-/// (`pthread_mutex_consistent`), and the error carries the guard, so the
-/// caller can repair the protected data ([`OwnerDied::into_guard`]) or just
-/// drop the error, which unlocks. Either way later lockers proceed.
+/// holding it, or when the owner word was found naming no live thread (or
+/// forged to name this one): the mutex is then held by the error, which
+/// carries the guard, so the caller can repair the protected data
+/// ([`OwnerDied::into_guard`]) or just drop the error, which unlocks.
+/// Either way later lockers proceed.
 ///
-/// Locking twice from one thread panics instead of deadlocking
-/// (`PTHREAD_MUTEX_ERRORCHECK`).
-///
-/// A mapping in which this process holds a mutex is never unmapped (it is
-/// leaked if a guard is forgotten): the thread's robust list runs through
-/// the mutex's memory.
+/// Locking twice from one thread panics instead of deadlocking; this is
+/// decided from this thread's own record of what it holds.
 #[derive(Clone)]
 pub(crate) struct RawMutex {
     seg: Segment,
@@ -87,15 +255,40 @@ impl fmt::Debug for RawMutex {
     }
 }
 
-fn check_errno(what: &str, rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "{what} failed: {}",
-            io::Error::from_raw_os_error(rc)
-        )))
+/// How long a lock attempt may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Not at all (`try_lock`).
+    No,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    fn timeout(timeout: Duration) -> Wait {
+        // A timeout too far away to represent is no timeout.
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Forever, Wait::Until)
     }
+
+    /// Time left, `None` for no limit; zero once expired.
+    fn left(self) -> Option<Duration> {
+        match self {
+            Wait::No => Some(Duration::ZERO),
+            Wait::Until(d) => Some(d.saturating_duration_since(Instant::now())),
+            Wait::Forever => None,
+        }
+    }
+}
+
+/// `true` if an owner word (without its waiters bit) can name a thread.
+fn well_formed(owner: u64) -> bool {
+    let tid = owner & TID_MASK;
+    let pid = owner >> 32;
+    owner & RESERVED == 0 && tid != 0 && pid != 0 && pid <= i32::MAX as u64
 }
 
 impl RawMutex {
@@ -108,7 +301,7 @@ impl RawMutex {
     ///
     /// # Errors
     ///
-    /// If the region was already initialised, or pthread refuses.
+    /// If the region was already initialised.
     ///
     /// # Panics
     ///
@@ -129,48 +322,15 @@ impl RawMutex {
             seg: seg.clone(),
             offset,
         };
-        // SAFETY: the attribute object is initialised by
-        // pthread_mutexattr_init before use and destroyed after; the mutex
-        // pointer is in bounds and aligned (checked by `state_word`), and no
-        // other process can use the region yet (state is INITIALISING).
-        unsafe {
-            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-            check_errno(
-                "pthread_mutexattr_init",
-                libc::pthread_mutexattr_init(attr.as_mut_ptr()),
-            )?;
-            let attr_ptr = attr.as_mut_ptr();
-            let set = check_errno(
-                "pthread_mutexattr_setpshared",
-                libc::pthread_mutexattr_setpshared(attr_ptr, libc::PTHREAD_PROCESS_SHARED),
-            )
-            .and_then(|()| {
-                check_errno(
-                    "pthread_mutexattr_setrobust",
-                    libc::pthread_mutexattr_setrobust(attr_ptr, libc::PTHREAD_MUTEX_ROBUST),
-                )
-            })
-            .and_then(|()| {
-                check_errno(
-                    "pthread_mutexattr_settype",
-                    libc::pthread_mutexattr_settype(attr_ptr, libc::PTHREAD_MUTEX_ERRORCHECK),
-                )
-            })
-            .and_then(|()| {
-                check_errno(
-                    "pthread_mutex_init",
-                    libc::pthread_mutex_init(m.raw(), attr_ptr),
-                )
-            });
-            libc::pthread_mutexattr_destroy(attr_ptr);
-            set?;
-        }
+        m.word().store(0, Ordering::Relaxed);
         state.store(READY, Ordering::Release);
         Ok(m)
     }
 
     /// A handle to the mutex that [`init`](RawMutex::init) placed at
-    /// `offset` of `seg` (in this or another process).
+    /// `offset` of `seg` (in this or another process). The state word is
+    /// checked here only; a process that scribbles it later changes
+    /// nothing.
     ///
     /// # Errors
     ///
@@ -207,16 +367,17 @@ impl RawMutex {
         seg.atomic_u32(offset)
     }
 
-    fn raw(&self) -> *mut libc::pthread_mutex_t {
-        // SAFETY: `open`/`init` checked that the region is in bounds and
-        // 8-aligned (the mapping is page-aligned), and PTHREAD_AT + the
-        // mutex fits in SIZE (const assertion above).
-        unsafe {
-            self.seg
-                .as_ptr()
-                .add(self.offset + PTHREAD_AT)
-                .cast::<libc::pthread_mutex_t>()
-        }
+    /// The owner word.
+    fn word(&self) -> &AtomicU64 {
+        self.seg.atomic_u64(self.offset + OWNER_AT)
+    }
+
+    /// The futex half of the owner word (thread id and waiters bit).
+    fn futex(&self) -> *const u32 {
+        let half = if cfg!(target_endian = "little") { 0 } else { 4 };
+        // SAFETY: the owner word is 8 bytes inside the segment (checked in
+        // `init`/`open`), so its half at `half` is too.
+        unsafe { self.word().as_ptr().cast::<u8>().add(half).cast::<u32>() }
     }
 
     /// The segment the mutex lives in.
@@ -224,75 +385,164 @@ impl RawMutex {
         &self.seg
     }
 
-    /// Turns a pthread return code into a guard, `None` (busy / timed
-    /// out), or owner-died.
-    fn outcome(&self, rc: libc::c_int, op: &str) -> Result<Option<RawGuard<'_>>, OwnerDied<'_>> {
-        match rc {
-            0 => Ok(Some(RawGuard::new(self, false))),
-            libc::EBUSY | libc::ETIMEDOUT => Ok(None),
-            libc::EOWNERDEAD => {
-                self.make_consistent();
-                Err(OwnerDied {
-                    guard: RawGuard::new(self, true),
-                })
-            }
-            libc::EDEADLK => panic!("a multiproc lock was locked twice by the same thread"),
-            _ => panic!(
-                "{op} on a process-shared mutex failed: {}",
-                io::Error::from_raw_os_error(rc)
-            ),
+    fn key(&self) -> ((u64, u64), usize) {
+        (self.seg.identity(), self.offset)
+    }
+
+    /// `true` if this thread holds the mutex, by its own record.
+    fn held_here(&self) -> bool {
+        let key = self.key();
+        HELD.with(|h| h.borrow().contains(&key))
+    }
+
+    /// Records that this thread now holds the mutex.
+    fn acquired(&self, recovered: bool) -> RawGuard<'_> {
+        HELD.with(|h| h.borrow_mut().push(self.key()));
+        self.seg.locked();
+        RawGuard {
+            mutex: self,
+            recovered: Cell::new(recovered),
+            held: Cell::new(true),
+            _not_send: PhantomData,
         }
     }
 
-    fn make_consistent(&self) {
-        // SAFETY: we hold the mutex (EOWNERDEAD hands it over) and it is an
-        // initialised robust mutex.
-        let rc = unsafe { libc::pthread_mutex_consistent(self.raw()) };
-        assert_eq!(rc, 0, "pthread_mutex_consistent failed");
+    /// Releases the mutex this thread holds: drops it from the record,
+    /// clears the owner word and wakes a waiter if the word said there was
+    /// one. Whatever another process wrote into the word meanwhile is
+    /// overwritten, never followed.
+    fn release(&self) {
+        let key = self.key();
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(i) = h.iter().rposition(|k| *k == key) {
+                h.swap_remove(i);
+            }
+        });
+        let old = self.word().swap(0, Ordering::Release);
+        if old & WAITERS != 0 {
+            futex_wake(self.futex(), 1);
+        }
+        self.seg.unlocked();
     }
 
-    /// `pthread_mutex_lock`, retried on `EINTR`/`EAGAIN`.
-    fn raw_lock(&self) -> libc::c_int {
+    /// Takes the mutex, waiting as `wait` allows. `Ok(None)`: busy, or
+    /// timed out.
+    fn acquire(&self, wait: Wait) -> Result<Option<RawGuard<'_>>, OwnerDied<'_>> {
+        if self.held_here() {
+            match wait {
+                Wait::No => return Ok(None),
+                _ => panic!("a multiproc lock was locked twice by the same thread"),
+            }
+        }
+        let me = this_thread();
+        let word = self.word();
+        if word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Ok(Some(self.acquired(false)));
+        }
+        self.acquire_slow(me, wait)
+    }
+
+    fn acquire_slow(&self, me: u64, wait: Wait) -> Result<Option<RawGuard<'_>>, OwnerDied<'_>> {
+        let word = self.word();
+        // Once this thread has slept, other waiters may sleep too: it takes
+        // the word with the waiters bit set, so its unlock wakes them.
+        let mut slept = false;
+        // The owner being watched, and since when without a probe.
+        let mut watching: Option<(u64, Instant)> = None;
         loop {
-            // SAFETY: an initialised process-shared mutex in a live mapping.
-            let rc = unsafe { libc::pthread_mutex_lock(self.raw()) };
-            if rc != libc::EINTR && rc != libc::EAGAIN {
-                return rc;
+            let cur = word.load(Ordering::Relaxed);
+            let owner = cur & !WAITERS;
+            if owner == 0 {
+                let new = if slept { me | WAITERS } else { me };
+                if word
+                    .compare_exchange(cur, new, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Ok(Some(self.acquired(false)));
+                }
+                continue;
             }
+            let left = wait.left();
+            let expired = left == Some(Duration::ZERO);
+            let dead = if !well_formed(owner) || owner == me {
+                // Names no possible thread, or names this one, which by its
+                // own record does not hold the mutex: a forgery.
+                true
+            } else {
+                let now = Instant::now();
+                let due = match watching {
+                    Some((o, since)) if o == owner => now.duration_since(since) >= SLICE,
+                    _ => {
+                        watching = Some((owner, now));
+                        false
+                    }
+                };
+                if due || expired {
+                    watching = Some((owner, now));
+                    !thread_alive(owner >> 32, owner & TID_MASK)
+                } else {
+                    false
+                }
+            };
+            if dead {
+                if word
+                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Err(OwnerDied {
+                        guard: self.acquired(true),
+                    });
+                }
+                continue;
+            }
+            if expired {
+                return Ok(None);
+            }
+            if cur & WAITERS == 0
+                && word
+                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let nap = left.map_or(SLICE, |l| l.min(SLICE));
+            futex_wait(self.futex(), (cur | WAITERS) as u32, Some(nap));
+            slept = true;
         }
     }
 
-    /// Locks, blocking until the mutex is free.
+    /// Locks, blocking until the mutex is free (or its owner is found
+    /// dead).
     ///
     /// # Errors
     ///
     /// [`OwnerDied`] (holding the lock) if the previous holder died while
-    /// holding it.
+    /// holding it, or the owner word named no live thread.
     ///
     /// # Panics
     ///
     /// If this thread already holds the mutex.
     pub(crate) fn lock(&self) -> Result<RawGuard<'_>, OwnerDied<'_>> {
-        self.outcome(self.raw_lock(), "pthread_mutex_lock")
+        self.acquire(Wait::Forever)
             .map(|g| g.expect("a blocking lock returns a guard"))
     }
 
-    /// Locks if the mutex is free, else returns `Ok(None)` at once.
+    /// Locks if the mutex is free (or its owner is dead), else returns
+    /// `Ok(None)` at once; also `Ok(None)` if this thread holds it.
     ///
     /// # Errors
     ///
     /// As [`lock`](RawMutex::lock).
     pub(crate) fn try_lock(&self) -> Result<Option<RawGuard<'_>>, OwnerDied<'_>> {
-        // SAFETY: an initialised process-shared mutex in a live mapping.
-        let rc = unsafe { libc::pthread_mutex_trylock(self.raw()) };
-        if rc == libc::EDEADLK {
-            // Held by this very thread: busy, as far as a try is concerned.
-            return Ok(None);
-        }
-        self.outcome(rc, "pthread_mutex_trylock")
+        self.acquire(Wait::No)
     }
 
-    /// Locks, waiting at most `timeout`; `Ok(None)` if it expired.
+    /// Locks, waiting at most `timeout`; `Ok(None)` if it expired. Returns
+    /// within `timeout` (plus scheduling) whatever the owner word says.
     ///
     /// # Errors
     ///
@@ -305,91 +555,97 @@ impl RawMutex {
         &self,
         timeout: Duration,
     ) -> Result<Option<RawGuard<'_>>, OwnerDied<'_>> {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-        let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
-        let secs = (now.tv_sec as u64)
-            .saturating_add(timeout.as_secs())
-            .saturating_add(nanos / 1_000_000_000);
-        let deadline = libc::timespec {
-            tv_sec: libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX),
-            tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
-        };
-        loop {
-            // SAFETY: an initialised process-shared mutex in a live mapping;
-            // the deadline is a valid timespec.
-            let rc = unsafe { libc::pthread_mutex_timedlock(self.raw(), &deadline) };
-            if rc == libc::EINTR || rc == libc::EAGAIN {
-                continue;
+        self.acquire(Wait::timeout(timeout))
+    }
+
+    /// Locks, waiting until `deadline` at most (one attempt if it has
+    /// passed); `Ok(None)` if it expired.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](RawMutex::lock).
+    ///
+    /// # Panics
+    ///
+    /// As [`lock`](RawMutex::lock).
+    pub(crate) fn lock_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<Option<RawGuard<'_>>, OwnerDied<'_>> {
+        self.acquire(Wait::Until(deadline))
+    }
+
+    /// Retakes the mutex for `guard` after a condvar wait, waiting as
+    /// `wait` allows. Returns `false` if the wait expired first: the guard
+    /// then no longer holds the mutex.
+    fn relock(&self, guard: &RawGuard<'_>, wait: Wait) -> bool {
+        let taken = match self.acquire(wait) {
+            Ok(Some(g)) => Some(g),
+            Ok(None) => None,
+            Err(died) => {
+                guard.recovered.set(true);
+                Some(died.guard)
             }
-            return self.outcome(rc, "pthread_mutex_timedlock");
-        }
-    }
-
-    /// Unlocks after a `RawCondvar` wait (or for good, from the guard).
-    fn unlock(&self) {
-        // SAFETY: called only by a guard of this mutex, which this thread
-        // holds.
-        let rc = unsafe { libc::pthread_mutex_unlock(self.raw()) };
-        debug_assert_eq!(rc, 0, "pthread_mutex_unlock failed");
-    }
-
-    /// Locks again after a `RawCondvar` wait; returns whether the owner had
-    /// died (the mutex is consistent again either way).
-    fn relock(&self) -> bool {
-        match self.raw_lock() {
-            0 => false,
-            libc::EOWNERDEAD => {
-                self.make_consistent();
+        };
+        match taken {
+            Some(g) => {
+                // `guard` holds it from now on; `g` only recorded it.
+                g.held.set(false);
+                guard.held.set(true);
                 true
             }
-            rc => panic!(
-                "pthread_mutex_lock on a process-shared mutex failed: {}",
-                io::Error::from_raw_os_error(rc)
-            ),
+            None => false,
         }
     }
 }
 
-/// Holds a [`RawMutex`]; unlocks on drop. Not `Send`: a pthread mutex must
-/// be unlocked by the thread that locked it.
+/// Holds a [`RawMutex`]; unlocks on drop. Not `Send`: the thread that
+/// locked keeps the record of holding it.
 pub(crate) struct RawGuard<'a> {
     mutex: &'a RawMutex,
     recovered: Cell<bool>,
+    /// `false` once a timed [`RawCondvar::wait_timeout`] could not retake
+    /// the mutex before its deadline.
+    held: Cell<bool>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl<'a> RawGuard<'a> {
-    fn new(mutex: &'a RawMutex, recovered: bool) -> RawGuard<'a> {
-        mutex.seg.locked();
-        RawGuard {
-            mutex,
-            recovered: Cell::new(recovered),
-            _not_send: PhantomData,
-        }
-    }
-
     /// The locked mutex.
     pub(crate) fn mutex(&self) -> &'a RawMutex {
         self.mutex
     }
 
-    /// `true` if a previous holder died while holding the mutex, either
-    /// before this guard took it or while this guard waited on a
-    /// [`RawCondvar`]. The protected data may be half-updated.
+    /// `true` if a previous holder died while holding the mutex (or the
+    /// owner word named no live thread), either before this guard took it
+    /// or while this guard waited on a [`RawCondvar`]. The protected data
+    /// may be half-updated.
     pub(crate) fn recovered(&self) -> bool {
         self.recovered.get()
+    }
+
+    /// `true` while the guard holds the mutex: always, except after a
+    /// [`RawCondvar::wait_timeout`] that returned `false` because the
+    /// mutex was still held by another thread at the deadline. A guard
+    /// that does not hold the mutex must not touch what it protects;
+    /// dropping it does nothing.
+    pub(crate) fn held(&self) -> bool {
+        self.held.get()
+    }
+
+    /// Unlocks for a condvar wait; the guard no longer holds the mutex.
+    fn unlock_for_wait(&self) {
+        if self.held.replace(false) {
+            self.mutex.release();
+        }
     }
 }
 
 impl Drop for RawGuard<'_> {
     fn drop(&mut self) {
-        self.mutex.unlock();
-        self.mutex.seg.unlocked();
+        if self.held.get() {
+            self.mutex.release();
+        }
     }
 }
 
@@ -397,20 +653,21 @@ impl fmt::Debug for RawGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawGuard")
             .field("mutex", self.mutex)
+            .field("held", &self.held.get())
             .finish()
     }
 }
 
-/// The previous holder of a [`RawMutex`] died while holding it. The mutex
-/// is consistent again and held by this value: take the guard with
-/// [`into_guard`](OwnerDied::into_guard) to repair the data, or drop this
-/// to unlock.
+/// The previous holder of a [`RawMutex`] died while holding it (or the
+/// owner word named no live thread). The mutex is held by this value: take
+/// the guard with [`into_guard`](OwnerDied::into_guard) to repair the data,
+/// or drop this to unlock.
 pub(crate) struct OwnerDied<'a> {
     guard: RawGuard<'a>,
 }
 
 impl<'a> OwnerDied<'a> {
-    /// The guard of the (now consistent) mutex.
+    /// The guard of the (now held) mutex.
     pub(crate) fn into_guard(self) -> RawGuard<'a> {
         self.guard
     }
@@ -489,46 +746,77 @@ impl RawCondvar {
     }
 
     /// Unlocks the guard's mutex, sleeps until notified (or spuriously),
-    /// and locks it again before returning.
+    /// and locks it again before returning (waiting for it as
+    /// [`RawMutex::lock`] does).
     ///
-    /// If the mutex's holder died meanwhile, the mutex is made consistent
-    /// and [`RawGuard::recovered`] turns `true`.
+    /// If the mutex's holder died meanwhile, [`RawGuard::recovered`] turns
+    /// `true`.
     pub(crate) fn wait(&self, guard: &RawGuard<'_>) {
-        self.wait_inner(guard, None);
-    }
-
-    /// As [`wait`](RawCondvar::wait), for at most `timeout`. Returns `false`
-    /// if the time ran out, `true` if woken (or spuriously woken) before.
-    pub(crate) fn wait_timeout(&self, guard: &RawGuard<'_>, timeout: Duration) -> bool {
-        self.wait_inner(guard, Some(timeout))
-    }
-
-    fn wait_inner(&self, guard: &RawGuard<'_>, timeout: Option<Duration>) -> bool {
         let seq = self.word().load(Ordering::Acquire);
-        guard.mutex.unlock();
-        let woken = futex_wait(self.word(), seq, timeout);
-        if guard.mutex.relock() {
-            guard.recovered.set(true);
+        guard.unlock_for_wait();
+        futex_wait(self.word().as_ptr(), seq, None);
+        guard.mutex.relock(guard, Wait::Forever);
+    }
+
+    /// As [`wait`](RawCondvar::wait), for at most `timeout` in all: the
+    /// sleep and the relock together. Returns `true` if woken (or
+    /// spuriously woken) and relocked before the deadline, `false` if the
+    /// time ran out. The mutex is then retaken if it is free (one attempt);
+    /// if another thread still holds it, the guard no longer holds it
+    /// ([`RawGuard::held`] is `false`) and the caller must give up as on
+    /// any timeout, without touching the protected data.
+    pub(crate) fn wait_timeout(&self, guard: &RawGuard<'_>, timeout: Duration) -> bool {
+        let wait = Wait::timeout(timeout);
+        let seq = self.word().load(Ordering::Acquire);
+        guard.unlock_for_wait();
+        if futex_wait(self.word().as_ptr(), seq, wait.left()) {
+            guard.mutex.relock(guard, wait)
+        } else {
+            guard.mutex.relock(guard, Wait::No);
+            false
         }
-        woken
+    }
+
+    /// The sequence number, for [`wait_changed`](RawCondvar::wait_changed):
+    /// read it before checking the condition.
+    pub(crate) fn sequence(&self) -> u32 {
+        self.word().load(Ordering::Acquire)
+    }
+
+    /// Sleeps (without any mutex) while the sequence number is still
+    /// `seen`, at most until `deadline` (`None`: no limit). Returns `false`
+    /// if the deadline has passed, `true` otherwise (a notify since `seen`
+    /// was read, or a spurious wake-up): re-check the condition.
+    pub(crate) fn wait_changed(&self, seen: u32, deadline: Option<Instant>) -> bool {
+        let left = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                Some(left)
+            }
+        };
+        futex_wait(self.word().as_ptr(), seen, left) || deadline.is_none_or(|d| Instant::now() < d)
     }
 
     /// Wakes one waiter, if any.
     pub(crate) fn notify_one(&self) {
         self.word().fetch_add(1, Ordering::Release);
-        futex_wake(self.word(), 1);
+        futex_wake(self.word().as_ptr(), 1);
     }
 
     /// Wakes every waiter.
     pub(crate) fn notify_all(&self) {
         self.word().fetch_add(1, Ordering::Release);
-        futex_wake(self.word(), i32::MAX);
+        futex_wake(self.word().as_ptr(), i32::MAX);
     }
 }
 
-/// Sleeps while `*word == expected`, at most `timeout` (monotonic).
+/// Sleeps while `*word == expected`, at most `timeout` (monotonic, relative).
 /// Returns `false` only if the timeout expired.
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
+fn futex_wait(word: *const u32, expected: u32, timeout: Option<Duration>) -> bool {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
@@ -538,11 +826,12 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> boo
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: FUTEX_WAIT (shared, not FUTEX_PRIVATE_FLAG: the word lives in
     // a MAP_SHARED mapping used by several processes) on a live, aligned
-    // u32; the timeout pointer is null or points to a valid timespec.
+    // u32 of a segment; the kernel only reads it. The timeout pointer is
+    // null or points to a valid timespec.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAIT,
             expected,
             ts_ptr,
@@ -553,11 +842,11 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> boo
     !(rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT))
 }
 
-fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: FUTEX_WAKE on a live, aligned u32 (shared futex, see
-    // `futex_wait`).
+fn futex_wake(word: *const u32, n: i32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32 of a segment (shared futex,
+    // see `futex_wait`); the kernel does not touch the word.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
+        libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, n);
     }
 }
 
@@ -565,13 +854,39 @@ fn futex_wake(word: &AtomicU32, n: i32) {
 mod tests {
     use super::*;
     use crate::shm::segment::tests::round_trip;
-    use std::time::Instant;
+    use proptest::prelude::*;
+
+    /// Slack allowed over a timeout: scheduling on a loaded machine.
+    const MARGIN: Duration = Duration::from_millis(250);
 
     fn pair() -> (RawMutex, RawCondvar, Segment) {
         let seg = Segment::create(c"test", 4096).unwrap();
         let m = RawMutex::init(&seg, 0).unwrap();
         let c = RawCondvar::init(&seg, 64);
         (m, c, seg)
+    }
+
+    fn owner(pid: u32, tid: u32) -> u64 {
+        (u64::from(pid) << 32) | u64::from(tid)
+    }
+
+    /// Runs `f`, asserting that it returned within `limit` plus `MARGIN`.
+    fn within<R>(limit: Duration, f: impl FnOnce() -> R) -> R {
+        let started = Instant::now();
+        let r = f();
+        let took = started.elapsed();
+        assert!(took <= limit + MARGIN, "took {took:?}, limit {limit:?}");
+        r
+    }
+
+    /// What a lock attempt said: 0 busy or timed out, 1 locked, 2 owner
+    /// died.
+    fn outcome(r: Result<Option<RawGuard<'_>>, OwnerDied<'_>>) -> u8 {
+        match r {
+            Ok(None) => 0,
+            Ok(Some(_)) => 1,
+            Err(_) => 2,
+        }
     }
 
     #[test]
@@ -622,6 +937,7 @@ mod tests {
         let t = Instant::now();
         assert!(!c.wait_timeout(&g, Duration::from_millis(50)));
         assert!(t.elapsed() >= Duration::from_millis(50));
+        assert!(g.held());
         let m2 = m.clone();
         let timed_out = std::thread::spawn(move || {
             m2.lock_timeout(Duration::from_millis(30))
@@ -662,5 +978,228 @@ mod tests {
         let (m, _c, _seg) = pair();
         let _a = m.lock().unwrap();
         let _b = m.lock();
+    }
+
+    #[test]
+    fn many_threads_exclude_each_other() {
+        let (m, _c, seg) = pair();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (m, seg) = (m.clone(), seg.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        let _g = m.lock().unwrap();
+                        let v = seg.atomic_u64(256).load(Ordering::Relaxed);
+                        seg.atomic_u64(256).store(v + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(seg.atomic_u64(256).load(Ordering::Relaxed), 8000);
+        assert_eq!(m.word().load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn words_naming_no_thread_are_taken_over_at_once() {
+        let (m, _c, _seg) = pair();
+        let ghost = (1u32 << 22) + 1000;
+        for word in [
+            u64::MAX,
+            owner(ghost, ghost),
+            owner(0, 5),
+            owner(5, 0),
+            owner(1, 1) | RESERVED,
+            owner(u32::MAX, 1),
+            WAITERS | owner(ghost, ghost),
+        ] {
+            m.word().store(word, Ordering::Relaxed);
+            let died = within(Duration::ZERO, || m.try_lock()).unwrap_err();
+            assert!(died.into_guard().recovered(), "{word:#x}");
+            assert_eq!(m.word().load(Ordering::Relaxed), 0, "{word:#x}");
+        }
+        // A free word with stray waiters bit is just free.
+        m.word().store(WAITERS, Ordering::Relaxed);
+        assert!(!m.lock().unwrap().recovered());
+    }
+
+    #[test]
+    fn a_word_forged_to_name_this_thread_is_taken_over_not_a_panic() {
+        let (m, _c, _seg) = pair();
+        m.word().store(this_thread(), Ordering::Relaxed);
+        assert!(within(Duration::ZERO, || m.lock()).is_err());
+        m.word().store(this_thread() | WAITERS, Ordering::Relaxed);
+        let r = within(Duration::ZERO, || m.lock_timeout(Duration::from_secs(5)));
+        assert!(r.is_err());
+        drop(r);
+        m.word().store(this_thread(), Ordering::Relaxed);
+        assert!(m.try_lock().is_err());
+        assert!(m.try_lock().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_live_foreign_owner_is_waited_for_only_until_the_deadline() {
+        let (m, _c, _seg) = pair();
+        m.word().store(owner(1, 1), Ordering::Relaxed);
+        let limit = Duration::from_millis(60);
+        assert_eq!(within(limit, || outcome(m.lock_timeout(limit))), 0);
+        assert_eq!(within(Duration::ZERO, || outcome(m.try_lock())), 0);
+        let past = Instant::now();
+        assert_eq!(within(Duration::ZERO, || outcome(m.lock_until(past))), 0);
+        // The waiter left its waiters bit; the word still names pid 1.
+        assert_eq!(m.word().load(Ordering::Relaxed) & !WAITERS, owner(1, 1));
+    }
+
+    #[test]
+    fn a_zombie_owner_is_dead() {
+        let (m, _c, _seg) = pair();
+        // SAFETY: the child only calls _exit, which is async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(child > 0);
+        // Not reaped yet: a zombie until waitpid below.
+        std::thread::sleep(Duration::from_millis(50));
+        let pid = child as u32;
+        assert_eq!(task_stat(child), Some((true, 1)));
+        assert!(!process_alive(u64::from(pid)));
+        m.word().store(owner(pid, pid), Ordering::Relaxed);
+        let r = within(Duration::from_secs(1), || {
+            outcome(m.lock_timeout(Duration::from_secs(1)))
+        });
+        assert_eq!(r, 2);
+        // SAFETY: reaps the child forked above.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        assert!(process_alive(u64::from(std::process::id())));
+        let me = std::process::id() as libc::pid_t;
+        assert!(matches!(task_stat(me), Some((false, n)) if n >= 1));
+        assert!(!process_alive(0));
+        assert!(!process_alive(u64::MAX));
+    }
+
+    #[test]
+    fn scribbling_the_word_while_held_does_not_disturb_the_unlock() {
+        let (m, _c, seg) = pair();
+        let g = m.lock().unwrap();
+        for at in (0..RawMutex::SIZE).step_by(8) {
+            seg.atomic_u64(at)
+                .store(0x0000_7fff_dead_0000, Ordering::Relaxed);
+        }
+        drop(g);
+        assert_eq!(m.word().load(Ordering::Relaxed), 0);
+        assert!(!m.lock().unwrap().recovered());
+    }
+
+    #[test]
+    fn a_timed_condvar_wait_gives_up_the_lock_rather_than_overrun() {
+        let (m, c, seg) = pair();
+        let g = m.lock().unwrap();
+        // Once the waiter has unlocked, another "process" takes the word
+        // for a live owner that never lets go, and notifies.
+        let (m2, c2) = (m.clone(), c.clone());
+        let thief = std::thread::spawn(move || {
+            while m2
+                .word()
+                .compare_exchange(0, owner(1, 1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                std::thread::yield_now();
+            }
+            c2.notify_all();
+        });
+        let limit = Duration::from_millis(80);
+        let woken = within(limit, || c.wait_timeout(&g, limit));
+        thief.join().unwrap();
+        assert!(!woken);
+        assert!(!g.held());
+        drop(g);
+        // The inert guard did not clear the other owner's word.
+        assert_eq!(m.word().load(Ordering::Relaxed) & !WAITERS, owner(1, 1));
+        seg.atomic_u64(OWNER_AT).store(0, Ordering::Relaxed);
+        let g = m.lock().unwrap();
+        // A second wait on a guard works as usual.
+        assert!(!c.wait_timeout(&g, Duration::from_millis(1)));
+        assert!(g.held());
+    }
+
+    #[test]
+    fn a_storm_of_notifies_does_not_stretch_timed_waits() {
+        let (m, c, _seg) = pair();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let storm = {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    c.notify_all();
+                }
+            })
+        };
+        let limit = Duration::from_millis(50);
+        let deadline = Instant::now() + limit;
+        within(
+            limit,
+            || while c.wait_changed(c.sequence(), Some(deadline)) {},
+        );
+        let g = m.lock().unwrap();
+        let deadline = Instant::now() + limit;
+        within(limit, || {
+            while Instant::now() < deadline {
+                c.wait_timeout(&g, deadline.saturating_duration_since(Instant::now()));
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        storm.join().unwrap();
+    }
+
+    /// Owner words to try: special ones and random ones.
+    fn owner_words() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0),
+            Just(u64::MAX),
+            Just(owner(1, 1)),
+            Just(owner(1, 1) | WAITERS),
+            Just(owner(std::process::id(), std::process::id())),
+            Just(owner((1 << 22) + 7, (1 << 22) + 7)),
+            Just(owner(0, 42)),
+            any::<u64>(),
+            (1u32..1 << 22, 1u32..1 << 22).prop_map(|(p, t)| owner(p, t)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever bytes cover a mutex and its condvar, every operation
+        /// returns, within its time, without panicking, and a zeroed word
+        /// works again.
+        #[test]
+        fn any_bytes_over_a_mutex_and_condvar(
+            region in proptest::collection::vec(any::<u8>(), 128),
+            word in owner_words(),
+            this_thread_owns in any::<bool>(),
+        ) {
+            let (m, c, seg) = pair();
+            seg.copy_in(0, &region);
+            let word = if this_thread_owns { this_thread() } else { word };
+            seg.atomic_u64(OWNER_AT).store(word, Ordering::Relaxed);
+            let limit = Duration::from_millis(5);
+            let got = within(limit, || m.lock_timeout(limit));
+            if let Some(g) = match got {
+                Ok(g) => g,
+                Err(died) => Some(died.into_guard()),
+            } {
+                // Scribbled again while held, then a timed wait.
+                seg.copy_in(0, &region);
+                within(limit, || c.wait_timeout(&g, limit));
+                drop(g);
+            }
+            within(Duration::ZERO, || drop(m.try_lock()));
+            seg.atomic_u64(OWNER_AT).store(0, Ordering::Relaxed);
+            prop_assert!(m.lock().is_ok());
+        }
     }
 }
