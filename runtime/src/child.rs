@@ -1,6 +1,6 @@
 //! The guard that `#[entry]` installs, and the serve loop a child runs.
 //!
-//! A child is this same executable, started by [`crate::spawn`] with the
+//! A child is this same executable, started by [`crate::conn::spawn`] with the
 //! environment variable [`MARKER`] set to `"<protocol>:<fd>"`, where `fd` is
 //! its end of a socket pair inherited from the parent. `#[entry]` calls
 //! [`entry`] as the first statement of `main`: in a child it removes the

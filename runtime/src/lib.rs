@@ -13,6 +13,7 @@ compile_error!(
 
 mod child;
 mod codec;
+mod conn;
 mod error;
 mod exec;
 mod fdpass;
@@ -27,7 +28,6 @@ mod proto;
 mod queue;
 mod registry;
 mod shm;
-mod spawn;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};

@@ -10,17 +10,19 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::codec;
+use crate::conn::decode::decode_single;
+use crate::conn::outcome::{Failure, Outcome, Reply};
+use crate::conn::reap::reap;
+use crate::conn::runner::Runner;
+use crate::conn::slot::TaskSlot;
+use crate::conn::spawn;
+use crate::conn::{encode_run, send_run};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::decode::decode_single;
-use crate::pool::driver::{breach_failure, encode_run, reap, send_run};
-use crate::pool::outcome::{Failure, Outcome, Reply};
-use crate::pool::runner::Runner;
-use crate::pool::task::TaskSlot;
 use crate::proto;
 use crate::proto::reply;
 use crate::shm::Progress;
 use crate::worker::Worker;
-use crate::{child, registry, spawn};
+use crate::{child, registry};
 
 /// A `#[worker]` call running in a process of its own: Python's
 /// `multiprocessing.Process`, shaped like [`std::thread::JoinHandle`].
@@ -236,7 +238,7 @@ fn supervise(
             runner.kill_if_running(None);
             runner.set_pid(None);
             reap(&mut spawned.child);
-            fill(Outcome::Failed(breach_failure(pid, &breach)));
+            fill(Outcome::Failed(Failure::breach(pid, &breach)));
         }
         Err(_) => {
             runner.set_pid(None);

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 
-use super::decode::{copy_results, decode_results};
-use super::outcome::{Outcome, Reply};
+use crate::conn::decode::{copy_results, decode_results};
+use crate::conn::outcome::{Outcome, Reply};
 
 /// What a driver calls with each reply of a batch whose results go
 /// straight into a `map`'s output.

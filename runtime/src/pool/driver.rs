@@ -9,25 +9,25 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::PoolShared;
+use super::deliver::{Delivery, deliver_done};
 use super::job::{Job, Next, Sink};
-use super::outcome::{Failure, Outcome, ReplyBytes};
-use super::runner::Runner;
 use crate::codec;
-use crate::error::{Error, ErrorKind, ExitReason, Result};
+use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
+use crate::conn::reap::{reap, wait_exit};
+use crate::conn::runner::Runner;
+use crate::conn::spawn::{self, Spawned};
+use crate::conn::{Conn, encode_run, ring_offset, run_head, send_run};
+use crate::error::{Error, ErrorKind, Result};
 use crate::proto;
 use crate::proto::BatchFailure;
 use crate::proto::reply;
 use crate::shm::Progress;
-use crate::shm::arena::{ARENA_FROM, Arena, Lease};
-use crate::spawn::{self, Spawned};
+use crate::shm::arena::{ARENA_FROM, Lease};
 
 /// Batches sent to one child before its first answer (as many as it has
 /// reply arenas, so that each can be answered through one).
@@ -87,122 +87,6 @@ const RING_BATCHES: usize = 3;
 /// Largest request arena made for waiting batches (one batch may need a
 /// larger one).
 const RING_MOST: usize = 32 << 20;
-
-/// Where `len` bytes fit in a request arena of `capacity` bytes after the
-/// payloads of the batches in flight (their regions, oldest first): a
-/// ring, since the child answers them in the order they were sent and is
-/// done with a payload once answered.
-fn ring_offset(
-    mut regions: impl DoubleEndedIterator<Item = (usize, usize)>,
-    capacity: usize,
-    len: usize,
-) -> Option<usize> {
-    let Some((oldest, oldest_end)) = regions.next() else {
-        return (len <= capacity).then_some(0);
-    };
-    let newest_end = regions.next_back().map_or(oldest_end, |(_, end)| end);
-    if newest_end > oldest {
-        // Not wrapped: room after the newest, or else before the oldest.
-        if newest_end + len <= capacity {
-            Some(newest_end)
-        } else {
-            (len <= oldest).then_some(0)
-        }
-    } else {
-        // Wrapped: the room is between the newest and the oldest.
-        (newest_end + len <= oldest).then_some(newest_end)
-    }
-}
-
-struct Worker {
-    child: Child,
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-    pid: u32,
-    /// Items finished by this process.
-    done: u64,
-    /// How long the child took for its last batch.
-    last_batch_ns: u64,
-    /// Time per item of the last batch, and the function it ran.
-    last_item: Option<(&'static str, u64)>,
-    /// Over its memory limit: finish what is in flight, then retire.
-    retiring: bool,
-    /// The shared buffers for large frames, once one is needed.
-    arenas: Option<Arenas>,
-    /// Largest reply body each reply arena should hold.
-    reply_wanted: usize,
-}
-
-/// The request and reply arenas of one worker process (see
-/// [`crate::shm::arena`]).
-struct Arenas {
-    request: Arena,
-    /// [`proto::REPLY_ARENAS`] of them, which the child uses in turn: it
-    /// can write its next replies while the last one is still being read
-    /// (with one, those went through the socket instead, a few wake-ups
-    /// per 200 KiB). Shared with the leases of replies decoded in place.
-    reply: [Arc<Arena>; proto::REPLY_ARENAS],
-}
-
-impl Worker {
-    /// Drops the arenas, and tells the child to drop its mappings: their
-    /// memory is freed (see [`ARENAS_KEPT_IDLE`]).
-    ///
-    /// # Errors
-    ///
-    /// If the child cannot be written to (it is gone).
-    fn release_arenas(&mut self) -> std::io::Result<()> {
-        self.arenas = None;
-        self.reply_wanted = 0;
-        let mut buf = Vec::new();
-        proto::arenas_frame(&mut buf, 0, 0)?;
-        self.writer.write_all(&buf)
-    }
-
-    /// Makes sure the arenas hold a request of `request` bytes and a reply
-    /// of [`Worker::reply_wanted`], making bigger ones and sending them to
-    /// the child if not. Only while no batch is in flight (the child maps
-    /// the new ones between batches). `Ok(false)` if they could not be
-    /// made: large frames then go through the socket.
-    ///
-    /// # Errors
-    ///
-    /// If the child cannot be written to (it is gone).
-    fn ensure_arenas(&mut self, request: usize) -> std::io::Result<bool> {
-        let (have_request, have_reply) = self
-            .arenas
-            .as_ref()
-            .map_or((0, 0), |a| (a.request.capacity(), a.reply[0].capacity()));
-        if request <= have_request && self.reply_wanted <= have_reply {
-            return Ok(true);
-        }
-        let reply_len = self.reply_wanted.max(have_reply).max(ARENA_FROM);
-        let Ok(request) = Arena::create(request.max(have_request).max(ARENA_FROM)) else {
-            return Ok(false);
-        };
-        let Ok(reply) = (0..proto::REPLY_ARENAS)
-            .map(|_| Arena::create(reply_len).map(Arc::new))
-            .collect::<std::io::Result<Vec<_>>>()
-        else {
-            return Ok(false);
-        };
-        let Ok(fds) = std::iter::once(&request)
-            .chain(reply.iter().map(|a| &**a))
-            .map(|a| a.fd().try_clone_to_owned())
-            .collect::<std::io::Result<Vec<_>>>()
-        else {
-            return Ok(false);
-        };
-        let mut buf = Vec::new();
-        proto::arenas_frame(&mut buf, request.len() as u64, reply[0].len() as u64)?;
-        crate::fdpass::write_with_fds(&mut self.writer, &buf, &fds)?;
-        let reply = reply
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("REPLY_ARENAS made"));
-        self.arenas = Some(Arenas { request, reply });
-        Ok(true)
-    }
-}
 
 /// What went wrong with a worker process, as its driver saw it: the
 /// parent's own observations, never the child's word.
@@ -315,7 +199,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
 }
 
 /// Starts a worker process and runs the pool's initializer in it.
-fn start(shared: &PoolShared, progress: &Progress) -> Result<Worker> {
+fn start(shared: &PoolShared, progress: &Progress) -> Result<Conn> {
     let Spawned { child, stream } = spawn::spawn_worker(shared.test_name.as_deref(), progress)
         .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
     let pid = child.id();
@@ -333,7 +217,7 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Worker> {
             .try_clone()
             .map_err(|e| Error::new(ErrorKind::Spawn(e)))?,
     );
-    let mut worker = Worker {
+    let mut worker = Conn {
         child,
         writer: stream,
         reader,
@@ -358,7 +242,7 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Worker> {
 
 fn run_initializer(
     shared: &PoolShared,
-    worker: &mut Worker,
+    worker: &mut Conn,
     init: &super::Initializer,
 ) -> Result<()> {
     let batch = shared.queue.next_batch_id();
@@ -388,29 +272,6 @@ fn io_protocol(e: std::io::Error) -> Error {
     Error::new(ErrorKind::Protocol(e.to_string()))
 }
 
-/// Builds the head of a `RUN` frame in `buf`; the payload follows it on the
-/// wire without being copied next to it (see [`send_run`]).
-pub(crate) fn encode_run(
-    buf: &mut Vec<u8>,
-    batch: u64,
-    worker: &str,
-    payload: &[u8],
-    fds: usize,
-) -> std::io::Result<()> {
-    run_head(buf, proto::TAG_RUN, batch, worker, fds);
-    proto::finish_frame_with(buf, payload.len())
-}
-
-/// The head of a `RUN` or `RUN_SHARED` frame: tag, batch, descriptor count,
-/// worker name (the length is filled in later).
-fn run_head(buf: &mut Vec<u8>, tag: u8, batch: u64, worker: &str, fds: usize) {
-    proto::begin_frame(buf, tag);
-    buf.extend_from_slice(&batch.to_le_bytes());
-    buf.extend_from_slice(&(fds as u32).to_le_bytes());
-    buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
-    buf.extend_from_slice(worker.as_bytes());
-}
-
 /// The request arena regions of the batches in flight, oldest first.
 fn regions(in_flight: &VecDeque<Sent>) -> impl DoubleEndedIterator<Item = (usize, usize)> + '_ {
     in_flight.iter().filter_map(|s| s.region)
@@ -422,7 +283,7 @@ fn regions(in_flight: &VecDeque<Sent>) -> impl DoubleEndedIterator<Item = (usize
 /// after those of the batches in flight ([`ring_offset`]); with nothing in
 /// flight, the arenas may be made or grown for it first.
 fn send_job(
-    worker: &mut Worker,
+    worker: &mut Conn,
     buf: &mut Vec<u8>,
     batch: u64,
     job: &Job,
@@ -491,16 +352,6 @@ fn dense_flag(job: &Job) -> u8 {
     if job.dense.is_some() { proto::DENSE } else { 0 }
 }
 
-/// Sends a `RUN` frame: the head built by [`encode_run`], then the payload.
-pub(crate) fn send_run(
-    stream: &mut UnixStream,
-    head: &[u8],
-    payload: &[u8],
-    fds: &[std::os::fd::OwnedFd],
-) -> std::io::Result<()> {
-    crate::fdpass::write_parts_with_fds(stream, &[head, payload], fds)
-}
-
 pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
     match frame.get(9..).map(codec::decode_exact::<BatchFailure>) {
         Some(Ok(failure)) => Failure::from(failure),
@@ -508,40 +359,11 @@ pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
     }
 }
 
-impl From<BatchFailure> for Failure {
-    fn from(failure: BatchFailure) -> Failure {
-        match failure {
-            BatchFailure::UnknownWorker { name, known } => Failure::UnknownWorker { name, known },
-            BatchFailure::Malformed(msg) => Failure::Protocol(msg),
-        }
-    }
-}
-
-/// A reply whose results are handed over once the next batch is on its
-/// way, when the child has nothing else queued: delivering wakes the
-/// caller's thread, which on a busy machine may take this thread's CPU
-/// (decoding the results) before it has fed the child again, and the child
-/// would wait that long (about 1 ms per piece in the primes bench).
-struct Delivery {
-    job: Job,
-    data: ReplyBytes,
-    elapsed_ns: u64,
-    dense: bool,
-}
-
-impl Delivery {
-    fn flush(pending: &mut Option<Delivery>, shared: &PoolShared) {
-        if let Some(d) = pending.take() {
-            deliver_done(shared, d.job, d.data, d.elapsed_ns, d.dense);
-        }
-    }
-}
-
 fn serve(
     shared: &PoolShared,
     runner: &Arc<Runner>,
     progress: &Progress,
-    worker: &mut Worker,
+    worker: &mut Conn,
     fault: &mut Fault,
 ) -> End {
     let mut pending = None;
@@ -554,7 +376,7 @@ fn serve_batches(
     shared: &PoolShared,
     runner: &Arc<Runner>,
     progress: &Progress,
-    worker: &mut Worker,
+    worker: &mut Conn,
     fault: &mut Fault,
     pending: &mut Option<Delivery>,
 ) -> End {
@@ -857,19 +679,11 @@ fn breach(runner: &Runner, fault: &mut Fault, in_flight: VecDeque<Sent>, what: S
     End::Died(in_flight)
 }
 
-/// The failure of the item a worker process was running when it broke the
-/// protocol.
-pub(crate) fn breach_failure(pid: u32, what: &str) -> Failure {
-    Failure::Protocol(format!(
-        "worker process {pid} broke the protocol and was killed: {what}"
-    ))
-}
-
 /// Cuts the first piece off a long `map`/`imap` batch (see [`PIECE_NS`])
 /// and puts the other pieces back at the front of the queue, in order.
 /// Other jobs, and batches whose time per item is not known yet, go as
 /// they are.
-fn cut_piece(shared: &PoolShared, worker: &Worker, job: Job) -> Job {
+fn cut_piece(shared: &PoolShared, worker: &Conn, job: Job) -> Job {
     let Some((name, item_ns)) = worker.last_item else {
         return job;
     };
@@ -897,88 +711,6 @@ fn cut_piece(shared: &PoolShared, worker: &Worker, job: Job) -> Job {
     rest
 }
 
-/// Hands a finished batch to its sink; with `retry_panics`, items that
-/// panicked go back to the queue instead (each alone) and the others are
-/// delivered in contiguous runs.
-fn deliver_done(shared: &PoolShared, mut job: Job, data: ReplyBytes, elapsed_ns: u64, dense: bool) {
-    const START: usize = proto::DONE_HEADER;
-    let mut results: Vec<(bool, &[u8])> = Vec::new();
-    // Dense results are all fine (a panic turns a reply back to framed).
-    // The reply was checked to hold `count` items; one read in place from
-    // a reply arena that its child rewrote since may hold fewer now, and
-    // those missing fail below.
-    if job.panic_retries > 0 && !dense {
-        let mut rest = data.get(START..).unwrap_or_default();
-        for _ in 0..job.count {
-            let Some((status, _, whole)) = codec::next_item(&mut rest) else {
-                break;
-            };
-            results.push((status == codec::ITEM_PANIC, whole));
-        }
-    }
-    if !results.iter().any(|&(p, _)| p) {
-        if let Some(control) = &job.control {
-            control.finish();
-        }
-        drop(results);
-        // Answered: its arguments are not needed again (and the caller,
-        // about to decode, may want their buffer).
-        if let Some(buf) = std::mem::take(&mut job.payload).into_vec() {
-            crate::shm::huge::recycle(buf);
-        }
-        job.deliver(Outcome::Done {
-            data,
-            start: START,
-            elapsed_ns,
-            dense,
-        });
-        return;
-    }
-    let args = job.item_args();
-    let mut retry = Vec::new();
-    let mut run_start = 0;
-    for k in 0..=results.len() {
-        let ends_run = k == results.len() || results[k].0;
-        if ends_run && run_start < k {
-            let bytes: Vec<u8> = results[run_start..k]
-                .iter()
-                .flat_map(|&(_, w)| w.iter().copied())
-                .collect();
-            job.deliver_part(
-                run_start as u32,
-                (k - run_start) as u32,
-                Outcome::Done {
-                    data: bytes.into(),
-                    start: 0,
-                    elapsed_ns,
-                    dense: false,
-                },
-            );
-        }
-        if k < results.len() && results[k].0 {
-            let mut again = job.part(k as u32, args.get(k).map_or(&[][..], |a| a).to_vec());
-            again.panic_retries -= 1;
-            if let Some(control) = &again.control {
-                control.requeue();
-            }
-            retry.push(again);
-            run_start = k + 1;
-        }
-    }
-    let read = results.len() as u32;
-    if read < job.count {
-        job.deliver_part(
-            read,
-            job.count - read,
-            Outcome::Failed(Failure::Protocol(
-                "a worker process rewrote its reply while it was being read".to_owned(),
-            )),
-        );
-    }
-    job.settle();
-    shared.queue.requeue_front(retry);
-}
-
 /// Reads the next frame from the child. With a task time limit, watches the
 /// progress page while waiting and kills the child when its running item
 /// overstays (the caller then sees EOF, and `fault` says which item).
@@ -994,7 +726,7 @@ fn read_reply(
     shared: &PoolShared,
     runner: &Runner,
     progress: &Progress,
-    worker: &mut Worker,
+    worker: &mut Conn,
     in_flight: &VecDeque<Sent>,
     (frame, lease, lease_ok): (&mut Vec<u8>, &mut Option<Lease>, bool),
     fault: &mut Fault,
@@ -1030,83 +762,11 @@ fn read_reply(
             }
         }
     }
-    let tag = proto::read_frame(&mut worker.reader, frame)?;
-    if tag == Some(proto::TAG_DONE_SHARED) {
-        if lease_ok {
-            return lease_reply(worker, frame, lease).map(Some);
-        }
-        return copy_out_reply(worker, frame).map(Some);
-    }
-    if tag.is_some_and(|t| t & !proto::DENSE == proto::TAG_DONE) && frame.len() >= ARENA_FROM {
-        // A large reply that came through the socket: have a reply arena
-        // for the next one.
-        worker.reply_wanted = worker.reply_wanted.max(frame.len());
-    }
-    Ok(tag)
-}
-
-/// The reply number and body length a `DONE_SHARED` frame gives, and the
-/// reply arena it is in.
-fn shared_reply(worker: &Worker, frame: &[u8]) -> std::io::Result<(u64, usize, Arc<Arena>)> {
-    let mut cur = proto::Cursor(&frame[1..]);
-    let which = cur.u32()? as usize;
-    let seq = cur.u64()?;
-    let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
-    match worker.arenas.as_ref().and_then(|a| a.reply.get(which)) {
-        Some(reply) if len <= reply.capacity() && len >= proto::DONE_HEADER => {
-            Ok((seq, len, reply.clone()))
-        }
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "a shared reply does not fit its buffer",
-        )),
-    }
-}
-
-/// Leaves the `DONE` frame of a `DONE_SHARED` one in its reply arena, held
-/// by `lease` until it is decoded; `frame` gets a copy of its head.
-fn lease_reply(
-    worker: &Worker,
-    frame: &mut Vec<u8>,
-    lease: &mut Option<Lease>,
-) -> std::io::Result<u8> {
-    let (seq, len, arena) = shared_reply(worker, frame)?;
-    // SAFETY: the child wrote reply `seq` before sending the frame, and
-    // writes the reply arena again only once it is released (the lease's
-    // drop).
-    let held = unsafe { Lease::new(arena, seq, len) }.ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "a shared reply does not fit",
-        )
-    })?;
-    frame.clear();
-    frame.extend_from_slice(&held[..proto::DONE_HEADER]);
-    *lease = Some(held);
-    match frame.first() {
-        Some(&tag) if tag & !proto::DENSE == proto::TAG_DONE => Ok(tag),
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "a shared reply is not a DONE frame",
-        )),
-    }
-}
-
-/// Replaces a `DONE_SHARED` frame with the `DONE` frame in the reply arena,
-/// and releases the arena to the child.
-fn copy_out_reply(worker: &Worker, frame: &mut Vec<u8>) -> std::io::Result<u8> {
-    let mut lease = None;
-    let tag = lease_reply(worker, frame, &mut lease)?;
-    if let Some(held) = lease {
-        frame.clear();
-        crate::shm::huge::reserve_bytes(frame, held.len());
-        crate::shm::copy::extend(frame, &held);
-    } // released here
-    Ok(tag)
+    worker.receive(frame, lease, lease_ok)
 }
 
 /// Asks a worker to exit and reaps it.
-fn stop(runner: &Runner, mut worker: Worker) {
+fn stop(runner: &Runner, mut worker: Conn) {
     let mut buf = Vec::new();
     proto::begin_frame(&mut buf, proto::TAG_SHUTDOWN);
     let asked = proto::finish_frame(&mut buf)
@@ -1130,72 +790,6 @@ fn stop(runner: &Runner, mut worker: Worker) {
     }
 }
 
-/// Waits for the exit of a child that is on its way out and reaps it.
-/// `None` if it is still alive after `limit`.
-///
-/// It waits on a pidfd (Linux 5.3), readable the moment the child has
-/// exited: polling `waitpid` with sleeps in between reaped a worker
-/// 200–360 µs after its exit on the machine of BENCHMARKS.md (a sleep
-/// there lasts 50 µs more than asked), a third of what shutting a pool
-/// down took. Where pidfds are not available, it waits for `socket` (the
-/// child's control socket, if given) to reach its end, which happens as the
-/// child exits, and then polls with a short back-off.
-fn wait_exit(
-    child: &mut Child,
-    socket: Option<std::os::fd::RawFd>,
-    limit: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + limit;
-    match child.try_wait() {
-        Ok(Some(status)) => return Some(status),
-        Ok(None) => {}
-        Err(_) => return None,
-    }
-    match spawn::pidfd(child) {
-        Some(pidfd) => {
-            if !spawn::wait_readable(pidfd.as_raw_fd(), limit).unwrap_or(false) {
-                // Still running after `limit`, or the wait failed: let the
-                // loop below decide without sleeping.
-                return child.try_wait().ok().flatten();
-            }
-        }
-        None => {
-            if let Some(fd) = socket {
-                let _ = spawn::wait_readable(fd, limit);
-            }
-        }
-    }
-    let mut pause = Duration::from_micros(20);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(5));
-            }
-            _ => return None,
-        }
-    }
-}
-
-/// Waits for a child that is exiting and says how it ended.
-pub(crate) fn reap(child: &mut Child) -> ExitReason {
-    // It closed its socket, so it is on its way out; do not trust it blindly.
-    if let Some(status) = wait_exit(child, None, Duration::from_secs(2)) {
-        return exit_reason(status);
-    }
-    let _ = child.kill();
-    child.wait().map(exit_reason).unwrap_or(ExitReason::Unknown)
-}
-
-pub(crate) fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => ExitReason::Code(code),
-        (None, Some(sig)) => ExitReason::Signal(sig),
-        _ => ExitReason::Unknown,
-    }
-}
-
 /// Accounts for a dead worker: blames the item it was running (from its
 /// progress page, or by splitting the batch when the page cannot tell), and
 /// puts every innocent item back in the queue.
@@ -1204,7 +798,7 @@ fn died(
     runner: &Runner,
     progress: &Progress,
     fault: Fault,
-    mut worker: Worker,
+    mut worker: Conn,
     in_flight: VecDeque<Sent>,
 ) {
     let killed_on_purpose = fault.repeated
@@ -1278,7 +872,7 @@ fn died(
                 control.finish();
             }
             culprit.deliver(Outcome::Failed(match &fault.breach {
-                Some(what) => breach_failure(worker.pid, what),
+                Some(what) => Failure::breach(worker.pid, what),
                 None => Failure::Died {
                     pid: worker.pid,
                     reason,
@@ -1333,54 +927,5 @@ fn split(job: Job, n: u32) -> (Option<Job>, Option<Job>) {
     } else {
         let (a, b) = job.split_at(n);
         (Some(a), Some(b))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ring_offset;
-
-    #[test]
-    fn the_request_ring_never_overlaps_a_batch_in_flight() {
-        let at = |regions: &[(usize, usize)], len| ring_offset(regions.iter().copied(), 100, len);
-        // Empty: from the start, if it fits at all.
-        assert_eq!(at(&[], 100), Some(0));
-        assert_eq!(at(&[], 101), None);
-        // After the newest, then wrapping to before the oldest.
-        assert_eq!(at(&[(0, 40)], 60), Some(40));
-        assert_eq!(at(&[(0, 40)], 61), None);
-        assert_eq!(at(&[(30, 60), (60, 90)], 10), Some(90));
-        assert_eq!(at(&[(30, 60), (60, 90)], 30), Some(0));
-        assert_eq!(at(&[(30, 60), (60, 90)], 31), None);
-        // Wrapped: only the gap between the newest and the oldest.
-        assert_eq!(at(&[(30, 60), (60, 90), (0, 20)], 10), Some(20));
-        assert_eq!(at(&[(30, 60), (60, 90), (0, 20)], 11), None);
-        assert_eq!(at(&[(50, 100), (0, 50)], 1), None);
-        // Whatever it answers, the new region overlaps none in flight.
-        let mut in_flight = std::collections::VecDeque::new();
-        let mut next = 0u64;
-        for step in 0..10_000u64 {
-            let len = 1 + (step * 7919 % 45) as usize;
-            match ring_offset(in_flight.iter().copied(), 100, len) {
-                Some(start) => {
-                    let end = start + len;
-                    assert!(end <= 100);
-                    for &(s, e) in &in_flight {
-                        assert!(end <= s || start >= e, "{start}..{end} overlaps {s}..{e}");
-                    }
-                    in_flight.push_back((start, end));
-                }
-                None => {
-                    assert!(!in_flight.is_empty(), "an empty ring takes {len} of 100");
-                    in_flight.pop_front();
-                }
-            }
-            next = next
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            if next >> 62 == 0 {
-                in_flight.pop_front();
-            }
-        }
     }
 }

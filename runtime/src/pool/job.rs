@@ -8,10 +8,11 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::collect::Collector;
-use super::outcome::{Failure, Outcome, Reply};
-use super::runner::STEAL_AFTER;
-use super::task::{Control, TaskSlot};
+use super::task::Control;
 use crate::codec;
+use crate::conn::outcome::{Failure, Outcome, Reply};
+use crate::conn::runner::STEAL_AFTER;
+use crate::conn::slot::TaskSlot;
 use crate::proto;
 
 /// A batch of framed argument items for one worker function.

@@ -1,13 +1,14 @@
 //! [`Pool`]: a fixed set of worker processes that run `#[worker]` functions.
 
 pub(crate) mod collect;
-pub(crate) mod decode;
+pub(crate) mod deliver;
 pub(crate) mod driver;
 pub(crate) mod job;
-pub(crate) mod outcome;
-pub(crate) mod runner;
 pub(crate) mod stream;
 pub(crate) mod task;
+
+// The MPI backend names these through the pool.
+pub(crate) use crate::conn::{decode, outcome, runner};
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,11 +23,12 @@ use serde::de::DeserializeOwned;
 pub use stream::{Imap, ImapUnordered, Indexed};
 pub use task::{AsCompleted, Task, as_completed};
 
+use crate::conn::slot::TaskSlot;
 use job::{Job, Queue, Sink};
 use outcome::{Failure, Outcome};
 use runner::Runner;
 use stream::{Chunking, Stream};
-use task::{Control, TaskSlot};
+use task::Control;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::worker::Worker;

@@ -11,10 +11,10 @@ use std::sync::mpsc::{self, Receiver, Sender};
 
 use super::Pool;
 use super::collect::{Collector, Store};
-use super::decode::{copy_results, decode_dense_item, decode_item, decode_results};
 use super::job::{Job, MARK_EVERY, Payload, Sink};
-use super::outcome::{Outcome, Reply};
 use crate::codec;
+use crate::conn::decode::{copy_results, decode_dense_item, decode_item, decode_results};
+use crate::conn::outcome::{Outcome, Reply};
 use crate::error::{Error, Result};
 use crate::worker::Worker;
 

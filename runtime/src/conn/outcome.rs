@@ -2,6 +2,7 @@
 //! applies to every item of it.
 
 use crate::error::{Error, ErrorKind, ExitReason};
+use crate::proto::BatchFailure;
 
 /// What came back for a job (or for a part of it, after a split).
 pub(crate) struct Reply {
@@ -20,7 +21,7 @@ pub(crate) enum Outcome {
         dense: bool,
     },
     /// The results were decoded into a `map`'s output by the driver
-    /// ([`Sink::Collect`](super::job::Sink::Collect)): `bytes` of them, and the buffer they came in,
+    /// (`Sink::Collect`): `bytes` of them, and the buffer they came in,
     /// for the caller to encode into again.
     Stored {
         elapsed_ns: u64,
@@ -106,5 +107,24 @@ impl Failure {
             Failure::Closed => ErrorKind::PoolClosed,
             Failure::Spawn(msg) => ErrorKind::Spawn(std::io::Error::other(msg.clone())),
         })
+    }
+}
+
+impl Failure {
+    /// The failure of the item a worker process was running when it broke
+    /// the protocol.
+    pub(crate) fn breach(pid: u32, what: &str) -> Failure {
+        Failure::Protocol(format!(
+            "worker process {pid} broke the protocol and was killed: {what}"
+        ))
+    }
+}
+
+impl From<BatchFailure> for Failure {
+    fn from(failure: BatchFailure) -> Failure {
+        match failure {
+            BatchFailure::UnknownWorker { name, known } => Failure::UnknownWorker { name, known },
+            BatchFailure::Malformed(msg) => Failure::Protocol(msg),
+        }
     }
 }
