@@ -2,14 +2,14 @@
 
 use serde::de::{DeserializeOwned, DeserializeSeed, Visitor};
 
-use super::{ITEM_OK, get_varint, is_byte_vec, take_byte_vec};
+use super::item::{ITEM_OK, get_varint, is_byte_vec, take_byte_vec};
 
 // ---- decoding -------------------------------------------------------------
 
 /// Decodes a value that must fill `body` exactly, with [`Decoder`]; `None`
 /// if it does not decode. The hot paths (a batch's arguments in the child,
 /// a run of results in the parent) try this first and fall back to
-/// [`decode_exact`](super::decode_exact) for anything it refuses, which then reports postcard's
+/// [`decode_exact`](super::item::decode_exact) for anything it refuses, which then reports postcard's
 /// error: so this only has to be right on what it accepts.
 #[inline]
 pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(body: &[u8]) -> Option<T> {
@@ -64,7 +64,7 @@ impl serde::de::Error for DecodeError {
     }
 }
 
-/// A serde deserializer for what [`Encoder`](super::Encoder) (and postcard) writes, over a
+/// A serde deserializer for what [`Encoder`](super::encoder::Encoder) (and postcard) writes, over a
 /// byte slice: the varints are read with one bounds check per byte and no
 /// flavor layer, which made postcard's own `try_take_varint_u64` the largest
 /// single cost of decoding a batch of integers.

@@ -5,7 +5,7 @@ use std::any::{Any, TypeId};
 
 use serde::Serialize;
 
-use super::put_item;
+use super::item::put_item;
 
 // ---- dense batches --------------------------------------------------------
 //

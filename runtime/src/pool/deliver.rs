@@ -2,8 +2,8 @@
 //! its next batch ([`Delivery`]); with `retry_panics`, the items that
 //! panicked go back to the queue alone.
 
-use super::PoolShared;
 use super::job::Job;
+use super::shared::PoolShared;
 use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
 use crate::{codec, proto};
 

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use super::PoolShared;
 use super::deliver::{Delivery, deliver_done};
 use super::job::{Job, Next, Sink};
+use super::shared::{Initializer, PoolShared};
 use crate::codec;
 use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
 use crate::conn::reap::{reap, wait_exit};
@@ -240,11 +240,7 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Conn> {
     Ok(worker)
 }
 
-fn run_initializer(
-    shared: &PoolShared,
-    worker: &mut Conn,
-    init: &super::Initializer,
-) -> Result<()> {
+fn run_initializer(shared: &PoolShared, worker: &mut Conn, init: &Initializer) -> Result<()> {
     let batch = shared.queue.next_batch_id();
     let mut buf = Vec::new();
     encode_run(&mut buf, batch, init.worker, &init.payload, init.fds.len()).map_err(io_protocol)?;

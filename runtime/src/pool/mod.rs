@@ -4,6 +4,7 @@ pub(crate) mod collect;
 pub(crate) mod deliver;
 pub(crate) mod driver;
 pub(crate) mod job;
+pub(crate) mod shared;
 pub(crate) mod stream;
 pub(crate) mod task;
 
@@ -11,7 +12,7 @@ pub(crate) mod task;
 pub(crate) use crate::conn::{decode, outcome, runner};
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,72 +26,16 @@ pub use task::{AsCompleted, Task, as_completed};
 
 use crate::conn::slot::TaskSlot;
 use job::{Job, Queue, Sink};
-use outcome::{Failure, Outcome};
+use outcome::Outcome;
 use runner::Runner;
 use stream::{Chunking, Stream};
 use task::Control;
 
+pub(crate) use shared::{Initializer, PoolShared};
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::worker::Worker;
 use crate::{child, registry};
-
-/// Checks an initializer's result: `Ok` or the error it reported.
-pub(crate) type InitCheck = fn(&'static str, &mut &[u8]) -> Result<()>;
-
-pub(crate) struct Initializer {
-    pub(crate) worker: &'static str,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) fds: Vec<std::os::fd::OwnedFd>,
-    pub(crate) check: InitCheck,
-}
-
-/// What the driver threads share with the pool.
-pub(crate) struct PoolShared {
-    pub(crate) queue: Queue,
-    pub(crate) initializer: Option<Initializer>,
-    pub(crate) max_tasks_per_worker: Option<u64>,
-    pub(crate) test_name: Option<String>,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) retries: u32,
-    pub(crate) panic_retries: u32,
-    pub(crate) max_worker_rss: Option<u64>,
-    pub(crate) runners: Vec<Arc<Runner>>,
-    pub(crate) slots_alive: AtomicUsize,
-    /// Whether `map` and `imap` may send dense batches (see
-    /// [`codec::dense_width`]): not over MPI, whose messages carry framed
-    /// items only.
-    pub(crate) dense_batches: bool,
-}
-
-impl PoolShared {
-    /// Called by an idle driver: splits the batch with the most items left
-    /// on another worker. Returns whether any other worker is busy.
-    pub(crate) fn steal_for(&self, me: &Runner) -> bool {
-        let mut best: Option<(&Arc<Runner>, u64)> = None;
-        let mut busy = false;
-        for r in &self.runners {
-            if std::ptr::eq(Arc::as_ptr(r), me) {
-                continue;
-            }
-            busy |= r.is_busy();
-            let left = r.stealable();
-            if left >= 2 && best.is_none_or(|(_, b)| left > b) {
-                best = Some((r, left));
-            }
-        }
-        if let Some((r, _)) = best {
-            r.steal_half(me.id);
-        }
-        busy
-    }
-
-    /// A worker slot gave up restarting its process.
-    pub(crate) fn slot_failed(&self, failure: Failure) {
-        if self.slots_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.queue.set_fatal(failure);
-        }
-    }
-}
 
 /// A pool of worker processes: Python's `multiprocessing.Pool` and
 /// `concurrent.futures.ProcessPoolExecutor` in one.
@@ -392,15 +337,7 @@ impl Pool {
     }
 
     pub(crate) fn cap_chunk(&self, chunking: Chunking) -> Chunking {
-        match (self.shared.max_tasks_per_worker, chunking) {
-            (Some(k), Chunking::Fixed(n)) => {
-                Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX)))
-            }
-            (Some(k), Chunking::Adaptive(n)) => {
-                Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX)))
-            }
-            (None, c) => c,
-        }
+        chunking.capped(self.shared.max_tasks_per_worker)
     }
 
     /// Applies `worker` to every item and returns the results in input
@@ -481,7 +418,13 @@ impl Pool {
         I: Iterator<Item = W::Args>,
     {
         let slots = Arc::new(collect::Slots::<W::Output>::new(len));
-        let mut stream = Stream::<W, I>::new(self, items, self.cap_chunk(chunking), true);
+        let mut stream = Stream::<W, I>::new(
+            &self.shared,
+            self.workers,
+            items,
+            self.cap_chunk(chunking),
+            true,
+        );
         stream.store_into(slots.clone(), len as u64);
         let mut extra = Vec::new();
         while let Some((index, result)) = stream.next_item() {
@@ -511,7 +454,13 @@ impl Pool {
         // The results of a large map are tens of MiB: huge pages save most
         // of the page faults of filling them.
         crate::shm::huge::reserve(&mut out, items.size_hint().0);
-        let mut stream = Stream::<W, I>::new(self, items, self.cap_chunk(chunking), true);
+        let mut stream = Stream::<W, I>::new(
+            &self.shared,
+            self.workers,
+            items,
+            self.cap_chunk(chunking),
+            true,
+        );
         loop {
             // Results decoded ahead are moved over in one copy.
             stream.drain_decoded(&mut out);
@@ -538,7 +487,8 @@ impl Pool {
     {
         let _ = worker;
         Imap::new(Stream::new(
-            self,
+            &self.shared,
+            self.workers,
             items.into_iter(),
             self.cap_chunk(Chunking::Adaptive(1)),
             true,
@@ -554,7 +504,8 @@ impl Pool {
     {
         let _ = worker;
         ImapUnordered::new(Stream::new(
-            self,
+            &self.shared,
+            self.workers,
             items.into_iter(),
             self.cap_chunk(Chunking::Adaptive(1)),
             false,

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use super::Pool;
 use super::collect::{Collector, Store};
 use super::job::{Job, MARK_EVERY, Payload, Sink};
+use super::shared::PoolShared;
 use crate::codec;
 use crate::conn::decode::{copy_results, decode_dense_item, decode_item, decode_results};
 use crate::conn::outcome::{Outcome, Reply};
@@ -36,6 +36,22 @@ pub(crate) enum Chunking {
     Adaptive(usize),
 }
 
+impl Chunking {
+    /// At most `max_tasks_per_worker` items a batch, which makes the limit
+    /// exact: a batch is never cut short for it.
+    pub(crate) fn capped(self, max_tasks_per_worker: Option<u64>) -> Chunking {
+        match (max_tasks_per_worker, self) {
+            (Some(k), Chunking::Fixed(n)) => {
+                Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX)))
+            }
+            (Some(k), Chunking::Adaptive(n)) => {
+                Chunking::Fixed(n.min(usize::try_from(k).unwrap_or(usize::MAX)))
+            }
+            (None, c) => c,
+        }
+    }
+}
+
 /// A reply being yielded item by item.
 struct Current {
     reply: Reply,
@@ -45,7 +61,7 @@ struct Current {
 }
 
 pub(crate) struct Stream<'p, W: Worker, I> {
-    pool: &'p Pool,
+    shared: &'p PoolShared,
     input: Option<I>,
     next_input: u64,
     chunking: Chunking,
@@ -81,11 +97,16 @@ pub(crate) struct Stream<'p, W: Worker, I> {
 }
 
 impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
-    pub(crate) fn new(pool: &'p Pool, input: I, chunking: Chunking, ordered: bool) -> Self {
+    pub(crate) fn new(
+        shared: &'p PoolShared,
+        workers: usize,
+        input: I,
+        chunking: Chunking,
+        ordered: bool,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
-        let workers = pool.workers();
         Stream {
-            pool,
+            shared,
             input: Some(input),
             next_input: 0,
             chunking,
@@ -124,7 +145,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
     }
 
     pub(crate) fn set_chunk_size(&mut self, size: usize) {
-        self.chunking = self.pool.cap_chunk(Chunking::Fixed(size.max(1)));
+        self.chunking = Chunking::Fixed(size.max(1)).capped(self.shared.max_tasks_per_worker);
     }
 
     /// Items not yet yielded, if the input knows its length.
@@ -151,7 +172,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             let limit = match self.chunking {
                 Chunking::Fixed(n) | Chunking::Adaptive(n) => n.max(1),
             };
-            let dense = codec::dense_width::<W::Args>().filter(|_| self.pool.shared.dense_batches);
+            let dense = codec::dense_width::<W::Args>().filter(|_| self.shared.dense_batches);
             // Items of a dense batch: a batch's worth, and no more than
             // MAX_BATCH_BYTES of them.
             let dense_room = dense.map(|width| (width, limit.min(MAX_BATCH_BYTES.div_ceil(width))));
@@ -264,12 +285,12 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
         job.marks = marks;
         job.dense = dense;
         job.abandoned = Some(self.abandoned.clone());
-        job.retries = self.pool.shared.retries;
-        job.panic_retries = self.pool.shared.panic_retries;
+        job.retries = self.shared.retries;
+        job.panic_retries = self.shared.panic_retries;
         job.fds = Job::fd_table(fds);
         self.next_input = end;
         self.open.insert(first, (end, count as u64));
-        self.pool.shared.queue.push(job);
+        self.shared.queue.push(job);
     }
 
     /// Records an item that failed before it was sent.
@@ -571,13 +592,13 @@ macro_rules! stream_iterator {
 }
 
 stream_iterator! {
-    /// Iterator returned by [`Pool::imap`]: one `Result` per input item, in
+    /// Iterator returned by [`Pool::imap`](crate::Pool::imap): one `Result` per input item, in
     /// input order, computed ahead in a bounded window.
     Imap
 }
 
 stream_iterator! {
-    /// Iterator returned by [`Pool::imap_unordered`]: one `Result` per input
+    /// Iterator returned by [`Pool::imap_unordered`](crate::Pool::imap_unordered): one `Result` per input
     /// item, in the order they finish, computed ahead in a bounded window.
     /// Use [`Error::item_index`] to tell which item an error belongs to.
     ImapUnordered

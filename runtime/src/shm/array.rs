@@ -12,8 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::element::{Element, IntElement, private::IntSealed};
 use super::segment::Segment;
-use super::sync::{OwnerDied, RawCondvar, RawGuard, RawMutex, process_alive};
-use super::{lock_recovering, shm_error};
+use super::segment::shm_error;
+use super::sync::{OwnerDied, RawCondvar, RawGuard, RawMutex, lock_recovering, process_alive};
 use crate::error::{Error, ErrorKind, Result};
 
 // Segment layout. The header is one page; the data starts at DATA_AT, so it

@@ -6,8 +6,7 @@ use std::ops::Deref;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::segment::Segment;
-use super::shm_error;
+use super::segment::{Segment, shm_error};
 use crate::error::Result;
 
 /// An immutable byte buffer in shared memory: passing it to a worker sends

@@ -8,7 +8,7 @@ use std::sync::atomic::{
 };
 
 pub(crate) mod private {
-    use super::Ordering;
+    use std::sync::atomic::Ordering;
 
     /// The atomic access behind [`Element`](super::Element); sealed.
     pub trait Sealed: Copy {

@@ -28,19 +28,6 @@ pub use primitives::{
 };
 pub(crate) use progress::{IDLE, ItemLog, Progress};
 #[allow(unused_imports)]
-pub(crate) use segment::Segment;
+pub(crate) use segment::{Segment, shm_error};
 #[allow(unused_imports)]
-pub(crate) use sync::{OwnerDied, RawCondvar, RawGuard, RawMutex};
-
-use crate::error::{Error, ErrorKind};
-
-/// Wraps an OS error of shared memory.
-pub(crate) fn shm_error(e: std::io::Error) -> Error {
-    Error::new(ErrorKind::SharedMemory(e))
-}
-
-/// Locks `mutex`, taking over (and making consistent) a mutex whose holder
-/// died: for bookkeeping whose critical sections only store whole words.
-pub(crate) fn lock_recovering(mutex: &RawMutex) -> RawGuard<'_> {
-    mutex.lock().unwrap_or_else(OwnerDied::into_guard)
-}
+pub(crate) use sync::{OwnerDied, RawCondvar, RawGuard, RawMutex, lock_recovering};

@@ -46,8 +46,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::element::Element;
-use super::segment::Segment;
-use super::shm_error;
+use super::segment::{Segment, shm_error};
 use super::sync::{RawCondvar, RawGuard, RawMutex};
 use crate::error::{Error, ErrorKind, Result};
 

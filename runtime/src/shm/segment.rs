@@ -433,6 +433,11 @@ impl<'de> Deserialize<'de> for Segment {
     }
 }
 
+/// Wraps an OS error of shared memory.
+pub(crate) fn shm_error(e: io::Error) -> crate::error::Error {
+    crate::error::Error::new(crate::error::ErrorKind::SharedMemory(e))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

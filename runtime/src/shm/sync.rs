@@ -850,6 +850,12 @@ fn futex_wake(word: *const u32, n: i32) {
     }
 }
 
+/// Locks `mutex`, taking over (and making consistent) a mutex whose holder
+/// died: for bookkeeping whose critical sections only store whole words.
+pub(crate) fn lock_recovering(mutex: &RawMutex) -> RawGuard<'_> {
+    mutex.lock().unwrap_or_else(OwnerDied::into_guard)
+}
+
 #[cfg(test)]
 #[path = "sync_tests.rs"]
 mod tests;
