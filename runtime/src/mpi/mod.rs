@@ -53,7 +53,7 @@ pub(crate) fn entry() {
     let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
         return; // the program initialised MPI itself: leave it alone
     };
-    // Finalised by hand (`finish` on rank 0, `exit_rank` elsewhere), after
+    // Finalised by hand (`finish` on rank 0, `serve_rank` on exit elsewhere), after
     // the last message, not when some scope ends.
     std::mem::forget(universe);
     let world = SimpleCommunicator::world();

@@ -189,8 +189,8 @@ impl PoolBuilder {
     /// Limits how long one task (one item of a `map`, or one `submit`) may
     /// run. When a task overstays, the worker process running it is killed
     /// and replaced; that item fails with [`Timeout`](ErrorKind::Timeout),
-    /// and the other items of its batch are re-run. Checked about every
-    /// `limit / 8` (at least every 100 ms).
+    /// and the other items of its batch are re-run. Checked every
+    /// `limit / 8`, and at most 100 ms apart, on this process's clock.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self
