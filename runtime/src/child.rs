@@ -308,13 +308,13 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let started = Instant::now();
                 exec::begin_batch(batch);
                 let args = match range {
-                    Some((first, count, width)) => exec::Args::Range {
+                    Some((first, count, width)) => exec::BatchArgs::Range {
                         first,
                         count,
                         width,
                     },
-                    None if dense => exec::Args::Dense(payload),
-                    None => exec::Args::Framed(payload),
+                    None if dense => exec::BatchArgs::Dense(payload),
+                    None => exec::BatchArgs::Framed(payload),
                 };
                 // Dense results may go straight into a free reply arena,
                 // after the head (which is copied there when it is sent).

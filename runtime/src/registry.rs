@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::exec::{Args, invoke_batch};
+use crate::exec::{BatchArgs, invoke_batch};
 use crate::worker::Worker;
 
 /// Runs a batch of arguments (framed, dense or a range, see
-/// [`crate::exec::Args`]) and appends the encoded results: how many ran,
+/// [`crate::exec::BatchArgs`]) and appends the encoded results: how many ran,
 /// and whether the results are dense.
-pub(crate) type InvokeFn = fn(args: Args<'_>, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
+pub(crate) type InvokeFn =
+    fn(args: BatchArgs<'_>, out: &mut Vec<u8>) -> Result<(u32, bool), String>;
 
 /// One registered worker function: its name and how to run a batch of it.
 ///

@@ -14,7 +14,7 @@ use crate::codec::*;
 use crate::worker::Worker;
 
 /// The arguments of a batch, as the child received them.
-pub(crate) enum Args<'a> {
+pub(crate) enum BatchArgs<'a> {
     /// Framed items.
     Framed(&'a [u8]),
     /// Dense values (see [`dense_width`]).
@@ -33,13 +33,13 @@ pub(crate) enum Args<'a> {
 /// asked it to stop early), and whether the results are dense (only if the
 /// arguments were). Runs in the child.
 pub(crate) fn invoke_batch<W: Worker>(
-    args: Args<'_>,
+    args: BatchArgs<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(u32, bool), String> {
     match args {
-        Args::Framed(input) => invoke_framed::<W>(input, out).map(|ran| (ran, false)),
-        Args::Dense(input) => invoke_dense::<W>(input, out),
-        Args::Range {
+        BatchArgs::Framed(input) => invoke_framed::<W>(input, out).map(|ran| (ran, false)),
+        BatchArgs::Dense(input) => invoke_dense::<W>(input, out),
+        BatchArgs::Range {
             first,
             count,
             width,
@@ -366,7 +366,7 @@ mod tests {
         // Dense results, and after a panic framed ones: both loops check.
         for input in [[1u8, 1, 2, 1], [1, 0, 2, 1]] {
             let mut out = vec![7];
-            let err = invoke_batch::<Not>(Args::Dense(&input), &mut out).unwrap_err();
+            let err = invoke_batch::<Not>(BatchArgs::Dense(&input), &mut out).unwrap_err();
             assert!(
                 err.contains("argument 2 of a dense batch is not a `bool`"),
                 "{err}"
@@ -374,7 +374,7 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(
-            invoke_batch::<Not>(Args::Dense(&[1, 1]), &mut out),
+            invoke_batch::<Not>(BatchArgs::Dense(&[1, 1]), &mut out),
             Ok((2, true))
         );
         assert_eq!(out, [0, 0]);
@@ -384,12 +384,12 @@ mod tests {
     fn a_range_batch_runs_as_its_dense_batch_would() {
         let mut dense_out = vec![7];
         let input = dense_of(1u32..13);
-        let want = invoke_batch::<Double>(Args::Dense(&input), &mut dense_out);
+        let want = invoke_batch::<Double>(BatchArgs::Dense(&input), &mut dense_out);
         let mut range_out = vec![7];
         let first = u64::from_le_bytes(dense_bytes(&1u32));
         assert_eq!(
             invoke_batch::<Double>(
-                Args::Range {
+                BatchArgs::Range {
                     first,
                     count: 12,
                     width: 4
@@ -401,11 +401,11 @@ mod tests {
         assert_eq!(range_out, dense_out);
         // Through the panicking item, too: framed from there on, the same.
         let mut dense_out = Vec::new();
-        let want = invoke_batch::<Double>(Args::Dense(&dense_of(10u32..20)), &mut dense_out);
+        let want = invoke_batch::<Double>(BatchArgs::Dense(&dense_of(10u32..20)), &mut dense_out);
         let mut range_out = Vec::new();
         assert_eq!(
             invoke_batch::<Double>(
-                Args::Range {
+                BatchArgs::Range {
                     first: 10,
                     count: 10,
                     width: 4
@@ -418,7 +418,7 @@ mod tests {
         assert_eq!(range_out, dense_out);
         // A width that is not the arguments' is refused.
         let err = invoke_batch::<Double>(
-            Args::Range {
+            BatchArgs::Range {
                 first: 0,
                 count: 3,
                 width: 8,
@@ -437,7 +437,7 @@ mod tests {
         let mut out = vec![7];
         // SAFETY: `room` outlives the batch, and is not touched meanwhile.
         unsafe { offer_direct(room.as_mut_ptr(), 24) };
-        let ran = invoke_batch::<Double>(Args::Dense(&input), &mut out);
+        let ran = invoke_batch::<Double>(BatchArgs::Dense(&input), &mut out);
         assert_eq!((ran, take_direct()), (Ok((3, true)), Some(24)));
         assert_eq!(out, [7]);
         // SAFETY: initialised above (every byte of `room` was).
@@ -446,7 +446,7 @@ mod tests {
         assert_eq!(room_bytes[24..], [0xEE; 8], "nothing past the results");
         // The offer is withdrawn: the next batch writes to `out`.
         assert_eq!(
-            invoke_batch::<Double>(Args::Dense(&input), &mut out),
+            invoke_batch::<Double>(BatchArgs::Dense(&input), &mut out),
             Ok((3, true))
         );
         assert_eq!(out[1..], dense_of([2u64, 4, 6])[..]);
@@ -454,18 +454,18 @@ mod tests {
         let mut out = vec![7];
         // SAFETY: as above.
         unsafe { offer_direct(room.as_mut_ptr(), 23) };
-        let ran = invoke_batch::<Double>(Args::Dense(&input), &mut out);
+        let ran = invoke_batch::<Double>(BatchArgs::Dense(&input), &mut out);
         assert_eq!((ran, take_direct()), (Ok((3, true)), None));
         assert_eq!(out[1..], dense_of([2u64, 4, 6])[..]);
         // A panic: the results so far are copied to `out` and the batch
         // goes on framed there, as without a room.
         let input = dense_of([1u32, 2, 13, 20]);
         let mut without = vec![7];
-        let want = invoke_batch::<Double>(Args::Dense(&input), &mut without);
+        let want = invoke_batch::<Double>(BatchArgs::Dense(&input), &mut without);
         let mut out = vec![7];
         // SAFETY: as above.
         unsafe { offer_direct(room.as_mut_ptr(), 32) };
-        let ran = invoke_batch::<Double>(Args::Dense(&input), &mut out);
+        let ran = invoke_batch::<Double>(BatchArgs::Dense(&input), &mut out);
         assert_eq!((ran, take_direct()), (want.clone(), None));
         assert_eq!(want, Ok((4, false)));
         assert_eq!(out, without);
@@ -473,7 +473,7 @@ mod tests {
         let mut out = vec![7];
         // SAFETY: as above.
         unsafe { offer_direct(room.as_mut_ptr(), 32) };
-        let range = Args::Range {
+        let range = BatchArgs::Range {
             first: 5,
             count: 2,
             width: 4,
@@ -491,7 +491,7 @@ mod tests {
         }
         let mut out = vec![7];
         assert_eq!(
-            invoke_batch::<Double>(Args::Dense(&input), &mut out),
+            invoke_batch::<Double>(BatchArgs::Dense(&input), &mut out),
             Ok((3, true))
         );
         assert_eq!(
@@ -507,7 +507,7 @@ mod tests {
         put_dense(&mut input, &20u32);
         let mut out = vec![7];
         assert_eq!(
-            invoke_batch::<Double>(Args::Dense(&input), &mut out),
+            invoke_batch::<Double>(BatchArgs::Dense(&input), &mut out),
             Ok((5, false))
         );
         let mut rest = &out[1..];
@@ -527,7 +527,7 @@ mod tests {
         assert!(rest.is_empty());
 
         // A dense batch whose length is not a whole number of arguments.
-        let err = invoke_batch::<Double>(Args::Dense(&input[..7]), &mut out).unwrap_err();
+        let err = invoke_batch::<Double>(BatchArgs::Dense(&input[..7]), &mut out).unwrap_err();
         assert!(err.contains("dense batch of 7 bytes"), "{err}");
         // The same items framed: framed results.
         let mut framed = Vec::new();
@@ -536,7 +536,7 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(
-            invoke_batch::<Double>(Args::Framed(&framed), &mut out),
+            invoke_batch::<Double>(BatchArgs::Framed(&framed), &mut out),
             Ok((2, false))
         );
         assert_eq!(next_item(&mut &out[..]).map(|i| i.0), Some(ITEM_OK));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::job::{Job, Next, Queue};
+use crate::pool::job::{Job, JobQueue, Next};
 use crate::pool::outcome::{Failure, Outcome};
 use crate::pool::runner::Runner;
 use crate::pool::{Pool, PoolBuilder, PoolShared};
@@ -170,7 +170,7 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
 
     let workers: usize = slots.iter().map(|s| s.workers).sum();
     let shared = Arc::new(PoolShared {
-        queue: Queue::new(),
+        queue: JobQueue::new(),
         initializer,
         max_tasks_per_worker: builder.max_tasks_per_worker,
         test_name: None,

@@ -432,7 +432,7 @@ pub(crate) enum Sink {
 /// before any worker may take it.
 const RESERVE_FOR: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// What [`Queue::next`] found.
+/// What [`JobQueue::next`] found.
 pub(crate) enum Next {
     /// A job to run.
     Job(Job),
@@ -444,7 +444,7 @@ pub(crate) enum Next {
 }
 
 /// State shared by a pool, its drivers, its tasks and streams.
-pub(crate) struct Queue {
+pub(crate) struct JobQueue {
     state: Mutex<QueueState>,
     cond: Condvar,
     batch_ids: AtomicU64,
@@ -462,9 +462,9 @@ struct QueueState {
     sleeping: usize,
 }
 
-impl Queue {
-    pub(crate) fn new() -> Queue {
-        Queue {
+impl JobQueue {
+    pub(crate) fn new() -> JobQueue {
+        JobQueue {
             state: Mutex::new(QueueState {
                 jobs: VecDeque::new(),
                 closed: false,

@@ -25,7 +25,7 @@ pub use stream::{Imap, ImapUnordered, Indexed};
 pub use task::{AsCompleted, Task, as_completed};
 
 use crate::conn::slot::TaskSlot;
-use job::{Job, Queue, Sink};
+use job::{Job, JobQueue, Sink};
 use outcome::Outcome;
 use runner::Runner;
 use stream::{Chunking, Stream};
@@ -243,7 +243,7 @@ impl PoolBuilder {
         };
         let runners: Vec<Arc<Runner>> = (0..workers).map(|id| Arc::new(Runner::new(id))).collect();
         let shared = Arc::new(PoolShared {
-            queue: Queue::new(),
+            queue: JobQueue::new(),
             initializer,
             max_tasks_per_worker: self.max_tasks_per_worker,
             test_name: child::current_test(),

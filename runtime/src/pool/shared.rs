@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::job::Queue;
+use super::job::JobQueue;
 use crate::conn::outcome::Failure;
 use crate::conn::runner::Runner;
 use crate::error::Result;
@@ -22,7 +22,7 @@ pub(crate) struct Initializer {
 
 /// What the driver threads share with the pool.
 pub(crate) struct PoolShared {
-    pub(crate) queue: Queue,
+    pub(crate) queue: JobQueue,
     pub(crate) initializer: Option<Initializer>,
     pub(crate) max_tasks_per_worker: Option<u64>,
     pub(crate) test_name: Option<String>,
