@@ -9,9 +9,9 @@ use std::time::Duration;
 use mpi::topology::SimpleCommunicator;
 
 use crate::codec;
+use crate::conn::outcome::{Failure, Outcome, Reply};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::job::{Job, Sink};
-use crate::pool::outcome::{Failure, Outcome, Reply};
 use crate::pool::{Initializer, Pool};
 use crate::proto;
 use crate::registry;
@@ -39,7 +39,7 @@ fn keep_init_output(worker: &'static str, rest: &mut &[u8]) -> Result<()> {
                 .get_or_insert_with(|| item.to_vec());
             Ok(())
         }
-        _ => crate::pool::decode::decode_item::<serde::de::IgnoredAny>(worker, None, rest)
+        _ => crate::conn::decode::decode_item::<serde::de::IgnoredAny>(worker, None, rest)
             .map(|_| ()),
     }
 }

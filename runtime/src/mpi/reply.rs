@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use crate::codec;
+use crate::conn::outcome::{Failure, Outcome};
 use crate::pool::job::Job;
-use crate::pool::outcome::{Failure, Outcome};
 use crate::proto;
 
 use super::message::{REPLY, REPLY_DONE, REPLY_FAILED, REPLY_HEAD};
@@ -243,9 +243,9 @@ pub(super) fn fail_unanswered(flight: &mut Flight, failure: &Failure) {
 mod tests {
     use std::sync::mpsc::{self, Receiver};
 
+    use crate::conn::outcome::Reply;
     use crate::mpi::rank::encode_reply;
     use crate::pool::job::Sink;
-    use crate::pool::outcome::Reply;
 
     use super::*;
 

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::conn::outcome::{Failure, Outcome};
+use crate::conn::runner::Runner;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::job::{Job, JobQueue, Next};
-use crate::pool::outcome::{Failure, Outcome};
-use crate::pool::runner::Runner;
 use crate::pool::{Pool, PoolBuilder, PoolShared};
 use crate::registry;
 

@@ -8,8 +8,7 @@ pub(crate) mod shared;
 pub(crate) mod stream;
 pub(crate) mod task;
 
-// The MPI backend names these through the pool.
-pub(crate) use crate::conn::{decode, outcome, runner};
+use crate::conn::{decode, outcome, runner};
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicUsize;
