@@ -1,4 +1,4 @@
-//! The comparison bench of issue 5: each workload on sequential Rust, rayon,
+//! The comparison bench: each workload on sequential Rust, rayon,
 //! multiproc and — when `python3` is on the machine — Python's
 //! `multiprocessing`, in one run, printed as one markdown table with the
 //! ratios and a ✓/✗ per target.

@@ -14,6 +14,7 @@ use std::process::Child;
 use std::sync::Arc;
 
 use crate::proto;
+use crate::proto::reply;
 use crate::shm::arena::{ARENA_FROM, Arena, Lease};
 
 /// Where `len` bytes fit in a request arena of `capacity` bytes after the
@@ -171,19 +172,15 @@ pub(crate) fn shared_reply(
     worker: &Conn,
     frame: &[u8],
 ) -> std::io::Result<(u64, usize, Arc<Arena>)> {
-    let mut cur = proto::Cursor(&frame[1..]);
-    let which = cur.u32()? as usize;
-    let seq = cur.u64()?;
-    let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
-    match worker.arenas.as_ref().and_then(|a| a.reply.get(which)) {
-        Some(reply) if len <= reply.capacity() && len >= proto::DONE_HEADER => {
-            Ok((seq, len, reply.clone()))
-        }
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "a shared reply does not fit its buffer",
-        )),
-    }
+    let arenas = worker.arenas.as_ref();
+    let capacity = arenas.map_or(0, |a| a.reply[0].capacity());
+    let count = arenas.map_or(0, |a| a.reply.len());
+    let at = reply::read_shared_done(frame, count, capacity)
+        .map_err(|b| std::io::Error::new(std::io::ErrorKind::InvalidData, b.message))?;
+    let arena = arenas
+        .and_then(|a| a.reply.get(at.arena))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no reply arena"))?;
+    Ok((at.seq, at.len, arena.clone()))
 }
 
 /// Leaves the `DONE` frame of a `DONE_SHARED` one in its reply arena, held

@@ -125,34 +125,14 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
     }
     stream.set_read_timeout(Some(proto::FRAME_STALL))?;
     let mut frame = Vec::new();
-    match proto::read_frame(stream, &mut frame)? {
-        Some(proto::TAG_HELLO) => {}
-        Some(tag) => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("expected hello, got frame {tag}"),
-            ));
-        }
-        None => {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "it exited before its hello",
-            ));
-        }
-    }
-    let mut cur = proto::Cursor(&frame[1..]);
-    let version = cur.u32()?;
-    let child_pid = cur.u32()?;
-    if version != proto::PROTOCOL_VERSION || child_pid != pid {
+    if proto::read_frame(stream, &mut frame)?.is_none() {
         return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "hello from pid {child_pid} with protocol {version}, expected pid {pid} with protocol {}",
-                proto::PROTOCOL_VERSION
-            ),
+            io::ErrorKind::UnexpectedEof,
+            "it exited before its hello",
         ));
     }
-    Ok(())
+    proto::reply::read_hello(&frame, pid)
+        .map_err(|b| io::Error::new(io::ErrorKind::InvalidData, b.message))
 }
 
 /// A pidfd for `child` (readable once it has exited), where the kernel has

@@ -252,4 +252,73 @@ mod tests {
         assert_eq!(c.u64().unwrap(), 42);
         assert_eq!(read_frame(&mut r, &mut got).unwrap(), None);
     }
+
+    /// A reader that hands out at most `step` bytes a call, then, once its
+    /// bytes are spent, reports a read timeout (as a parent's end of a
+    /// worker's socket does when the child stalls) `stalls` times before
+    /// the end of the stream.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+        stalls: u32,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.bytes.is_empty() && self.stalls > 0 {
+                self.stalls -= 1;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.step.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_frame_that_stalls_halfway_is_an_error() {
+        let mut buf = Vec::new();
+        begin_frame(&mut buf, TAG_DONE);
+        buf.extend_from_slice(&[7; 30]);
+        finish_frame(&mut buf).unwrap();
+        for cut in 1..buf.len() {
+            let mut r = Trickle {
+                bytes: &buf[..cut],
+                step: 3,
+                stalls: 1,
+            };
+            let err = read_frame(&mut r, &mut Vec::new()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "cut at {cut}");
+            assert!(is_breach(&err));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any bytes, in any slices, with or without stalls after them:
+        /// a frame, a clean end, or an error — never a panic, never a
+        /// frame over the cap, and never more reserved ahead than
+        /// `RESERVE_AHEAD` beyond what arrived.
+        #[test]
+        fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                                         step in 1usize..9, stalls in 0u32..3) {
+            let mut r = Trickle { bytes: &bytes, step, stalls };
+            let mut got = Vec::new();
+            loop {
+                match read_frame(&mut r, &mut got) {
+                    Ok(Some(tag)) => {
+                        proptest::prop_assert!(!got.is_empty() && got.len() <= MAX_FRAME);
+                        proptest::prop_assert_eq!(tag, got[0]);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        proptest::prop_assert!(got.capacity() <= RESERVE_AHEAD + bytes.len() + 64, "{e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }

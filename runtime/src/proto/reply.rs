@@ -23,9 +23,8 @@
 
 use std::fmt;
 
-use crate::codec;
-use crate::proto;
 use crate::proto::BatchFailure;
+use crate::{codec, proto};
 
 /// What the parent knows of the batch a reply must answer.
 #[derive(Clone, Copy, Debug)]
@@ -169,6 +168,92 @@ pub(crate) fn read_answer(
     })
 }
 
+/// Where a `DONE_SHARED` frame says its `DONE` frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SharedDone {
+    /// Which reply arena.
+    pub(crate) arena: usize,
+    /// The reply's number in that arena (the child's count of replies it
+    /// wrote there), which the parent stores back to release it.
+    pub(crate) seq: u64,
+    /// The `DONE` frame's length, from its tag on.
+    pub(crate) len: usize,
+}
+
+/// Reads a `DONE_SHARED` frame (from its tag on) against the reply arenas
+/// the parent gave this child: `arenas` of them, each holding up to
+/// `capacity` bytes.
+///
+/// # Errors
+///
+/// A [`Breach`] if the frame is not exactly one, names an arena the child
+/// does not have, or a length that does not fit one or cannot hold a
+/// `DONE` frame's head.
+pub(crate) fn read_shared_done(
+    frame: &[u8],
+    arenas: usize,
+    capacity: usize,
+) -> Result<SharedDone, Breach> {
+    let body = match frame.split_first() {
+        Some((&proto::TAG_DONE_SHARED, body)) if body.len() == 4 + 8 + 8 => body,
+        _ => {
+            return Err(breach(format!(
+                "a shared-reply frame of {} bytes (one is {})",
+                frame.len(),
+                1 + 4 + 8 + 8
+            )));
+        }
+    };
+    let mut cur = proto::Cursor(body);
+    let (Ok(arena), Ok(seq), Ok(len)) = (cur.u32(), cur.u64(), cur.u64()) else {
+        unreachable!("the length was checked");
+    };
+    let arena = arena as usize;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if arena >= arenas {
+        return Err(breach(format!(
+            "a shared reply in arena {arena}, of the {arenas} it was given"
+        )));
+    }
+    if !(proto::DONE_HEADER..=capacity).contains(&len) {
+        return Err(breach(format!(
+            "a shared reply of {len} bytes, in an arena of {capacity} (a DONE frame takes {} to {capacity})",
+            proto::DONE_HEADER
+        )));
+    }
+    Ok(SharedDone { arena, seq, len })
+}
+
+/// Reads a `HELLO` frame (from its tag on): the child must speak this
+/// build's protocol and be the process `pid` that was started.
+///
+/// # Errors
+///
+/// A [`Breach`] naming what does not match.
+pub(crate) fn read_hello(frame: &[u8], pid: u32) -> Result<(), Breach> {
+    let body = match frame.split_first() {
+        Some((&proto::TAG_HELLO, body)) if body.len() == 8 => body,
+        _ => {
+            return Err(breach(format!(
+                "expected a hello of 9 bytes, got a frame of {} with tag {:?}",
+                frame.len(),
+                frame.first()
+            )));
+        }
+    };
+    let mut cur = proto::Cursor(body);
+    let (Ok(version), Ok(child_pid)) = (cur.u32(), cur.u32()) else {
+        unreachable!("the length was checked");
+    };
+    if version != proto::PROTOCOL_VERSION || child_pid != pid {
+        return Err(breach(format!(
+            "hello from pid {child_pid} with protocol {version}, expected pid {pid} with protocol {}",
+            proto::PROTOCOL_VERSION
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that `body` is exactly `count` framed items, each with its body
 /// inside `body`.
 fn check_items(mut body: &[u8], count: u32) -> Result<(), String> {
@@ -309,6 +394,37 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn shared_replies_and_hellos_are_checked() {
+        let shared = |arena: u32, seq: u64, len: u64| {
+            let mut f = vec![proto::TAG_DONE_SHARED];
+            f.extend_from_slice(&arena.to_le_bytes());
+            f.extend_from_slice(&seq.to_le_bytes());
+            f.extend_from_slice(&len.to_le_bytes());
+            f
+        };
+        assert_eq!(
+            read_shared_done(&shared(3, 9, 100), 4, 1000),
+            Ok(SharedDone {
+                arena: 3,
+                seq: 9,
+                len: 100
+            })
+        );
+        assert!(read_shared_done(&shared(4, 9, 100), 4, 1000).is_err());
+        assert!(read_shared_done(&shared(0, 9, 1001), 4, 1000).is_err());
+        assert!(read_shared_done(&shared(0, 9, 3), 4, 1000).is_err());
+        assert!(read_shared_done(&shared(0, 9, u64::MAX), 4, 1000).is_err());
+        assert!(read_shared_done(&shared(0, 9, 100)[..20], 4, 1000).is_err());
+        let mut hello = vec![proto::TAG_HELLO];
+        hello.extend_from_slice(&proto::PROTOCOL_VERSION.to_le_bytes());
+        hello.extend_from_slice(&77u32.to_le_bytes());
+        assert!(read_hello(&hello, 77).is_ok());
+        assert!(read_hello(&hello, 78).is_err());
+        assert!(read_hello(&hello[..8], 77).is_err());
+        assert!(read_hello(&[], 77).is_err());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -326,6 +442,17 @@ mod tests {
                 }
                 prop_assert!(body.is_empty());
             }
+        }
+
+        /// Any bytes as a shared-reply or hello frame: read or refused,
+        /// never a panic, and what is read fits what the parent gave.
+        #[test]
+        fn arbitrary_shared_replies_and_hellos_never_panic(frame in proptest::collection::vec(any::<u8>(), 0..32),
+                                                           arenas in 0usize..6, capacity in 0usize..4096) {
+            if let Ok(s) = read_shared_done(&frame, arenas, capacity) {
+                prop_assert!(s.arena < arenas && s.len <= capacity && s.len >= proto::DONE_HEADER);
+            }
+            let _ = read_hello(&frame, 77);
         }
 
         /// A correct reply with one byte changed, cut or added is read as a
