@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::fdpass::FdReader;
+use crate::proto::message::{self, RunArgs};
 use crate::proto::{self, BatchFailure};
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Arena};
@@ -217,10 +218,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     let progress = unsafe { Progress::from_inherited(std::os::fd::IntoRawFd::into_raw_fd(page)) }?;
     exec::set_progress(progress);
 
-    proto::begin_frame(&mut out, proto::TAG_HELLO);
-    out.extend_from_slice(&proto::PROTOCOL_VERSION.to_le_bytes());
-    out.extend_from_slice(&std::process::id().to_le_bytes());
-    proto::finish_frame(&mut out)?;
+    message::hello(&mut out, std::process::id())?;
     writer.write_all(&out)?;
     writer.flush()?;
 
@@ -261,36 +259,35 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 });
             }
             proto::TAG_RUN | proto::TAG_RUN_SHARED | proto::TAG_RUN_RANGE => {
-                let mut cur = proto::Cursor(&frame[1..]);
-                let batch = cur.u64()?;
-                let _fds = cur.u32()?;
-                let name_len = cur.u32()? as usize;
-                let name = std::str::from_utf8(cur.take(name_len)?).unwrap_or("<invalid utf-8>");
-                // A range of integers: its width, first one and count.
-                let range = if tag == proto::TAG_RUN_RANGE {
-                    let width = cur.take(1)?[0];
-                    Some((cur.u64()?, cur.u32()?, usize::from(width)))
-                } else {
-                    None
+                let run = message::read_run(&frame)?;
+                let (batch, name) = (run.batch, run.worker);
+                // A range of integers: its first one, count and width.
+                let range = match run.args {
+                    RunArgs::Range {
+                        first,
+                        count,
+                        width,
+                    } => Some((first, count, width)),
+                    RunArgs::Inline(_) | RunArgs::Shared { .. } => None,
                 };
-                let payload = if tag == proto::TAG_RUN_SHARED {
-                    let offset = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
-                    let len = usize::try_from(cur.u64()?).unwrap_or(usize::MAX);
-                    let request = arenas.as_ref().and_then(|a| {
-                        // SAFETY: the parent wrote the payload before
-                        // sending this frame and writes those bytes of the
-                        // request arena again only when this batch has
-                        // been answered (shm::arena).
-                        unsafe { a.request.bytes_at(offset, len) }
-                    });
-                    request.ok_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            "a shared batch arrived without its shared buffer",
-                        )
-                    })?
-                } else {
-                    cur.rest()
+                let payload = match run.args {
+                    RunArgs::Shared { offset, len } => {
+                        let request = arenas.as_ref().and_then(|a| {
+                            // SAFETY: the parent wrote the payload before
+                            // sending this frame and writes those bytes of
+                            // the request arena again only when this batch
+                            // has been answered (shm::arena).
+                            unsafe { a.request.bytes_at(offset, len) }
+                        });
+                        request.ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "a shared batch arrived without its shared buffer",
+                            )
+                        })?
+                    }
+                    RunArgs::Inline(bytes) => bytes,
+                    RunArgs::Range { .. } => &[],
                 };
                 let Some(entry) = registry::lookup(name) else {
                     let failure = BatchFailure::UnknownWorker {
@@ -300,11 +297,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     send_failure(&mut writer, &mut out, batch, &failure)?;
                     continue;
                 };
-                proto::begin_frame(&mut out, proto::TAG_DONE);
-                out.extend_from_slice(&batch.to_le_bytes());
-                let timing_at = out.len();
-                out.extend_from_slice(&0u64.to_le_bytes()); // elapsed
-                out.extend_from_slice(&0u32.to_le_bytes()); // items run
+                let timing_at = message::done_head(&mut out, batch);
                 let started = Instant::now();
                 exec::begin_batch(batch);
                 let args = match range {
@@ -342,8 +335,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 match result {
                     Ok((ran, dense_results)) => {
-                        out[timing_at..timing_at + 8].copy_from_slice(&elapsed.to_le_bytes());
-                        out[timing_at + 8..timing_at + 12].copy_from_slice(&ran.to_le_bytes());
+                        message::done_timing(&mut out, timing_at, elapsed, ran);
                         if dense_results {
                             out[4] |= proto::DENSE; // the tag, after the length
                         }
@@ -432,10 +424,7 @@ fn send_reply(
             tail = &[];
             a.replies[i] += 1;
             a.next = i;
-            proto::begin_frame(out, proto::TAG_DONE_SHARED);
-            out.extend_from_slice(&(i as u32).to_le_bytes());
-            out.extend_from_slice(&a.replies[i].to_le_bytes());
-            out.extend_from_slice(&(body as u64).to_le_bytes());
+            message::shared_done(out, i, a.replies[i], body);
         }
     }
     proto::finish_frame_with(out, tail.len())?;
@@ -453,10 +442,7 @@ fn send_failure(
     batch: u64,
     failure: &BatchFailure,
 ) -> std::io::Result<()> {
-    proto::begin_frame(out, proto::TAG_FAILED);
-    out.extend_from_slice(&batch.to_le_bytes());
-    out.extend_from_slice(&postcard::to_stdvec(failure).unwrap_or_default());
-    proto::finish_frame(out)?;
+    message::failed(out, batch, failure)?;
     writer.write_all(out)?;
     writer.flush()
 }

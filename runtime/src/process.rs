@@ -219,8 +219,8 @@ fn supervise(
         Ok(answer) => {
             // The answer first: reaping waits for the child's exit.
             if let reply::Answer::Done { .. } = answer {
-                proto::begin_frame(&mut buf, proto::TAG_SHUTDOWN);
-                let _ = proto::finish_frame(&mut buf).and_then(|()| spawned.stream.write_all(&buf));
+                let _ = proto::message::shutdown(&mut buf)
+                    .and_then(|()| spawned.stream.write_all(&buf));
             }
             fill(match answer {
                 reply::Answer::Done { dense, .. } => Outcome::Done {

@@ -142,18 +142,8 @@ pub(crate) fn encode_run(
     payload: &[u8],
     fds: usize,
 ) -> std::io::Result<()> {
-    run_head(buf, proto::TAG_RUN, batch, worker, fds);
+    proto::message::run_head(buf, proto::TAG_RUN, batch, worker, fds);
     proto::finish_frame_with(buf, payload.len())
-}
-
-/// The head of a `RUN` or `RUN_SHARED` frame: tag, batch, descriptor count,
-/// worker name (the length is filled in later).
-pub(crate) fn run_head(buf: &mut Vec<u8>, tag: u8, batch: u64, worker: &str, fds: usize) {
-    proto::begin_frame(buf, tag);
-    buf.extend_from_slice(&batch.to_le_bytes());
-    buf.extend_from_slice(&(fds as u32).to_le_bytes());
-    buf.extend_from_slice(&(worker.len() as u32).to_le_bytes());
-    buf.extend_from_slice(worker.as_bytes());
 }
 
 /// Sends a `RUN` frame: the head built by [`encode_run`], then the payload.

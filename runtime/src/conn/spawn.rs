@@ -88,8 +88,7 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
     // The progress page goes over the socket, as a descriptor.
     let setup = (|| {
         let mut frame = Vec::new();
-        proto::begin_frame(&mut frame, proto::TAG_SETUP);
-        proto::finish_frame(&mut frame)?;
+        proto::message::setup(&mut frame)?;
         crate::fdpass::write_with_fds(&mut stream, &frame, &[progress.fd().try_clone_to_owned()?])
     })();
     // From here a frame that stalls halfway, or a child that stops reading

@@ -21,10 +21,11 @@ use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
 use crate::conn::reap::{reap, wait_exit};
 use crate::conn::runner::Runner;
 use crate::conn::spawn::{self, Spawned};
-use crate::conn::{Conn, encode_run, ring_offset, run_head, send_run};
+use crate::conn::{Conn, encode_run, ring_offset, send_run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto;
 use crate::proto::BatchFailure;
+use crate::proto::message;
 use crate::proto::reply;
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Lease};
@@ -323,7 +324,7 @@ fn send_job(
         }
         _ => (proto::TAG_RUN, job.payload.parts()),
     };
-    run_head(
+    message::run_head(
         buf,
         tag | dense_flag(job),
         batch,
@@ -331,8 +332,7 @@ fn send_job(
         job.fds().len(),
     );
     if let Some((at, _)) = region {
-        buf.extend_from_slice(&(at as u64).to_le_bytes());
-        buf.extend_from_slice(&(len as u64).to_le_bytes());
+        message::shared_args(buf, at, len);
     }
     proto::finish_frame_with(buf, inline[0].len() + inline[1].len())?;
     crate::fdpass::write_parts_with_fds(
@@ -764,8 +764,7 @@ fn read_reply(
 /// Asks a worker to exit and reaps it.
 fn stop(runner: &Runner, mut worker: Conn) {
     let mut buf = Vec::new();
-    proto::begin_frame(&mut buf, proto::TAG_SHUTDOWN);
-    let asked = proto::finish_frame(&mut buf)
+    let asked = message::shutdown(&mut buf)
         .and_then(|()| worker.writer.write_all(&buf))
         .is_ok();
     drop(worker.writer);

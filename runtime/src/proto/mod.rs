@@ -8,11 +8,13 @@
 //! never a panic in this one.
 //!
 //! - [`frame`]: the frames on a worker's control socket;
+//! - [`message`]: each message on it, written by one function;
 //! - [`reply`]: a worker's answer to the batch in flight;
 //! - [`stream`]: length-prefixed messages between peers of a pipe or a
 //!   `Manager`.
 
 pub(crate) mod frame;
+pub(crate) mod message;
 pub(crate) mod reply;
 pub(crate) mod stream;
 
