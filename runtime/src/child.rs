@@ -1,7 +1,7 @@
 //! The guard that `#[entry]` installs, and the serve loop a child runs.
 //!
 //! A child is this same executable, started by [`crate::conn::spawn`] with the
-//! environment variable [`MARKER`] set to `"<protocol>:<fd>"`, where `fd` is
+//! environment variable [`MARKER`](guard::MARKER) set to `"<protocol>:<fd>"`, where `fd` is
 //! its end of a socket pair inherited from the parent. `#[entry]` calls
 //! [`entry`] as the first statement of `main`: in a child it removes the
 //! marker, serves tasks until the parent says stop or goes away, and exits
@@ -10,55 +10,27 @@
 use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::fdpass::FdReader;
 use crate::proto::message::{self, RunArgs};
 use crate::proto::{self, BatchFailure};
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Arena};
-use crate::{exec, registry};
-
-/// Environment variable that marks a process as a worker child.
-pub(crate) const MARKER: &str = "MULTIPROC_CHILD";
+use crate::sys::fdpass::FdReader;
+use crate::{exec, guard, registry};
 
 /// Exit code of a child that was started with a marker it cannot use.
 const EXIT_BAD_MARKER: i32 = 97;
-
-static GUARD: AtomicBool = AtomicBool::new(false);
-
-/// The exact name of the `#[multiproc::test]` that this thread runs, if any;
-/// children of pools made on this thread re-run the test binary filtered to it.
-static TEST_NAMES: Mutex<Vec<(std::thread::ThreadId, String)>> = Mutex::new(Vec::new());
-
-/// `true` once `#[entry]` or `#[multiproc::test]` ran in this process.
-pub(crate) fn guard_installed() -> bool {
-    GUARD.load(Ordering::Acquire)
-}
-
-/// The test this thread runs, for children of a pool created on it.
-pub(crate) fn current_test() -> Option<String> {
-    let id = std::thread::current().id();
-    let names = TEST_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    names
-        .iter()
-        .rev()
-        .find(|(t, _)| *t == id)
-        .or(names.last())
-        .map(|(_, n)| n.clone())
-}
 
 /// The process role, first thing in `main` (see the crate's `entry`).
 ///
 /// In a child process this never returns: it serves tasks, then exits. In
 /// the parent it records that the guard is in place and returns.
 pub(crate) fn entry() {
-    if let Some(marker) = std::env::var_os(MARKER) {
+    if let Some(marker) = std::env::var_os(guard::MARKER) {
         become_child(marker);
     }
-    GUARD.store(true, Ordering::Release);
+    guard::install();
 }
 
 /// Called by `#[multiproc::test]` as the first statement of the test.
@@ -69,21 +41,18 @@ pub fn test_entry(path: &'static str) {
     let name = path.split_once("::").map_or(path, |(_, rest)| rest);
     // Recorded first, also in a child: a worker that starts a pool of its
     // own must re-run the test binary filtered to this test, not all tests.
-    TEST_NAMES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((std::thread::current().id(), name.to_owned()));
-    if let Some(marker) = std::env::var_os(MARKER) {
+    guard::record_test(name);
+    if let Some(marker) = std::env::var_os(guard::MARKER) {
         become_child(marker);
     }
-    GUARD.store(true, Ordering::Release);
+    guard::install();
 }
 
 fn become_child(marker: std::ffi::OsString) -> ! {
     // SAFETY: `entry` is the first statement of `main` (or of the test
     // function, in a test binary filtered to that one test), before user code
     // has started threads that could read the environment concurrently.
-    unsafe { std::env::remove_var(MARKER) };
+    unsafe { std::env::remove_var(guard::MARKER) };
     let parent = match parse_marker(&marker.to_string_lossy()) {
         Ok(parent) => parent,
         Err(msg) => bad_marker(&msg),
@@ -129,7 +98,7 @@ fn become_child(marker: std::ffi::OsString) -> ! {
     // happens (if it dies, so do we); workers do not print or die on it.
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    GUARD.store(true, Ordering::Release);
+    guard::install();
     exec::install_panic_hook();
     let code = match serve(stream) {
         Ok(()) => 0,
@@ -160,9 +129,10 @@ fn parse_marker(marker: &str) -> Result<u32, String> {
 }
 
 fn bad_marker(why: &str) -> ! {
+    let marker = guard::MARKER;
     eprintln!(
-        "multiproc: this process was started with {MARKER} set, but it is not a worker \
-         started by a multiproc pool ({why}); unset {MARKER} to run the program normally"
+        "multiproc: this process was started with {marker} set, but it is not a worker \
+         started by a multiproc pool ({why}); unset {marker} to run the program normally"
     );
     std::process::exit(EXIT_BAD_MARKER)
 }
@@ -234,7 +204,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let (request, reply) = proto::arena_lengths(&frame)?;
                 if request == 0 && reply == 0 {
                     arenas = None; // unmapped: their memory is freed
-                    crate::shm::huge::release_spares();
+                    crate::mem::huge::release_spares();
                     if out.capacity() > 16 << 20 {
                         out = Vec::new();
                     }
@@ -326,7 +296,8 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                         Some(i)
                     });
                 let head_len = out.len();
-                let result = crate::fdpass::with_table(fds, || (entry.invoke())(args, &mut out));
+                let result =
+                    crate::sys::fdpass::with_table(fds, || (entry.invoke())(args, &mut out));
                 let direct = direct.zip(exec::take_direct());
                 // Results written to the room leave the head as it was: it
                 // goes right before them (`send_reply`).
@@ -431,7 +402,7 @@ fn send_reply(
     writer.write_all(out)?;
     writer.write_all(tail)?;
     if let Some(bytes) = deferred {
-        crate::shm::huge::recycle(bytes);
+        crate::mem::huge::recycle(bytes);
     }
     Ok(())
 }

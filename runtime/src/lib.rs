@@ -16,9 +16,10 @@ mod codec;
 mod conn;
 mod error;
 mod exec;
-mod fdpass;
+mod guard;
 mod latency;
 mod manager;
+mod mem;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod pipe;
@@ -28,6 +29,7 @@ mod proto;
 mod queue;
 mod registry;
 mod shm;
+mod sys;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};

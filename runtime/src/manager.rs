@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::fdpass::{self, FdReader};
 use crate::proto::stream::{EncodeError, FrameError, FrameReader, FrameWriter, MANAGER_CAP};
+use crate::sys::fdpass::{self, FdReader};
 
 #[derive(Serialize, Deserialize)]
 enum Request {

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::fdpass;
 use crate::proto::stream::{EncodeError, FrameError, FrameReader, FrameWriter, PIPE_CAP};
+use crate::sys::fdpass;
 
 /// Creates a connected pair of pipe ends: the first sends `A` and receives
 /// `B`, the second sends `B` and receives `A`.

@@ -22,7 +22,7 @@ use crate::proto;
 use crate::proto::reply;
 use crate::shm::Progress;
 use crate::worker::Worker;
-use crate::{child, registry};
+use crate::{guard, registry};
 
 /// A `#[worker]` call running in a process of its own: Python's
 /// `multiprocessing.Process`, shaped like [`std::thread::JoinHandle`].
@@ -71,7 +71,7 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
         W: Worker<Output = R>,
     {
         let _ = worker;
-        if !child::guard_installed() {
+        if !guard::guard_installed() {
             return Err(Error::new(ErrorKind::GuardMissing));
         }
         registry::validate()?;
@@ -79,7 +79,7 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
         let slot = Arc::new(TaskSlot::new());
         let runner = Arc::new(Runner::default());
         let (started_tx, started_rx) = mpsc::channel();
-        let test = child::current_test();
+        let test = guard::current_test();
         let (thread_slot, thread_runner) = (slot.clone(), runner.clone());
         // The thread that spawns the child lives until the child is reaped:
         // the child's parent-death signal is tied to it.

@@ -107,7 +107,7 @@ pub(crate) fn is_byte_vec<T: 'static>() -> bool {
 /// Appends one item holding `bytes` as postcard encodes a `Vec<u8>`.
 #[inline(never)]
 fn put_byte_vec(out: &mut Vec<u8>, bytes: &[u8]) {
-    crate::shm::huge::reserve_bytes(out, 20 + bytes.len());
+    crate::mem::huge::reserve_bytes(out, 20 + bytes.len());
     put_byte_vec_head(out, bytes.len());
     out.extend_from_slice(bytes);
 }
@@ -154,7 +154,7 @@ pub(crate) fn recycle_value<T: 'static>(value: T) {
             .downcast_mut::<Option<Vec<u8>>>()
             .and_then(Option::take)
         {
-            crate::shm::huge::recycle(bytes);
+            crate::mem::huge::recycle(bytes);
         }
     }
 }
@@ -178,7 +178,7 @@ pub(crate) fn take_byte_vec<T: 'static>(body: &[u8]) -> Option<T> {
 fn byte_vec(body: &[u8]) -> Option<Vec<u8>> {
     let mut rest = body;
     let len = get_varint(&mut rest)?;
-    (len == rest.len() as u64).then(|| crate::shm::huge::to_vec(rest))
+    (len == rest.len() as u64).then(|| crate::mem::huge::to_vec(rest))
 }
 
 /// Writes a header of more than one byte at `start`, moving the body that
@@ -219,7 +219,7 @@ pub(crate) fn encode_call<W: Worker>(
     args: &W::Args,
 ) -> crate::Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>)> {
     let mut payload = Vec::new();
-    let (encoded, fds) = crate::fdpass::capture(|| put_item(&mut payload, args));
+    let (encoded, fds) = crate::sys::fdpass::capture(|| put_item(&mut payload, args));
     encoded.map_err(|message| args_error::<W>(None, message))?;
     Ok((payload, fds))
 }

@@ -31,7 +31,7 @@ pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
                 decode_item(worker, None, &mut rest)
             };
             if let Some(buf) = data.into_vec() {
-                crate::shm::huge::recycle(buf);
+                crate::mem::huge::recycle(buf);
             }
             result
         }

@@ -124,7 +124,7 @@ impl Conn {
         };
         let mut buf = Vec::new();
         proto::arenas_frame(&mut buf, request.len() as u64, reply[0].len() as u64)?;
-        crate::fdpass::write_with_fds(&mut self.writer, &buf, &fds)?;
+        crate::sys::fdpass::write_with_fds(&mut self.writer, &buf, &fds)?;
         let reply = reply
             .try_into()
             .unwrap_or_else(|_| unreachable!("REPLY_ARENAS made"));
@@ -153,7 +153,7 @@ pub(crate) fn send_run(
     payload: &[u8],
     fds: &[std::os::fd::OwnedFd],
 ) -> std::io::Result<()> {
-    crate::fdpass::write_parts_with_fds(stream, &[head, payload], fds)
+    crate::sys::fdpass::write_parts_with_fds(stream, &[head, payload], fds)
 }
 
 /// The reply number and body length a `DONE_SHARED` frame gives, and the
@@ -209,8 +209,8 @@ pub(crate) fn copy_out_reply(worker: &Conn, frame: &mut Vec<u8>) -> std::io::Res
     let tag = lease_reply(worker, frame, &mut lease)?;
     if let Some(held) = lease {
         frame.clear();
-        crate::shm::huge::reserve_bytes(frame, held.len());
-        crate::shm::copy::extend(frame, &held);
+        crate::mem::huge::reserve_bytes(frame, held.len());
+        crate::mem::copy::extend(frame, &held);
     } // released here
     Ok(tag)
 }

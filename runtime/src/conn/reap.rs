@@ -6,7 +6,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
 use std::time::Duration;
 
-use super::spawn;
 use crate::error::ExitReason;
 
 /// Waits for the exit of a child that is on its way out and reaps it.
@@ -30,9 +29,9 @@ pub(crate) fn wait_exit(
         Ok(None) => {}
         Err(_) => return None,
     }
-    match spawn::pidfd(child) {
+    match crate::sys::process::pidfd(child) {
         Some(pidfd) => {
-            if !spawn::wait_readable(pidfd.as_raw_fd(), limit).unwrap_or(false) {
+            if !crate::sys::process::wait_readable(pidfd.as_raw_fd(), limit).unwrap_or(false) {
                 // Still running after `limit`, or the wait failed: let the
                 // loop below decide without sleeping.
                 return child.try_wait().ok().flatten();
@@ -40,7 +39,7 @@ pub(crate) fn wait_exit(
         }
         None => {
             if let Some(fd) = socket {
-                let _ = spawn::wait_readable(fd, limit);
+                let _ = crate::sys::process::wait_readable(fd, limit);
             }
         }
     }

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::child::MARKER;
+use crate::guard::MARKER;
 use crate::proto;
 use crate::shm::Progress;
 
@@ -89,7 +89,11 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
     let setup = (|| {
         let mut frame = Vec::new();
         proto::message::setup(&mut frame)?;
-        crate::fdpass::write_with_fds(&mut stream, &frame, &[progress.fd().try_clone_to_owned()?])
+        crate::sys::fdpass::write_with_fds(
+            &mut stream,
+            &frame,
+            &[progress.fd().try_clone_to_owned()?],
+        )
     })();
     // From here a frame that stalls halfway, or a child that stops reading
     // what it is sent, is an error instead of a wait without end.
@@ -116,7 +120,7 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
 
 fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    if !wait_readable(stream.as_raw_fd(), HELLO_TIMEOUT)? {
+    if !crate::sys::process::wait_readable(stream.as_raw_fd(), HELLO_TIMEOUT)? {
         return Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("no hello within {HELLO_TIMEOUT:?}"),
@@ -132,46 +136,4 @@ fn read_hello(stream: &mut UnixStream, pid: u32) -> io::Result<()> {
     }
     proto::reply::read_hello(&frame, pid)
         .map_err(|b| io::Error::new(io::ErrorKind::InvalidData, b.message))
-}
-
-/// A pidfd for `child` (readable once it has exited), where the kernel has
-/// them (Linux 5.3); `None` otherwise. The child is not reaped yet, so its
-/// pid cannot name another process.
-pub(crate) fn pidfd(child: &Child) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).ok()?)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-}
-
-/// Waits until `fd` has data (or EOF) to read, for at most `timeout`.
-/// Returns `false` on timeout.
-pub(crate) fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // At least 1 ms unless asked not to wait at all.
-    let ms = libc::c_int::try_from(timeout.as_millis())
-        .unwrap_or(libc::c_int::MAX)
-        .max(libc::c_int::from(!timeout.is_zero()));
-    loop {
-        // SAFETY: poll on one valid pollfd that lives across the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n >= 0 {
-            return Ok(n > 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Resident memory of process `pid` in bytes, if it can be read.
-pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).unwrap_or(4096))
 }

@@ -51,7 +51,7 @@ pub(crate) fn invoke_batch<W: Worker>(
 fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, String> {
     // Results are usually about as large as their arguments: room for that
     // up front saves growing (and copying) the buffer several times.
-    crate::shm::huge::reserve(out, input.len());
+    crate::mem::huge::reserve(out, input.len());
     let mut index = 0u64;
     let items = Items::current();
     // A failed batch leaves its sender to drop what it deferred; nothing
@@ -133,7 +133,7 @@ fn run_dense<W: Worker, B: AsRef<[u8]>>(
 ) -> Result<(u32, bool), String> {
     let results = dense_width::<W::Output>();
     let start = out.len();
-    crate::shm::huge::reserve(out, count * results.map_or(width + 1, |w| w));
+    crate::mem::huge::reserve(out, count * results.map_or(width + 1, |w| w));
     let mut args = args;
     let mut index = 0u64;
     let items = Items::current();
@@ -283,7 +283,7 @@ thread_local! {
 fn flush_deferred(out: &mut Vec<u8>) {
     if let Some(bytes) = DEFERRED.take() {
         out.extend_from_slice(&bytes);
-        crate::shm::huge::recycle(bytes);
+        crate::mem::huge::recycle(bytes);
     }
 }
 

@@ -43,7 +43,7 @@ struct RankSlot {
 
 /// Opens a pool on the worker ranks: [`PoolBuilder::build_mpi`].
 pub(crate) fn open(builder: PoolBuilder) -> Result<Pool> {
-    if !crate::child::guard_installed() {
+    if !crate::guard::guard_installed() {
         return Err(Error::new(ErrorKind::GuardMissing));
     }
     registry::validate()?;

@@ -142,7 +142,7 @@ impl<R> Slots<R> {
         let mut buf = Vec::<R>::new();
         // Tens of MiB for a large map: huge pages save most of the faults
         // (taken by the drivers now, as they write).
-        crate::shm::huge::reserve(&mut buf, len);
+        crate::mem::huge::reserve(&mut buf, len);
         let mut buf = std::mem::ManuallyDrop::new(buf);
         Slots {
             ptr: buf.as_mut_ptr(),

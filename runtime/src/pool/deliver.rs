@@ -60,7 +60,7 @@ pub(crate) fn deliver_done(
         // Answered: its arguments are not needed again (and the caller,
         // about to decode, may want their buffer).
         if let Some(buf) = std::mem::take(&mut job.payload).into_vec() {
-            crate::shm::huge::recycle(buf);
+            crate::mem::huge::recycle(buf);
         }
         job.deliver(Outcome::Done {
             data,

@@ -29,6 +29,7 @@ use crate::proto::message;
 use crate::proto::reply;
 use crate::shm::Progress;
 use crate::shm::arena::{ARENA_FROM, Lease};
+use crate::sys::process::{rss_bytes, wait_readable};
 
 /// Batches sent to one child before its first answer (as many as it has
 /// reply arenas, so that each can be answered through one).
@@ -335,7 +336,7 @@ fn send_job(
         message::shared_args(buf, at, len);
     }
     proto::finish_frame_with(buf, inline[0].len() + inline[1].len())?;
-    crate::fdpass::write_parts_with_fds(
+    crate::sys::fdpass::write_parts_with_fds(
         &mut worker.writer,
         &[buf, inline[0], inline[1]],
         job.fds(),
@@ -447,7 +448,7 @@ fn serve_batches(
                     // is gone (or broke the protocol).
                     let fd = worker.reader.get_ref().as_raw_fd();
                     if !worker.reader.buffer().is_empty()
-                        || spawn::wait_readable(fd, Duration::ZERO).unwrap_or(true)
+                        || wait_readable(fd, Duration::ZERO).unwrap_or(true)
                     {
                         if worker.reader.fill_buf().is_ok_and(|b| !b.is_empty()) {
                             return breach(
@@ -460,9 +461,9 @@ fn serve_batches(
                         return End::Died(in_flight);
                     }
                     let since = *idle_since.get_or_insert_with(std::time::Instant::now);
-                    let holds = worker.arenas.is_some() || crate::shm::huge::has_spares();
+                    let holds = worker.arenas.is_some() || crate::mem::huge::has_spares();
                     if holds && since.elapsed() >= ARENAS_KEPT_IDLE {
-                        crate::shm::huge::release_spares();
+                        crate::mem::huge::release_spares();
                         if worker.release_arenas().is_err() {
                             return End::Died(in_flight);
                         }
@@ -607,7 +608,7 @@ fn serve_batches(
                     worker.last_item = Some((front.job.worker, elapsed_ns / u64::from(ran)));
                 }
                 if let Some(limit) = shared.max_worker_rss {
-                    worker.retiring = spawn::rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
+                    worker.retiring = rss_bytes(worker.pid).is_some_and(|rss| rss > limit);
                 }
                 let data = match lease.take() {
                     Some(lease) => ReplyBytes::Shared(lease),
@@ -734,7 +735,7 @@ fn read_reply(
         let batch_limit = limit.saturating_mul(front.job.count.max(1));
         // The item the page named last, and when this thread first saw it.
         let mut seen: (Option<u64>, std::time::Instant) = (None, waiting_since);
-        while worker.reader.buffer().is_empty() && !spawn::wait_readable(fd, tick)? {
+        while worker.reader.buffer().is_empty() && !wait_readable(fd, tick)? {
             if fault.timed_out.is_some() || fault.breach.is_some() {
                 continue; // killed; waiting for the EOF
             }
@@ -742,7 +743,7 @@ fn read_reply(
                 Ok(named) => named,
                 // A child answers a batch before it begins the next: a page
                 // ahead of the front batch is fine once its answer is here.
-                Err(_) if spawn::wait_readable(fd, Duration::ZERO)? => break,
+                Err(_) if wait_readable(fd, Duration::ZERO)? => break,
                 Err(what) => {
                     fault.breach = Some(what);
                     runner.kill_if_running(None);

@@ -34,7 +34,7 @@ pub(crate) use shared::{Initializer, PoolShared};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::worker::Worker;
-use crate::{child, registry};
+use crate::{guard, registry};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool` and
 /// `concurrent.futures.ProcessPoolExecutor` in one.
@@ -231,7 +231,7 @@ impl PoolBuilder {
     /// [`Spawn`](ErrorKind::Spawn) if a process cannot be started;
     /// [`Initializer`](ErrorKind::Initializer) if the initializer fails.
     pub fn build(self) -> Result<Pool> {
-        if !child::guard_installed() {
+        if !guard::guard_installed() {
             return Err(Error::new(ErrorKind::GuardMissing));
         }
         registry::validate()?;
@@ -245,7 +245,7 @@ impl PoolBuilder {
             queue: JobQueue::new(),
             initializer,
             max_tasks_per_worker: self.max_tasks_per_worker,
-            test_name: child::current_test(),
+            test_name: guard::current_test(),
             task_timeout: self.task_timeout,
             retries: self.retries,
             panic_retries: self.panic_retries,
@@ -452,7 +452,7 @@ impl Pool {
         let mut out = Vec::new();
         // The results of a large map are tens of MiB: huge pages save most
         // of the page faults of filling them.
-        crate::shm::huge::reserve(&mut out, items.size_hint().0);
+        crate::mem::huge::reserve(&mut out, items.size_hint().0);
         let mut stream = Stream::<W, I>::new(
             &self.shared,
             self.workers,

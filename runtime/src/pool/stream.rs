@@ -196,7 +196,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             // Size the buffer from the last batch's bytes per item, so that
             // encoding does not reallocate (and copy) as it grows (a spare
             // buffer if it is large, `shm::huge`).
-            crate::shm::huge::reserve_bytes(
+            crate::mem::huge::reserve_bytes(
                 &mut payload,
                 (limit.min(MAX_BATCH_ITEMS * 16))
                     .saturating_mul(self.bytes_per_item)
@@ -209,7 +209,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 let (count, exhausted) = codec::fill_dense(&mut payload, input, room);
                 ((count, None, exhausted), Vec::new())
             } else {
-                crate::fdpass::capture(|| {
+                crate::sys::fdpass::capture(|| {
                     let mut count = 0usize;
                     let mut encode_error = None;
                     let mut exhausted = false;
@@ -502,9 +502,9 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     if self.buf.capacity() < data.capacity()
                         && data.capacity() <= 2 * MAX_BATCH_BYTES
                     {
-                        crate::shm::huge::recycle(std::mem::replace(&mut self.buf, data));
+                        crate::mem::huge::recycle(std::mem::replace(&mut self.buf, data));
                     } else {
-                        crate::shm::huge::recycle(data);
+                        crate::mem::huge::recycle(data);
                     }
                 }
             }
@@ -535,7 +535,7 @@ impl<W: Worker, I> Drop for Stream<'_, W, I> {
         // Queued batches of a dropped iterator are skipped by the workers.
         self.abandoned.store(true, Ordering::Relaxed);
         // The next stream starts from this one's buffer.
-        crate::shm::huge::recycle(std::mem::take(&mut self.buf));
+        crate::mem::huge::recycle(std::mem::take(&mut self.buf));
     }
 }
 

@@ -170,7 +170,7 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
         ));
     }
     buf.clear();
-    crate::shm::huge::reserve_bytes(buf, len.min(RESERVE_AHEAD));
+    crate::mem::huge::reserve_bytes(buf, len.min(RESERVE_AHEAD));
     // `take` + `read_to_end` fills spare capacity without zeroing it first.
     let got = match r.take(len as u64).read_to_end(buf) {
         Ok(got) => got,

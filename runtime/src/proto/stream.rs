@@ -80,9 +80,9 @@ pub(crate) trait Source {
     fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<()>;
 }
 
-impl Source for crate::fdpass::FdReader {
+impl Source for crate::sys::fdpass::FdReader {
     fn read_some(&mut self, buf: &mut [u8], wait: bool) -> io::Result<usize> {
-        crate::fdpass::FdReader::read_some(self, buf, wait)
+        crate::sys::fdpass::FdReader::read_some(self, buf, wait)
     }
 
     fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<()> {

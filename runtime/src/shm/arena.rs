@@ -144,7 +144,7 @@ impl Arena {
         // caller's contract), and `bytes` is private memory, so the two
         // cannot overlap.
         unsafe {
-            super::copy::copy_bytes(
+            crate::mem::copy::copy_bytes(
                 bytes.as_ptr(),
                 self.seg.as_ptr().add(HEADER + offset),
                 bytes.len(),

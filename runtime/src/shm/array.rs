@@ -851,8 +851,8 @@ mod tests {
     #[test]
     fn the_wrong_element_type_is_refused() {
         let a = SharedArray::<u32>::zeroed(4).unwrap();
-        let (bytes, fds) = crate::fdpass::capture(|| postcard::to_stdvec(&a).unwrap());
-        let got = crate::fdpass::with_table(fds, || {
+        let (bytes, fds) = crate::sys::fdpass::capture(|| postcard::to_stdvec(&a).unwrap());
+        let got = crate::sys::fdpass::with_table(fds, || {
             postcard::from_bytes::<SharedArray<f32>>(&bytes).map(|_| ())
         });
         assert!(got.is_err());

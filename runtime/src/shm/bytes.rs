@@ -153,8 +153,8 @@ mod tests {
     #[test]
     fn writable_memory_is_refused() {
         let seg = Segment::create(c"test", 16).unwrap();
-        let (bytes, fds) = crate::fdpass::capture(|| postcard::to_stdvec(&seg).unwrap());
-        let got = crate::fdpass::with_table(fds, || {
+        let (bytes, fds) = crate::sys::fdpass::capture(|| postcard::to_stdvec(&seg).unwrap());
+        let got = crate::sys::fdpass::with_table(fds, || {
             postcard::from_bytes::<SharedBytes>(&bytes).map(|_| ())
         });
         assert!(got.is_err());

@@ -8,9 +8,7 @@
 pub(crate) mod arena;
 mod array;
 mod bytes;
-pub(crate) mod copy;
 mod element;
-pub(crate) mod huge;
 mod primitives;
 mod progress;
 // Building blocks shared with other modules (the queue); not all of them

@@ -52,9 +52,9 @@ fn a_barrier_keeps_its_own_party_count() {
     // a count no barrier has.
     assert_eq!(round_trip(&b).parties(), 1);
     b.cell.word(PARTIES).store(0, Ordering::Relaxed);
-    let (bytes, fds) = crate::fdpass::capture(|| postcard::to_stdvec(&b).unwrap());
+    let (bytes, fds) = crate::sys::fdpass::capture(|| postcard::to_stdvec(&b).unwrap());
     let got =
-        crate::fdpass::with_table(fds, || postcard::from_bytes::<Barrier>(&bytes).map(|_| ()));
+        crate::sys::fdpass::with_table(fds, || postcard::from_bytes::<Barrier>(&bytes).map(|_| ()));
     assert!(got.is_err());
 }
 
@@ -207,8 +207,9 @@ fn a_dead_holder_gives_owner_died_once() {
 #[test]
 fn handles_of_another_kind_are_refused() {
     let e = Event::new().unwrap();
-    let (bytes, fds) = crate::fdpass::capture(|| postcard::to_stdvec(&e).unwrap());
-    let got = crate::fdpass::with_table(fds, || postcard::from_bytes::<Lock>(&bytes).map(|_| ()));
+    let (bytes, fds) = crate::sys::fdpass::capture(|| postcard::to_stdvec(&e).unwrap());
+    let got =
+        crate::sys::fdpass::with_table(fds, || postcard::from_bytes::<Lock>(&bytes).map(|_| ()));
     assert!(got.is_err());
 }
 
