@@ -12,10 +12,10 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+use crate::proto::Progress;
+use crate::proto::arena::{ARENA_FROM, Arena};
 use crate::proto::message::{self, RunArgs};
 use crate::proto::{self, BatchFailure};
-use crate::shm::Progress;
-use crate::shm::arena::{ARENA_FROM, Arena};
 use crate::sys::fdpass::FdReader;
 use crate::{exec, guard, registry};
 
@@ -246,7 +246,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                             // SAFETY: the parent wrote the payload before
                             // sending this frame and writes those bytes of
                             // the request arena again only when this batch
-                            // has been answered (shm::arena).
+                            // has been answered (proto::arena).
                             unsafe { a.request.bytes_at(offset, len) }
                         });
                         request.ok_or_else(|| {
@@ -336,7 +336,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     }
 }
 
-/// The arenas the parent gave this child (see [`crate::shm::arena`]).
+/// The arenas the parent gave this child (see [`crate::proto::arena`]).
 struct Arenas {
     request: Arena,
     /// The reply arenas, used in turn.

@@ -19,8 +19,8 @@ use crate::conn::spawn;
 use crate::conn::{encode_run, send_run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto;
+use crate::proto::Progress;
 use crate::proto::reply;
-use crate::shm::Progress;
 use crate::worker::Worker;
 use crate::{guard, registry};
 

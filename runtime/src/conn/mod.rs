@@ -14,8 +14,8 @@ use std::process::Child;
 use std::sync::Arc;
 
 use crate::proto;
+use crate::proto::arena::{ARENA_FROM, Arena, Lease};
 use crate::proto::reply;
-use crate::shm::arena::{ARENA_FROM, Arena, Lease};
 
 /// Where `len` bytes fit in a request arena of `capacity` bytes after the
 /// payloads of the batches in flight (their regions, oldest first): a
@@ -63,7 +63,7 @@ pub(crate) struct Conn {
 }
 
 /// The request and reply arenas of one worker process (see
-/// [`crate::shm::arena`]).
+/// [`crate::proto::arena`]).
 pub(crate) struct Arenas {
     pub(crate) request: Arena,
     /// [`proto::REPLY_ARENAS`] of them, which the child uses in turn: it

@@ -39,7 +39,7 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) enum ReplyBytes {
     Owned(Vec<u8>),
-    Shared(crate::shm::arena::Lease),
+    Shared(crate::proto::arena::Lease),
 }
 
 impl ReplyBytes {

@@ -28,7 +28,7 @@ struct RunnerState {
     /// the slot id of that worker.
     thief: Option<usize>,
     /// The child's progress page.
-    progress: Option<Arc<crate::shm::Progress>>,
+    progress: Option<Arc<crate::proto::Progress>>,
     /// Set when we killed the child on purpose.
     killed: bool,
 }
@@ -54,7 +54,7 @@ impl Runner {
         self.lock().pid.take()
     }
 
-    pub(crate) fn set_progress(&self, progress: Arc<crate::shm::Progress>) {
+    pub(crate) fn set_progress(&self, progress: Arc<crate::proto::Progress>) {
         self.lock().progress = Some(progress);
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::guard::MARKER;
 use crate::proto;
-use crate::shm::Progress;
+use crate::proto::Progress;
 
 /// How long a new child may take to say hello. A child that dies is noticed
 /// at once (EOF); this only bounds a child that hangs before serving.

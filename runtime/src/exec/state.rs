@@ -6,7 +6,7 @@ use std::panic::PanicHookInfo;
 use std::sync::OnceLock;
 
 use crate::proto::PanicReport;
-use crate::shm::Progress;
+use crate::proto::Progress;
 
 static PROGRESS: OnceLock<Progress> = OnceLock::new();
 
@@ -19,7 +19,7 @@ thread_local! {
 /// page, so that the parent knows which one runs (for timeouts) and can
 /// take the rest of the batch for another worker.
 pub(crate) struct Items {
-    log: Option<crate::shm::ItemLog<'static>>,
+    log: Option<crate::proto::ItemLog<'static>>,
 }
 
 impl Items {

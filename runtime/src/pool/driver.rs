@@ -25,10 +25,10 @@ use crate::conn::{Conn, encode_run, ring_offset, send_run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto;
 use crate::proto::BatchFailure;
+use crate::proto::Progress;
+use crate::proto::arena::{ARENA_FROM, Lease};
 use crate::proto::message;
 use crate::proto::reply;
-use crate::shm::Progress;
-use crate::shm::arena::{ARENA_FROM, Lease};
 use crate::sys::process::{rss_bytes, wait_readable};
 
 /// Batches sent to one child before its first answer (as many as it has
@@ -316,7 +316,7 @@ fn send_job(
             let parts = job.payload.parts();
             // SAFETY: no batch in flight has its payload in these bytes
             // (`ring_offset`), and the child has answered, and so finished
-            // reading, every earlier one (shm::arena).
+            // reading, every earlier one (proto::arena).
             unsafe {
                 arenas.request.write_at(at, parts[0]);
                 arenas.request.write_at(at + parts[0].len(), parts[1]);
@@ -893,7 +893,7 @@ fn died(
 fn page_item(progress: &Progress, front: &Sent, after: Option<u64>) -> Result<Option<u64>, String> {
     let (batch, item) = progress.snapshot();
     let count = u64::from(front.job.count);
-    if item == crate::shm::IDLE {
+    if item == crate::proto::IDLE {
         Ok(None)
     } else if batch != front.batch {
         Err(format!(

@@ -3,7 +3,7 @@
 //! frame cap; the messages every frame kind carries.
 //!
 //! A `RUN` or `DONE` body of 64 KiB or more may travel through a shared
-//! buffer of the worker's instead ([`shm::arena`](crate::shm::arena)): the
+//! buffer of the worker's instead ([`proto::arena`](crate::proto::arena)): the
 //! socket then carries a small `RUN_SHARED` or `DONE_SHARED` frame that says
 //! where it is.
 
@@ -24,7 +24,7 @@ pub(crate) const TAG_SHUTDOWN: u8 = 2;
 /// First frame to a new child: carries its progress page as a descriptor.
 pub(crate) const TAG_SETUP: u8 = 3;
 /// A `RUN` frame whose payload is in the request arena (see
-/// [`shm::arena`](crate::shm::arena)): the head of a `RUN` frame, then the
+/// [`proto::arena`](crate::proto::arena)): the head of a `RUN` frame, then the
 /// payload's offset in the arena and its length, as `u64`s.
 pub(crate) const TAG_RUN_SHARED: u8 = 4;
 /// New arenas for the child: the request arena's length and that of each

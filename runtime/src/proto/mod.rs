@@ -10,12 +10,17 @@
 //! - [`frame`]: the frames on a worker's control socket;
 //! - [`message`]: each message on it, written by one function;
 //! - [`reply`]: a worker's answer to the batch in flight;
+//! - [`progress`] and [`arena`]: a worker's progress page and the shared
+//!   buffers of its large frames, the memory it shares with its parent;
 //! - [`stream`]: length-prefixed messages between peers of a pipe or a
 //!   `Manager`.
 
+pub(crate) mod arena;
 pub(crate) mod frame;
 pub(crate) mod message;
+pub(crate) mod progress;
 pub(crate) mod reply;
 pub(crate) mod stream;
 
 pub(crate) use frame::*;
+pub(crate) use progress::{IDLE, ItemLog, Progress};

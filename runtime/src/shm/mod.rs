@@ -5,12 +5,10 @@
 //! when a process crashes, and the memory is gone with the last mapping.
 //! `unsafe` in this crate lives here; every block says why it is sound.
 
-pub(crate) mod arena;
 mod array;
 mod bytes;
 mod element;
 mod primitives;
-mod progress;
 // Building blocks shared with other modules (the queue); not all of them
 // are used by the shm types themselves.
 #[allow(dead_code)]
@@ -24,7 +22,6 @@ pub use element::{Element, IntElement};
 pub use primitives::{
     Barrier, BarrierWaitResult, Event, Lock, LockGuard, Semaphore, Value, ValueGuard,
 };
-pub(crate) use progress::{IDLE, ItemLog, Progress};
 #[allow(unused_imports)]
 pub(crate) use segment::{Segment, shm_error};
 #[allow(unused_imports)]

@@ -33,7 +33,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::segment::Segment;
+use crate::shm::segment::Segment;
 
 /// Frames with a body at least this large go through the arenas: below it
 /// a frame is a single write and read on the socket. (From 1 MiB, a `map`
