@@ -1,4 +1,4 @@
-//! Criterion micro-benches of the hot paths (issue 5):
+//! Criterion micro-benches of the hot paths:
 //!
 //! - `round_trip`: one tiny task through `apply`, and through `submit` +
 //!   `wait`, on a pool of 1 — the cost a single call pays;
