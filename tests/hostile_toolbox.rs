@@ -349,6 +349,7 @@ const COUNT: u64 = 272;
 const MAX_ITEMS: u64 = 280;
 const CLOSED: u64 = 296;
 const RING_LEN: u64 = 304;
+const WAIT_NOT_EMPTY: u64 = 312;
 const RING: u64 = 512;
 /// The header words from `HEAD` to the last waiter count.
 const WORDS: std::ops::Range<u64> = 256..336;
@@ -524,4 +525,32 @@ fn random_scribbles_cost_an_error_at_most() {
     let fresh: Queue<u64> = Queue::bounded(4).unwrap();
     fresh.put(&1).unwrap();
     assert_eq!(fresh.get_timeout(Duration::from_secs(5)).unwrap(), Some(1));
+}
+
+/// A worker zeroes the count of sleepers that a `put` reads to decide
+/// whether to wake anyone, while a consumer sleeps in an untimed `get`:
+/// the put skips its wake-up, and the consumer still gets the message,
+/// within one of its wait slices. (Before waits were sliced, it slept for
+/// ever.)
+#[multiproc::test]
+fn a_zeroed_sleeper_count_cannot_strand_a_waiting_get() {
+    let _w = watchdog("a_zeroed_sleeper_count_cannot_strand_a_waiting_get");
+    let q: Queue<u64> = Queue::with_buffer(0, 4096).unwrap();
+    let waiting = {
+        let q = q.clone();
+        std::thread::spawn(move || q.get())
+    };
+    // Let the consumer go to sleep first.
+    std::thread::sleep(Duration::from_millis(200));
+    corrupt(&q, vec![(WAIT_NOT_EMPTY, 0)], vec![]);
+    let put = Instant::now();
+    q.put(&7).unwrap();
+    let got = within(Duration::from_secs(5), move || waiting.join().unwrap());
+    let took = put.elapsed();
+    assert_eq!(
+        got.map(|r| r.unwrap()),
+        Some(7),
+        "the waiting get missed the message ({took:?})"
+    );
+    assert!(took < Duration::from_millis(100) + MARGIN, "took {took:?}");
 }

@@ -149,6 +149,9 @@ enum Got<T> {
     TimedOut,
 }
 
+/// Longest sleep of a waiting `put` or `get` between looks at the queue.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
 /// Buffer of a queue made with [`Queue::unbounded`] or [`Queue::bounded`].
 pub const DEFAULT_BUFFER_BYTES: usize = 16 << 20;
 
@@ -356,15 +359,12 @@ impl<T> Queue<T> {
         deadline: Option<Instant>,
     ) -> bool {
         self.set(counter, self.word(counter).saturating_add(1));
+        // In slices: the sleeper counts that decide whether a notify is
+        // sent are words another process can rewrite, so a wake-up may
+        // never come; the callers re-check their condition after each.
         let woken = match deadline {
-            None => {
-                cv.wait(guard);
-                true
-            }
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                !left.is_zero() && cv.wait_timeout(guard, left)
-            }
+            Some(d) if d <= Instant::now() => false,
+            _ => cv.wait_sliced(guard, deadline, WAIT_SLICE),
         };
         // Atomically: a timed wait may return without the lock (its holder
         // kept it past the deadline), and then returns at once.

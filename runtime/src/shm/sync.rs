@@ -777,6 +777,30 @@ impl RawCondvar {
         }
     }
 
+    /// As [`wait_timeout`](RawCondvar::wait_timeout) until `deadline`
+    /// (`None`: no limit), but sleeps at most `slice` before taking the
+    /// lock back: for a caller that re-checks its condition in a loop,
+    /// a notify that was skipped or lost (another process can rewrite the
+    /// words that decide whether to notify) costs at most `slice`. Returns
+    /// `true` holding the mutex, `false` (not holding it) once `deadline`
+    /// has passed.
+    pub(crate) fn wait_sliced(
+        &self,
+        guard: &RawGuard<'_>,
+        deadline: Option<Instant>,
+        slice: Duration,
+    ) -> bool {
+        let sleep = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(slice),
+            None => slice,
+        };
+        let seq = self.word().load(Ordering::Acquire);
+        guard.unlock_for_wait();
+        futex_wait(self.word().as_ptr(), seq, Some(sleep));
+        let wait = deadline.map_or(Wait::Forever, Wait::Until);
+        guard.mutex.relock(guard, wait)
+    }
+
     /// The sequence number, for [`wait_changed`](RawCondvar::wait_changed):
     /// read it before checking the condition.
     pub(crate) fn sequence(&self) -> u32 {
