@@ -8,7 +8,8 @@
 //! MULTIPROC_BENCH_QUICK=1 cargo bench --bench compare  # sizes ÷ 10, fewer repeats
 //! PYTHON=python3.12 cargo bench --bench compare        # another interpreter
 //! MULTIPROC_BENCH_ONLY=primes,apply cargo bench --bench compare
-//!     # some rows: primes apply map imap start bytes queue futures memory
+//!     # some rows: primes apply map imap start bytes f64 f64rt record64
+//!     # records strings queue futures memory
 //! ```
 //!
 //! Each measurement is repeated and the median reported; the contenders of a
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Pool, SharedBytes, WakeLatency, as_completed, worker};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -76,6 +78,81 @@ fn sum_shared(bytes: SharedBytes) -> u64 {
     bytes.iter().map(|&b| u64::from(b)).sum()
 }
 
+/// Returns the length of its argument: a large payload's one-way trip.
+#[worker]
+fn len_bytes(bytes: Vec<u8>) -> u64 {
+    bytes.len() as u64
+}
+
+/// Sums its argument: a `Vec<f64>` payload's one-way trip.
+#[worker]
+fn sum_f64(values: Vec<f64>) -> f64 {
+    values.iter().sum()
+}
+
+/// Doubles every value and returns the vector: a `Vec<f64>` round trip.
+#[worker]
+fn double_f64(mut values: Vec<f64>) -> Vec<f64> {
+    for v in &mut values {
+        *v *= 2.0;
+    }
+    values
+}
+
+/// A named series: a struct payload, mostly floats.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+struct Series {
+    name: String,
+    values: Vec<f64>,
+}
+
+/// Returns its argument: a struct payload's round trip.
+#[worker]
+fn echo_series(series: Series) -> Series {
+    series
+}
+
+/// A small record, as a `map` over rows of a table sends them.
+#[derive(Serialize, Deserialize, Clone)]
+struct Record {
+    id: u32,
+    text: String,
+}
+
+/// What `upper_record` makes of a [`Record`].
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Upper {
+    id: u32,
+    text: String,
+}
+
+/// The record's text in upper case, with its id.
+#[worker]
+fn upper_record(record: Record) -> Upper {
+    upper_of(&record)
+}
+
+/// [`upper_record`] on a borrowed record, as sequential Rust and rayon call it.
+fn upper_of(record: &Record) -> Upper {
+    Upper {
+        id: record.id,
+        text: record.text.to_uppercase(),
+    }
+}
+
+/// The length of a string in bytes.
+#[worker]
+fn str_len(s: String) -> u64 {
+    len_of(&s)
+}
+
+/// [`str_len`] on a borrowed string, as sequential Rust and rayon call it
+/// (a `&String`: the type `map_beside_rayon` lends).
+#[allow(clippy::ptr_arg)]
+fn len_of(s: &String) -> u64 {
+    s.len() as u64
+}
+
 #[multiproc::entry]
 fn main() -> ExitCode {
     let result = match std::env::var(ROLE).as_deref() {
@@ -104,6 +181,8 @@ struct Sizes {
     apply_calls: usize,
     ping_pongs: usize,
     payload: usize,
+    records: usize,
+    strings: usize,
     futures: u64,
     rounds: usize,
     slow_rounds: usize,
@@ -122,6 +201,8 @@ impl Sizes {
             apply_calls: 10_000 / d as usize,
             ping_pongs: 50_000 / d as usize,
             payload: 64 << 20,
+            records: 200_000 / d as usize,
+            strings: 1_000_000 / d as usize,
             futures: 20_000 / d,
             rounds: if quick { 3 } else { 7 },
             slow_rounds: if quick { 3 } else { 5 },
@@ -170,10 +251,12 @@ fn progress(what: &str) {
     eprintln!("compare: {what}");
 }
 
-/// The Python side of one workload: median seconds and the item count.
+/// The Python side of one workload: median seconds, the item count, and
+/// what the script says of how it measured (e.g. which array type it sent).
 struct PyResult {
     median: f64,
     items: f64,
+    note: Option<String>,
 }
 
 struct Python {
@@ -238,6 +321,7 @@ impl Python {
         Some(PyResult {
             median: median(&secs),
             items: entry["items"].as_f64()?,
+            note: entry["note"].as_str().map(str::to_owned),
         })
     }
 }
@@ -276,6 +360,19 @@ fn fmt_count(n: f64) -> String {
 
 fn mib(bytes: f64) -> String {
     format!("{:.1} MiB", bytes / f64::from(1 << 20))
+}
+
+/// A duration that may be negative (a difference of two measurements).
+fn fmt_signed(s: f64) -> String {
+    if s < 0.0 {
+        format!("−{}", fmt_time(-s))
+    } else {
+        fmt_time(s)
+    }
+}
+
+fn gib_per_s(bytes: f64, seconds: f64) -> f64 {
+    bytes / f64::from(1 << 30) / seconds
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -337,6 +434,20 @@ fn run() -> Result<(), BoxError> {
     }
     if want("bytes") {
         rows.extend(payload(&sizes, &python, &pool)?);
+    }
+    let typed = TypedPayloads {
+        f64: want("f64"),
+        f64rt: want("f64rt"),
+        record64: want("record64"),
+    };
+    if typed.f64 || typed.f64rt || typed.record64 {
+        rows.extend(typed_payloads(&sizes, &python, &pool, &typed)?);
+    }
+    if want("records") {
+        rows.push(records(&sizes, &python, &pool, &threads)?);
+    }
+    if want("strings") {
+        rows.push(strings(&sizes, &python, &pool, &threads)?);
     }
     if want("queue") {
         rows.push(queue(&sizes, &python)?);
@@ -868,32 +979,44 @@ fn map_and_growth(
         ok: vec_ratio.map_or("?", |r| mark(r >= 10.0)).to_owned(),
     };
 
-    // Time per item at each size, and its largest distance from the median
-    // of the sizes after the first.
+    // Time per item at each size, and the fixed cost of a map: the time at
+    // the second size less that many items at the largest size's time per
+    // item.
+    let (small, large) = (sizes.growth[1], sizes.growth[sizes.growth.len() - 1]);
     let growth_of = |times: &[Vec<f64>]| {
-        let per_item: Vec<f64> = times
+        let medians: Vec<f64> = times.iter().map(|t| median(t)).collect();
+        let text = medians
             .iter()
             .zip(&sizes.growth)
-            .map(|(t, &s)| median(t) / s as f64)
-            .collect();
-        let after_first = &per_item[1..];
-        let mid = median(after_first);
-        let spread = after_first
-            .iter()
-            .map(|p| (p / mid - 1.0).abs())
-            .fold(0.0, f64::max);
-        let text = per_item
-            .iter()
-            .map(|p| fmt_time(*p))
+            .map(|(t, &s)| fmt_time(t / s as f64))
             .collect::<Vec<_>>()
             .join(", ");
-        (text, spread)
+        let fixed = medians[1] - small as f64 * medians[medians.len() - 1] / large as f64;
+        (text, fixed)
     };
-    let (per_item, spread) = growth_of(&growth);
-    let (floor_per_item, floor_spread) = growth_of(&floor);
+    let (per_item, fixed) = growth_of(&growth);
+    let (floor_per_item, floor_fixed) = growth_of(&floor);
+    let judge = |fixed: f64| {
+        (
+            format!(
+                "fixed cost {} = {:.2}× the floor's {}",
+                fmt_signed(fixed),
+                fixed / floor_fixed,
+                fmt_signed(floor_fixed)
+            ),
+            mark(floor_fixed > 0.0 && fixed <= 1.5 * floor_fixed),
+        )
+    };
+    let fixed_rule = format!(
+        "fixed cost = time at {} − {} × time per item at {}",
+        fmt_count(small as f64),
+        fmt_count(small as f64),
+        fmt_count(large as f64)
+    );
+    let (ratio, ok) = judge(fixed);
     let growth_row = Row {
         workload: format!(
-            "cost growth: `map(x + 1)` at {}",
+            "cost growth: `map(x + 1)` at {} ({fixed_rule})",
             sizes
                 .growth
                 .iter()
@@ -903,24 +1026,25 @@ fn map_and_growth(
         ),
         sequential: format!(
             "fan-out floor (2 processes, one message each, results left in shared memory): \
-             {floor_per_item} per item, ±{:.0}%",
-            floor_spread * 100.0
+             {floor_per_item} per item; fixed cost {}",
+            fmt_signed(floor_fixed)
         ),
         rayon: "—".to_owned(),
-        multiproc: per_item + " per item",
+        multiproc: format!("{per_item} per item; fixed cost {}", fmt_signed(fixed)),
         python: "—".to_owned(),
-        ratio: format!("±{:.0}% around the median after the first", spread * 100.0),
-        target: "within ±25% after the first".to_owned(),
-        ok: mark(spread <= 0.25).to_owned(),
+        ratio,
+        target: "fixed cost ≤ 1.5× the floor's".to_owned(),
+        ok: ok.to_owned(),
     };
     let (quick_per_item, quick_ratio, quick_ok) = match &quick_refused {
         Some(why) => (format!("not measured: {why}"), "—".to_owned(), "?"),
         None => {
-            let (per_item, spread) = growth_of(&quick);
+            let (per_item, fixed) = growth_of(&quick);
+            let (ratio, ok) = judge(fixed);
             (
-                per_item + " per item",
-                format!("±{:.0}% around the median after the first", spread * 100.0),
-                mark(spread <= 0.25),
+                format!("{per_item} per item; fixed cost {}", fmt_signed(fixed)),
+                ratio,
+                ok,
             )
         }
     };
@@ -1113,6 +1237,349 @@ fn shared_payload_row(len: usize, py: &Option<PyResult>, mp: f64, copy_in: f64) 
         target: "the 64 MiB target, with `SharedBytes`".to_owned(),
         ok: mark(gib_s >= 2.0 && py_ratio.is_none_or(|r| r >= 10.0)).to_owned(),
     }
+}
+
+/// Which of the typed-payload rows to measure (they share their rounds).
+struct TypedPayloads {
+    f64: bool,
+    f64rt: bool,
+    record64: bool,
+}
+
+/// The payloads users send, 64 MiB each: a `Vec<f64>` one way (the worker
+/// sums it) against a `Vec<u8>` one way (the worker returns its length);
+/// the `Vec<f64>` there and back (doubled by the worker) and a [`Series`]
+/// (a name and its floats) there and back, against a `Vec<u8>` round trip.
+/// Each round times, in turn, every contender a wanted row needs; the
+/// arguments are cloned before the clock starts and the answers checked
+/// after it stops.
+fn typed_payloads(
+    sizes: &Sizes,
+    python: &Python,
+    pool: &Pool,
+    which: &TypedPayloads,
+) -> Result<Vec<Row>, BoxError> {
+    let len = sizes.payload;
+    progress(&format!(
+        "{} Vec<f64>, Series and Vec<u8> arguments, one way and round trips",
+        mib(len as f64)
+    ));
+    let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let values: Vec<f64> = (0..len / 8).map(|i| i as f64).collect();
+    // Integers below 2^53: the sum is exact in any order.
+    let expected_sum: f64 = values.iter().sum();
+    let name = format!("{:-<64}", "series");
+    let series = Series {
+        values: values[..(len - name.len()) / 8].to_vec(),
+        name,
+    };
+    let (mut u8_one, mut f64_one) = (Vec::new(), Vec::new());
+    let (mut u8_rt, mut f64_rt, mut series_rt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..sizes.slow_rounds {
+        if which.f64 {
+            let arg = bytes.clone();
+            let t = Instant::now();
+            let n = pool.apply(len_bytes, arg)?;
+            u8_one.push(t.elapsed().as_secs_f64());
+            if n != len as u64 {
+                return Err("the worker saw another length than was sent".into());
+            }
+
+            let arg = values.clone();
+            let t = Instant::now();
+            let sum = pool.apply(sum_f64, arg)?;
+            f64_one.push(t.elapsed().as_secs_f64());
+            if sum != expected_sum {
+                return Err("the worker summed other floats than were sent".into());
+            }
+        }
+        if which.f64rt || which.record64 {
+            let arg = bytes.clone();
+            let t = Instant::now();
+            let back = pool.apply(echo_bytes, arg)?;
+            u8_rt.push(t.elapsed().as_secs_f64());
+            if back != bytes {
+                return Err("the payload came back changed".into());
+            }
+        }
+        if which.f64rt {
+            let arg = values.clone();
+            let t = Instant::now();
+            let back = pool.apply(double_f64, arg)?;
+            f64_rt.push(t.elapsed().as_secs_f64());
+            if back.len() != values.len() || back.iter().zip(&values).any(|(b, v)| *b != 2.0 * v) {
+                return Err("the floats came back other than doubled".into());
+            }
+        }
+        if which.record64 {
+            let arg = series.clone();
+            let t = Instant::now();
+            let back = pool.apply(echo_series, arg)?;
+            series_rt.push(t.elapsed().as_secs_f64());
+            if back != series {
+                return Err("the series came back changed".into());
+            }
+        }
+    }
+    let size = mib(len as f64);
+    let timed = |s: f64| format!("{} ({:.2} GiB/s)", fmt_time(s), gib_per_s(len as f64, s));
+    let mut rows = Vec::new();
+    if which.f64 {
+        let py = python.run("f64");
+        let (u8_one, mp) = (median(&u8_one), median(&f64_one));
+        let ratio = u8_one / mp;
+        let (py_ratio, py_ok) = python_payload_part(&py, mp);
+        rows.push(Row {
+            workload: format!(
+                "{size} `Vec<f64>` argument, one way (the worker sums it; a `Vec<u8>` \
+                 one way, its length back, in the same rounds)"
+            ),
+            sequential: "—".to_owned(),
+            rayon: "—".to_owned(),
+            multiproc: format!("{}; `Vec<u8>` one way {}", timed(mp), timed(u8_one)),
+            python: python_payload_cell(&py, len),
+            ratio: format!("{ratio:.2}× the `Vec<u8>` one way{py_ratio}"),
+            target: "≥ 0.9× the `Vec<u8>` one way; ≥ 10× Python (numpy)".to_owned(),
+            ok: format!("{}; Python: {py_ok}", mark(ratio >= 0.9)),
+        });
+    }
+    let u8_rt = median(&u8_rt);
+    if which.f64rt {
+        let py = python.run("f64rt");
+        let mp = median(&f64_rt);
+        let ratio = u8_rt / mp;
+        let (py_ratio, py_ok) = python_payload_part(&py, mp);
+        rows.push(Row {
+            workload: format!(
+                "{size} `Vec<f64>` argument, round trip (the worker doubles each value; \
+                 the `Vec<u8>` round trip in the same rounds)"
+            ),
+            sequential: "—".to_owned(),
+            rayon: "—".to_owned(),
+            multiproc: format!("{}; `Vec<u8>` round trip {}", timed(mp), timed(u8_rt)),
+            python: python_payload_cell(&py, len),
+            ratio: format!("{ratio:.2}× the `Vec<u8>` round trip{py_ratio}"),
+            target: "≥ 0.9× the `Vec<u8>` round trip; ≥ 10× Python (numpy)".to_owned(),
+            ok: format!("{}; Python: {py_ok}", mark(ratio >= 0.9)),
+        });
+    }
+    if which.record64 {
+        let py = python.run("record64");
+        let mp = median(&series_rt);
+        let ratio = u8_rt / mp;
+        let (py_ratio, _) = python_payload_part(&py, mp);
+        rows.push(Row {
+            workload: format!(
+                "{size} `struct {{ name: String, values: Vec<f64> }}` argument, round trip \
+                 (the `Vec<u8>` round trip in the same rounds)"
+            ),
+            sequential: "—".to_owned(),
+            rayon: "—".to_owned(),
+            multiproc: format!("{}; `Vec<u8>` round trip {}", timed(mp), timed(u8_rt)),
+            python: python_payload_cell(&py, len),
+            ratio: format!("{ratio:.2}× the `Vec<u8>` round trip{py_ratio}"),
+            target: "≥ 0.8× the `Vec<u8>` round trip".to_owned(),
+            ok: mark(ratio >= 0.8).to_owned(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The Python cell of a float-payload row: its time, throughput, and the
+/// array type the script sent.
+fn python_payload_cell(py: &Option<PyResult>, len: usize) -> String {
+    py.as_ref().map_or(NO_PY.to_owned(), |p| {
+        format!(
+            "{} ({:.2} GiB/s; {})",
+            fmt_time(p.median),
+            gib_per_s(len as f64, p.median),
+            p.note.as_deref().unwrap_or("array type not reported")
+        )
+    })
+}
+
+/// The "× Python" part of a float-payload row: the text appended to its
+/// ratio, and the judgement of ≥ 10× — made only against numpy arrays, the
+/// target's Python.
+fn python_payload_part(py: &Option<PyResult>, mp: f64) -> (String, String) {
+    match py {
+        None => (String::new(), "? (no python3)".to_owned()),
+        Some(p) => {
+            let ratio = p.median / mp;
+            let judged = if p.note.as_deref() == Some("numpy") {
+                mark(ratio >= 10.0).to_owned()
+            } else {
+                "? (not measured against numpy)".to_owned()
+            };
+            (format!("; {ratio:.1}× Python"), judged)
+        }
+    }
+}
+
+/// Deterministic text of `shortest..=longest` lowercase letters for item
+/// `i` (the Python script makes the same strings).
+fn text_of(i: usize, shortest: usize, longest: usize) -> String {
+    const ALPHABET: &str =
+        "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
+    let len = shortest + (i as u64 * 2_654_435_761 % (longest - shortest + 1) as u64) as usize;
+    let start = i % 26;
+    ALPHABET[start..start + len].to_owned()
+}
+
+/// Medians of a `map` of `worker` beside sequential Rust and rayon on 2
+/// threads, in turn in each round, each as its users write it: sequential
+/// Rust and rayon (`par_iter`) call `by_ref` on the borrowed items; the pool
+/// is given the items owned, a clone of `input` made before its clock
+/// starts. Each round checks that the three agree. Returns the medians of
+/// sequential, rayon and the pool, and of the caller thread's CPU time
+/// during the pool's `map`.
+fn map_beside_rayon<W>(
+    rounds: usize,
+    pool: &Pool,
+    threads: &rayon::ThreadPool,
+    worker: W,
+    by_ref: fn(&W::Args) -> W::Output,
+    input: &[W::Args],
+) -> Result<[f64; 4], BoxError>
+where
+    W: multiproc::Worker,
+    W::Args: Clone + Sync,
+    W::Output: PartialEq,
+{
+    let (mut seq, mut ray, mut mp, mut caller) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let expected: Vec<W::Output> = input.iter().map(by_ref).collect();
+        seq.push(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let out: Vec<W::Output> = threads.install(|| input.par_iter().map(by_ref).collect());
+        ray.push(t.elapsed().as_secs_f64());
+        if out != expected {
+            return Err(
+                format!("rayon's map of {} differs from the sequential one", W::NAME).into(),
+            );
+        }
+        drop(out);
+        settle();
+
+        let arg = input.to_vec();
+        let cpu = thread_cpu();
+        let t = Instant::now();
+        let out = pool.map(worker, arg)?;
+        mp.push(t.elapsed().as_secs_f64());
+        caller.push(thread_cpu() - cpu);
+        if out != expected {
+            return Err(format!(
+                "the pool's map of {} differs from the sequential one",
+                W::NAME
+            )
+            .into());
+        }
+    }
+    Ok([median(&seq), median(&ray), median(&mp), median(&caller)])
+}
+
+/// A row of a `map` beside rayon, with its target ratio to rayon.
+fn beside_rayon_row(
+    workload: String,
+    n: usize,
+    medians: [f64; 4],
+    py: &Option<PyResult>,
+    target: f64,
+) -> Row {
+    let [seq, ray, mp, caller] = medians;
+    let ratio = ray / mp;
+    Row {
+        workload,
+        sequential: fmt_time(seq),
+        rayon: fmt_time(ray),
+        multiproc: format!(
+            "{} ({}; caller thread CPU {})",
+            fmt_time(mp),
+            fmt_rate(n as f64 / mp),
+            fmt_time(caller)
+        ),
+        python: py.as_ref().map_or(NO_PY.to_owned(), |p| {
+            format!(
+                "{} items: {} ({})",
+                fmt_count(p.items),
+                fmt_time(p.median),
+                fmt_rate(p.items / p.median)
+            )
+        }),
+        ratio: format!(
+            "{ratio:.2}× rayon throughput{}",
+            py.as_ref().map_or(String::new(), |p| format!(
+                "; {:.1}× Python per item",
+                p.median / p.items / (mp / n as f64)
+            ))
+        ),
+        target: format!("≥ {target}× rayon"),
+        ok: mark(ratio >= target).to_owned(),
+    }
+}
+
+/// `map` over records `{ id: u32, text: String }` (text of 20 to 40
+/// letters), each to its text in upper case and its id.
+fn records(
+    sizes: &Sizes,
+    python: &Python,
+    pool: &Pool,
+    threads: &rayon::ThreadPool,
+) -> Result<Row, BoxError> {
+    let n = sizes.records;
+    progress(&format!("map over {n} records"));
+    let input: Vec<Record> = (0..n)
+        .map(|i| Record {
+            id: i as u32,
+            text: text_of(i, 20, 40),
+        })
+        .collect();
+    let medians = map_beside_rayon(
+        sizes.slow_rounds,
+        pool,
+        threads,
+        upper_record,
+        upper_of,
+        &input,
+    )?;
+    let py = python.run("records");
+    Ok(beside_rayon_row(
+        format!(
+            "`map` over {} records `{{ id: u32, text: String }}` (20–40 letters) \
+             → `{{ id, text.to_uppercase() }}`",
+            fmt_count(n as f64)
+        ),
+        n,
+        medians,
+        &py,
+        0.95,
+    ))
+}
+
+/// `map(len)` over short strings (8 to 24 letters).
+fn strings(
+    sizes: &Sizes,
+    python: &Python,
+    pool: &Pool,
+    threads: &rayon::ThreadPool,
+) -> Result<Row, BoxError> {
+    let n = sizes.strings;
+    progress(&format!("map(len) over {n} strings"));
+    let input: Vec<String> = (0..n).map(|i| text_of(i, 8, 24)).collect();
+    let medians = map_beside_rayon(sizes.slow_rounds, pool, threads, str_len, len_of, &input)?;
+    let py = python.run("strings");
+    Ok(beside_rayon_row(
+        format!(
+            "`map(len)` over {} `String`s (8–24 letters) → `u64`",
+            fmt_count(n as f64)
+        ),
+        n,
+        medians,
+        &py,
+        0.85,
+    ))
 }
 
 /// Drains `n` messages from the queue; returns their sum.

@@ -2,7 +2,10 @@
 
 Runs the workloads of the comparison bench with Python's `multiprocessing`
 and `concurrent.futures`, each with its defaults, and prints one JSON object
-on stdout: {"python": version, "results": {name: {"seconds": [...], "items": n}}}.
+on stdout: {"python": version, "results": {name: {"seconds": [...], "items": n}}},
+a result carrying a "note" where the workload's form depends on the machine:
+the float-payload workloads send numpy arrays when `import numpy` works, and
+otherwise `array('d')` (this script installs nothing), saying which.
 
 Usage: python3 compare.py [--quick]
 The Rust bench starts this script; it can also be run by hand.
@@ -10,6 +13,7 @@ The Rust bench starts this script; it can also be run by hand.
 
 import json
 import math
+from array import array
 import multiprocessing
 import os
 import statistics
@@ -17,7 +21,13 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+try:
+    import numpy
+except ImportError:
+    numpy = None
+
 WORKERS = 2
+ALPHABET = "abcdefghijklmnopqrstuvwxyz" * 3
 
 
 def inc(x):
@@ -36,6 +46,37 @@ def is_prime(n):
         if n % i == 0:
             return False
     return True
+
+
+def sum_floats(values):
+    return float(values.sum()) if numpy is not None else sum(values)
+
+
+def double_floats(values):
+    if numpy is not None:
+        return values * 2.0
+    return array("d", [v * 2.0 for v in values])
+
+
+def floats(n):
+    """n floats 0.0, 1.0, ...: a numpy array, or an array('d') without numpy."""
+    if numpy is not None:
+        return numpy.arange(n, dtype=numpy.float64)
+    return array("d", range(n))
+
+
+FLOATS_NOTE = "numpy" if numpy is not None else "array('d'); numpy absent"
+
+
+def text_of(i, shortest, longest):
+    # The same strings as the Rust `text_of` of the bench.
+    n = shortest + (i * 2_654_435_761) % (longest - shortest + 1)
+    start = i % 26
+    return ALPHABET[start : start + n]
+
+
+def upper_record(record):
+    return {"id": record["id"], "text": record["text"].upper()}
 
 
 def timed(f, repeat):
@@ -70,8 +111,10 @@ def main():
     def want(name):
         return only is None or name in only
 
-    def record(name, seconds, items):
+    def record(name, seconds, items, note=None):
         results[name] = {"seconds": seconds, "items": items}
+        if note is not None:
+            results[name]["note"] = note
         print(f"python {name}: median {statistics.median(seconds):.6f} s", file=sys.stderr)
 
     fork = multiprocessing.get_context("fork")
@@ -120,6 +163,45 @@ def main():
                 assert len(out) == len(payload)
 
             record("bytes", timed(bytes_round_trip, 3), len(payload))
+
+        payload_len = 64 << 20
+        if want("f64"):
+            values = floats(payload_len // 8)
+            expected = sum_floats(values)
+
+            def f64_one_way():
+                assert pool.apply(sum_floats, (values,)) == expected
+
+            record("f64", timed(f64_one_way, 3), payload_len, FLOATS_NOTE)
+
+        if want("f64rt"):
+            values = floats(payload_len // 8)
+
+            def f64_round_trip():
+                out = pool.apply(double_floats, (values,))
+                assert len(out) == len(values) and out[-1] == 2.0 * values[-1]
+
+            record("f64rt", timed(f64_round_trip, 3), payload_len, FLOATS_NOTE)
+
+        if want("record64"):
+            name = "series".ljust(64, "-")
+            series = {"name": name, "values": floats((payload_len - len(name)) // 8)}
+
+            def series_round_trip():
+                out = pool.apply(identity, (series,))
+                assert out["name"] == name and len(out["values"]) == len(series["values"])
+
+            record("record64", timed(series_round_trip, 3), payload_len, "a dict of the name and " + FLOATS_NOTE)
+
+        if want("records"):
+            n = 200_000 // scale
+            records = [{"id": i, "text": text_of(i, 20, 40)} for i in range(n)]
+            record("records", timed(lambda: pool.map(upper_record, records), 3), n)
+
+        if want("strings"):
+            n = 1_000_000 // scale
+            strings = [text_of(i, 8, 24) for i in range(n)]
+            record("strings", timed(lambda: pool.map(len, strings), 3), n)
 
     if want("start"):
         def start_one_shutdown():
