@@ -2,7 +2,7 @@
 
 use serde::de::{DeserializeOwned, DeserializeSeed, Visitor};
 
-use super::item::{ITEM_OK, get_varint, is_byte_vec, take_byte_vec};
+use super::item::{ITEM_OK, get_varint, is_byte_vec, is_float_vec, take_byte_vec};
 
 // ---- decoding -------------------------------------------------------------
 
@@ -23,7 +23,7 @@ pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(body: &[u8]) -> Option<
 /// is refused.
 #[inline]
 pub(crate) fn decode_fast_at<T: DeserializeOwned + 'static>(input: &[u8], len: usize) -> Option<T> {
-    if is_byte_vec::<T>() {
+    if is_byte_vec::<T>() || is_float_vec::<T>() {
         return take_byte_vec(input.get(..len)?);
     }
     let mut d = Decoder { input };

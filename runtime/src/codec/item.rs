@@ -72,6 +72,16 @@ pub(crate) fn put_item<T: Serialize + 'static>(out: &mut Vec<u8>, value: &T) -> 
             return Ok(());
         }
     }
+    if is_float_vec::<T>() {
+        if let Some(v) = (value as &dyn Any).downcast_ref::<Vec<f64>>() {
+            put_float_vec(out, v);
+            return Ok(());
+        }
+        if let Some(v) = (value as &dyn Any).downcast_ref::<Vec<f32>>() {
+            put_float_vec(out, v);
+            return Ok(());
+        }
+    }
     let start = out.len();
     out.push(0); // room for a one-byte header, the common case
     if let Err(e) = value.serialize(&mut Encoder { out: &mut *out }) {
@@ -121,6 +131,82 @@ fn put_byte_vec_head(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&prefix[..n]);
 }
 
+// Floats: postcard writes an `f32` or `f64` as its little-endian bytes, so
+// on a little-endian machine a `Vec<f32>` or `Vec<f64>` on the wire is its
+// length and then its memory as it is. Such a vector is copied in one go
+// each way, bit for bit (NaN payloads and -0.0 included), where serde
+// visited one element at a time; the bytes stay postcard's, so either side
+// may take either path. A big-endian machine takes serde's path.
+
+/// Whether `T` is `Vec<f32>` or `Vec<f64>` on a little-endian machine.
+#[inline(always)]
+pub(crate) fn is_float_vec<T: 'static>() -> bool {
+    cfg!(target_endian = "little")
+        && (TypeId::of::<T>() == TypeId::of::<Vec<f64>>()
+            || TypeId::of::<T>() == TypeId::of::<Vec<f32>>())
+}
+
+/// A float type whose every bit pattern is a value: the elements of the
+/// vectors [`is_float_vec`] takes.
+trait Float: Copy + 'static {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+/// Appends one item holding `v` as postcard encodes it (little-endian
+/// machines only, see [`is_float_vec`]).
+#[inline(never)]
+fn put_float_vec<E: Float>(out: &mut Vec<u8>, v: &[E]) {
+    // SAFETY: `E` is `f32` or `f64`: no padding, every byte initialised.
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), size_of_val(v)) };
+    crate::mem::huge::reserve_bytes(out, 20 + bytes.len());
+    let mut prefix = [0u8; 10];
+    let n = varint_into(&mut prefix, v.len() as u64);
+    put_varint(out, ((n + bytes.len()) as u64) << 2 | u64::from(ITEM_OK));
+    out.extend_from_slice(&prefix[..n]);
+    out.extend_from_slice(bytes);
+}
+
+/// `body` as a `Vec<E>`, if it is exactly postcard's length prefix and
+/// that many elements; `None` otherwise (serde then says what is wrong).
+#[inline(never)]
+fn float_vec<E: Float>(body: &[u8]) -> Option<Vec<E>> {
+    let mut rest = body;
+    let count = usize::try_from(get_varint(&mut rest)?).ok()?;
+    let len = count.checked_mul(size_of::<E>())?;
+    if len != rest.len() {
+        return None;
+    }
+    let mut v = Vec::<E>::new();
+    // Huge pages for a large one: a fresh 64 MiB vector faulted in 4 KiB
+    // pages cost as much as its copy.
+    crate::mem::huge::reserve(&mut v, count);
+    // SAFETY: `v` has room for `count` elements, which are `len` bytes, all
+    // copied from `rest` (checked to be that long); every bit pattern is an
+    // `E` (`Float`), so all `count` are initialised values.
+    unsafe {
+        std::ptr::copy_nonoverlapping(rest.as_ptr(), v.as_mut_ptr().cast::<u8>(), len);
+        v.set_len(count);
+    }
+    Some(v)
+}
+
+/// `body` as a `T`, if `T` is a float vector ([`is_float_vec`]) and `body`
+/// a well-formed one.
+#[inline(always)]
+fn take_float_vec<T: 'static>(body: &[u8]) -> Option<T> {
+    if !is_float_vec::<T>() {
+        return None;
+    }
+    let mut slot: Option<T> = None;
+    let any = &mut slot as &mut dyn Any;
+    if let Some(s) = any.downcast_mut::<Option<Vec<f64>>>() {
+        *s = Some(float_vec(body)?);
+    } else if let Some(s) = any.downcast_mut::<Option<Vec<f32>>>() {
+        *s = Some(float_vec(body)?);
+    }
+    slot
+}
+
 /// Below this, a `Vec<u8>` argument or result is copied into its frame;
 /// from it, the frame takes the vector itself ([`take_byte_vec_call`]).
 const TAKE_BYTES_FROM: usize = 64 << 10;
@@ -159,11 +245,15 @@ pub(crate) fn recycle_value<T: 'static>(value: T) {
     }
 }
 
-/// `body` as a `T`, if `T` is `Vec<u8>` and `body` is a well-formed one;
-/// `None` otherwise, and the caller decodes with serde (which, for a
-/// malformed `Vec<u8>`, says what is wrong with it).
+/// `body` as a `T`, if `T` is `Vec<u8>` or a float vector
+/// ([`is_float_vec`]) and `body` is a well-formed one; `None` otherwise,
+/// and the caller decodes with serde (which, for a malformed vector, says
+/// what is wrong with it).
 #[inline(always)]
 pub(crate) fn take_byte_vec<T: 'static>(body: &[u8]) -> Option<T> {
+    if is_float_vec::<T>() {
+        return take_float_vec(body);
+    }
     if !is_byte_vec::<T>() {
         return None;
     }
@@ -267,7 +357,7 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, String
 }
 
 /// [`decode_exact`] of an argument or result, with the one-copy path for a
-/// `Vec<u8>`.
+/// `Vec<u8>`, `Vec<f32>` or `Vec<f64>`.
 #[inline]
 pub(crate) fn decode_value<T: DeserializeOwned + 'static>(body: &[u8]) -> Result<T, String> {
     match take_byte_vec(body) {
@@ -373,5 +463,83 @@ mod tests {
             assert_eq!(decode_exact::<Vec<u8>>(body).unwrap(), vec![3u8; len]);
         }
         assert!(s.is_empty());
+    }
+
+    /// Floats whose bits matter: NaNs with payloads and both signs, -0.0,
+    /// the infinities, the extremes, a subnormal.
+    fn awkward_f64() -> Vec<f64> {
+        let mut v = vec![
+            0.0,
+            -0.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::from_bits(1),
+            f64::from_bits(0x7ff8_0000_dead_beef),
+            f64::from_bits(0xfff0_0000_0000_0001),
+        ];
+        v.extend((0..1001).map(|i| f64::from(i) * 0.1 - 7.0));
+        v
+    }
+
+    #[test]
+    fn float_vectors_take_one_copy_and_match_postcards_bytes() {
+        let f64s = awkward_f64();
+        let f32s: Vec<f32> = f64s
+            .iter()
+            .map(|&x| x as f32)
+            .chain([f32::from_bits(0x7fc0_1234)])
+            .collect();
+        for n in [0, 1, 7, 10, f64s.len()] {
+            let v64 = f64s[..n].to_vec();
+            let mut out = Vec::new();
+            put_item(&mut out, &v64).unwrap();
+            let mut rest = &out[..];
+            let (status, body, _) = next_item(&mut rest).unwrap();
+            assert_eq!(status, ITEM_OK);
+            assert!(rest.is_empty());
+            assert_eq!(body, &postcard::to_allocvec(&v64).unwrap()[..], "{n} f64s");
+            let back: Vec<f64> = decode_value(body).unwrap();
+            assert_eq!(
+                back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                v64.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            let fast: Vec<f64> = decode_fast(body).unwrap();
+            assert_eq!(fast.len(), n);
+
+            let v32 = f32s[..n.min(f32s.len())].to_vec();
+            let mut out = Vec::new();
+            put_item(&mut out, &v32).unwrap();
+            let mut rest = &out[..];
+            let (_, body, _) = next_item(&mut rest).unwrap();
+            assert_eq!(body, &postcard::to_allocvec(&v32).unwrap()[..], "{n} f32s");
+            let back: Vec<f32> = decode_value(body).unwrap();
+            assert_eq!(
+                back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                v32.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_float_vectors_are_errors() {
+        let good = postcard::to_allocvec(&vec![1.5f64, 2.5]).unwrap();
+        // One byte short, one byte over, a count past the bytes, a count
+        // whose byte length overflows.
+        let mut over = good.clone();
+        over.push(0);
+        let mut huge = vec![0xff; 9];
+        huge.push(0x01);
+        for body in [
+            &good[..good.len() - 1],
+            &over[..],
+            &[3, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &huge[..],
+        ] {
+            assert!(decode_value::<Vec<f64>>(body).is_err(), "{body:?}");
+            assert!(decode_fast::<Vec<f64>>(body).is_none(), "{body:?}");
+        }
     }
 }
