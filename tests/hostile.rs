@@ -42,7 +42,8 @@ mod attacks;
 mod common;
 
 use attacks::{
-    Attack, CHUNK, Fill, Forge, Item, PageForgery, Run, Then, hostile, payload_len, runs,
+    Attack, CHUNK, Fill, Forge, Item, PageForgery, Run, Then, forging_initializer, hostile,
+    payload_len, runs,
 };
 
 /// Items of each attacked `map`.
@@ -523,6 +524,30 @@ fn a_forged_five_byte_done_fails_protocol_and_runs_once() {
         DEADLINE,
         |dir| {
             protocol_breach(dir, Forge::FiveByteDone);
+        },
+    );
+}
+
+/// The initializer's answer is read as every other answer is: a forged
+/// one fails the build with `Initializer` holding a `Protocol` error,
+/// instead of panicking the worker slot's driver thread.
+#[multiproc::test]
+fn an_initializer_that_forges_its_answer_fails_the_build_with_protocol() {
+    isolated(
+        "an_initializer_that_forges_its_answer_fails_the_build_with_protocol",
+        DEADLINE,
+        |_dir| {
+            let err = Pool::builder()
+                .workers(1)
+                .initializer(forging_initializer, ())
+                .build()
+                .expect_err("a forged initializer answer was accepted");
+            match err.kind() {
+                ErrorKind::Initializer(inner) => {
+                    assert!(inner.is_protocol(), "not a protocol error: {inner}");
+                }
+                other => panic!("expected Initializer(Protocol), got {other:?}"),
+            }
         },
     );
 }

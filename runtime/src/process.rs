@@ -197,17 +197,9 @@ fn supervise(
     let answer = encode_run(&mut buf, 1, worker, &payload, fds.len())
         .and_then(|()| send_run(&mut spawned.stream, &buf, &payload, &fds))
         .and_then(|()| proto::read_frame(&mut reader, &mut frame));
-    let expect = reply::Expect {
-        batch: 1,
-        count: 1,
-        stop_asked: false,
-    };
-    let read = match answer {
-        Ok(Some(_)) => reply::read_answer(&frame, expect, None).map_err(|b| b.message),
-        Ok(None) => Err(String::new()),
-        Err(e) if proto::is_breach(&e) => Err(e.to_string()),
-        Err(_) => Err(String::new()),
-    };
+    // `Err(Some(what))`: the child broke the protocol; `Err(None)`: it
+    // ended without an answer.
+    let read = reply::read_single(answer, &frame, 1);
     let fill = |outcome| {
         slot.fill(Reply {
             first_index: None,
@@ -234,13 +226,13 @@ fn supervise(
             drop(spawned.stream);
             reap(&mut spawned.child);
         }
-        Err(breach) if !breach.is_empty() => {
+        Err(Some(breach)) => {
             runner.kill_if_running(None);
             runner.set_pid(None);
             reap(&mut spawned.child);
             fill(Outcome::Failed(Failure::breach(pid, &breach)));
         }
-        Err(_) => {
+        Err(None) => {
             runner.set_pid(None);
             let reason = reap(&mut spawned.child);
             fill(Outcome::Failed(Failure::Died { pid, reason }));

@@ -136,6 +136,14 @@ pub fn payload_len(bytes: Vec<u8>) -> u64 {
     bytes.len() as u64
 }
 
+/// A pool's initializer that answers its own batch with a `DONE` frame
+/// shorter than a `DONE`'s head, then lingers.
+#[worker]
+pub fn forging_initializer() {
+    send_all(control_socket(), &frame(TAG_DONE, &[]));
+    std::thread::sleep(LINGER);
+}
+
 fn carry_out(attack: Attack, x: u64, run: &RunFile) -> String {
     match attack {
         Attack::None => String::new(),

@@ -16,7 +16,6 @@ use std::time::Duration;
 use super::deliver::{Delivery, deliver_done};
 use super::job::{Job, Next, Sink};
 use super::shared::{Initializer, PoolShared};
-use crate::codec;
 use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
 use crate::conn::reap::{reap, wait_exit};
 use crate::conn::runner::Runner;
@@ -24,7 +23,6 @@ use crate::conn::spawn::{self, Spawned};
 use crate::conn::{Conn, encode_run, ring_offset, send_run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto;
-use crate::proto::BatchFailure;
 use crate::proto::Progress;
 use crate::proto::arena::{ARENA_FROM, Lease};
 use crate::proto::message;
@@ -249,21 +247,19 @@ fn run_initializer(shared: &PoolShared, worker: &mut Conn, init: &Initializer) -
     let mut frame = Vec::new();
     let answer = send_run(&mut worker.writer, &buf, &init.payload, &init.fds)
         .and_then(|()| proto::read_frame(&mut worker.reader, &mut frame));
-    match answer {
-        Ok(Some(proto::TAG_DONE)) => {
+    let failure = match reply::read_single(answer, &frame, batch) {
+        Ok(reply::Answer::Done { .. }) => {
             let mut rest = &frame[proto::DONE_HEADER..];
-            (init.check)(init.worker, &mut rest)
+            return (init.check)(init.worker, &mut rest);
         }
-        Ok(Some(proto::TAG_FAILED)) => Err(batch_failure(&frame).to_error(init.worker, None)),
-        Ok(_) | Err(_) => {
-            let reason = reap(&mut worker.child);
-            Err(Failure::Died {
-                pid: worker.pid,
-                reason,
-            }
-            .to_error(init.worker, None))
-        }
-    }
+        Ok(reply::Answer::Failed(failure)) => Failure::from(failure),
+        Err(Some(breach)) => Failure::breach(worker.pid, &breach),
+        Err(None) => Failure::Died {
+            pid: worker.pid,
+            reason: reap(&mut worker.child),
+        },
+    };
+    Err(failure.to_error(init.worker, None))
 }
 
 fn io_protocol(e: std::io::Error) -> Error {
@@ -347,13 +343,6 @@ fn send_job(
 /// [`proto::DENSE`] for a job whose arguments are dense.
 fn dense_flag(job: &Job) -> u8 {
     if job.dense.is_some() { proto::DENSE } else { 0 }
-}
-
-pub(crate) fn batch_failure(frame: &[u8]) -> Failure {
-    match frame.get(9..).map(codec::decode_exact::<BatchFailure>) {
-        Some(Ok(failure)) => Failure::from(failure),
-        _ => Failure::Protocol("undecodable failure report from a worker".to_owned()),
-    }
 }
 
 fn serve(

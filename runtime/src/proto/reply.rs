@@ -168,6 +168,31 @@ pub(crate) fn read_answer(
     })
 }
 
+/// The answer to a batch of one item (a `Process`'s call, a pool's
+/// initializer), from what [`read_frame`](super::read_frame) gave for it.
+///
+/// # Errors
+///
+/// `Some(what)` if the child broke the protocol (a bad frame, or an answer
+/// that breaks a rule of [`read_answer`]); `None` if it ended without an
+/// answer.
+pub(crate) fn read_single(
+    read: std::io::Result<Option<u8>>,
+    frame: &[u8],
+    batch: u64,
+) -> Result<Answer, Option<String>> {
+    let expect = Expect {
+        batch,
+        count: 1,
+        stop_asked: false,
+    };
+    match read {
+        Ok(Some(_)) => read_answer(frame, expect, None).map_err(|b| Some(b.message)),
+        Err(e) if proto::is_breach(&e) => Err(Some(e.to_string())),
+        Ok(None) | Err(_) => Err(None),
+    }
+}
+
 /// Where a `DONE_SHARED` frame says its `DONE` frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SharedDone {
