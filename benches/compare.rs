@@ -32,7 +32,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use multiproc::{Pool, SharedBytes, WakeLatency, as_completed, worker};
+use multiproc::{Pool, SharedBytes, WakeLatency, Worker, as_completed, worker};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -1246,6 +1246,24 @@ struct TypedPayloads {
     record64: bool,
 }
 
+/// `pool.apply(worker, arg)` on a copy of `arg` made before the clock
+/// starts; its time goes to `times`.
+fn time_apply<W: Worker>(
+    pool: &Pool,
+    worker: W,
+    arg: &W::Args,
+    times: &mut Vec<f64>,
+) -> Result<W::Output, BoxError>
+where
+    W::Args: Clone,
+{
+    let arg = arg.clone();
+    let t = Instant::now();
+    let out = pool.apply(worker, arg)?;
+    times.push(t.elapsed().as_secs_f64());
+    Ok(out)
+}
+
 /// The payloads users send, 64 MiB each: a `Vec<f64>` one way (the worker
 /// sums it) against a `Vec<u8>` one way (the worker returns its length);
 /// the `Vec<f64>` there and back (doubled by the worker) and a [`Series`]
@@ -1277,45 +1295,29 @@ fn typed_payloads(
     let (mut u8_rt, mut f64_rt, mut series_rt) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..sizes.slow_rounds {
         if which.f64 {
-            let arg = bytes.clone();
-            let t = Instant::now();
-            let n = pool.apply(len_bytes, arg)?;
-            u8_one.push(t.elapsed().as_secs_f64());
+            let n = time_apply(pool, len_bytes, &bytes, &mut u8_one)?;
             if n != len as u64 {
                 return Err("the worker saw another length than was sent".into());
             }
-
-            let arg = values.clone();
-            let t = Instant::now();
-            let sum = pool.apply(sum_f64, arg)?;
-            f64_one.push(t.elapsed().as_secs_f64());
+            let sum = time_apply(pool, sum_f64, &values, &mut f64_one)?;
             if sum != expected_sum {
                 return Err("the worker summed other floats than were sent".into());
             }
         }
         if which.f64rt || which.record64 {
-            let arg = bytes.clone();
-            let t = Instant::now();
-            let back = pool.apply(echo_bytes, arg)?;
-            u8_rt.push(t.elapsed().as_secs_f64());
+            let back = time_apply(pool, echo_bytes, &bytes, &mut u8_rt)?;
             if back != bytes {
                 return Err("the payload came back changed".into());
             }
         }
         if which.f64rt {
-            let arg = values.clone();
-            let t = Instant::now();
-            let back = pool.apply(double_f64, arg)?;
-            f64_rt.push(t.elapsed().as_secs_f64());
+            let back = time_apply(pool, double_f64, &values, &mut f64_rt)?;
             if back.len() != values.len() || back.iter().zip(&values).any(|(b, v)| *b != 2.0 * v) {
                 return Err("the floats came back other than doubled".into());
             }
         }
         if which.record64 {
-            let arg = series.clone();
-            let t = Instant::now();
-            let back = pool.apply(echo_series, arg)?;
-            series_rt.push(t.elapsed().as_secs_f64());
+            let back = time_apply(pool, echo_series, &series, &mut series_rt)?;
             if back != series {
                 return Err("the series came back changed".into());
             }
