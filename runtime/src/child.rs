@@ -402,7 +402,7 @@ fn send_reply(
     writer.write_all(out)?;
     writer.write_all(tail)?;
     if let Some(bytes) = deferred {
-        crate::mem::huge::recycle(bytes);
+        bytes.recycle();
     }
     Ok(())
 }

@@ -548,12 +548,12 @@ impl Manager {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    postcard::to_stdvec(value).map_err(|e| {
+    crate::codec::encode_vec(value).map_err(|message| {
         Error::new(ErrorKind::MessageCodec {
             what: "manager",
             encode: true,
             type_name: type_name::<T>(),
-            message: e.to_string(),
+            message,
         })
     })
 }

@@ -497,12 +497,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     fn encode(&self, item: &T) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; 4];
-        postcard::to_io(item, &mut buf).map_err(|e| {
+        crate::codec::encode_into(&mut buf, item).map_err(|message| {
             Error::new(ErrorKind::MessageCodec {
                 what: "queue",
                 encode: true,
                 type_name: type_name::<T>(),
-                message: e.to_string(),
+                message,
             })
         })?;
         let len = buf.len() - 4;

@@ -1,18 +1,16 @@
-//! [`Decoder`]: a serde deserializer that reads postcard's format.
+//! [`Decoder`]: a serde deserializer that reads the runtime's format
+//! (postcard's, with fixed-width numbers inside sequences; see [`super`]).
 
 use serde::de::{DeserializeOwned, DeserializeSeed, Visitor};
 
-use super::item::{ITEM_OK, get_varint, is_byte_vec, is_float_vec, take_byte_vec};
+use super::item::{ITEM_OK, get_varint};
 
 // ---- decoding -------------------------------------------------------------
 
-/// Decodes a value that must fill `body` exactly, with [`Decoder`]; `None`
-/// if it does not decode. The hot paths (a batch's arguments in the child,
-/// a run of results in the parent) try this first and fall back to
-/// [`decode_exact`](super::item::decode_exact) for anything it refuses, which then reports postcard's
-/// error: so this only has to be right on what it accepts.
+/// Decodes a value that must fill `body` exactly; `None` if it does not
+/// ([`decode_exact`] says why).
 #[inline]
-pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(body: &[u8]) -> Option<T> {
+pub(crate) fn decode_fast<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
     decode_fast_at(body, body.len())
 }
 
@@ -22,13 +20,24 @@ pub(crate) fn decode_fast<T: DeserializeOwned + 'static>(body: &[u8]) -> Option<
 /// a value that overruns its `len` bytes read past them does not matter: it
 /// is refused.
 #[inline]
-pub(crate) fn decode_fast_at<T: DeserializeOwned + 'static>(input: &[u8], len: usize) -> Option<T> {
-    if is_byte_vec::<T>() || is_float_vec::<T>() {
-        return take_byte_vec(input.get(..len)?);
-    }
-    let mut d = Decoder { input };
+pub(crate) fn decode_fast_at<T: DeserializeOwned>(input: &[u8], len: usize) -> Option<T> {
+    let mut d = Decoder::new(input);
     let value = T::deserialize(&mut d).ok()?;
     (input.len() - d.input.len() == len).then_some(value)
+}
+
+/// Decodes a value that must fill `body` exactly.
+///
+/// # Errors
+///
+/// What is wrong with `body`, as a message.
+pub(crate) fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut d = Decoder::new(body);
+    let value = T::deserialize(&mut d).map_err(|e| e.0.into_string())?;
+    match d.input.len() {
+        0 => Ok(value),
+        n => Err(format!("{n} trailing bytes")),
+    }
 }
 
 /// Splits the next item off `input` if it is an `ITEM_OK` one:
@@ -45,37 +54,74 @@ pub(crate) fn next_ok_item<'a>(input: &mut &'a [u8]) -> Option<(usize, &'a [u8])
     Some((len, after))
 }
 
-/// Why [`Decoder`] refused its input (the message is not shown: the caller
-/// asks postcard again for one).
+/// Why [`Decoder`] refused its input. Built only on the error path: a
+/// value that decodes costs no message.
 #[derive(Debug)]
-pub(crate) struct DecodeError;
+pub(crate) struct DecodeError(Box<str>);
+
+impl DecodeError {
+    #[cold]
+    fn new(message: &str) -> DecodeError {
+        DecodeError(message.into())
+    }
+}
 
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("malformed postcard data")
+        f.write_str(&self.0)
     }
 }
 
 impl std::error::Error for DecodeError {}
 
 impl serde::de::Error for DecodeError {
-    fn custom<T: std::fmt::Display>(_msg: T) -> Self {
-        DecodeError
+    #[cold]
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        DecodeError(msg.to_string().into())
     }
 }
 
-/// A serde deserializer for what [`Encoder`](super::encoder::Encoder) (and postcard) writes, over a
-/// byte slice: the varints are read with one bounds check per byte and no
-/// flavor layer, which made postcard's own `try_take_varint_u64` the largest
-/// single cost of decoding a batch of integers.
+#[cold]
+fn end() -> DecodeError {
+    DecodeError::new("unexpected end of input")
+}
+
+#[cold]
+fn bad(what: &str) -> DecodeError {
+    DecodeError(format!("malformed input: {what}").into())
+}
+
+/// A serde deserializer for what [`Encoder`](super::encoder::Encoder)
+/// writes, over a byte slice: the varints are read with one bounds check
+/// per byte and no flavor layer (postcard's own `try_take_varint_u64` was
+/// the largest single cost of decoding a batch of integers), and a
+/// `Vec` of plain numbers is one copy ([`super::block`]).
 pub(crate) struct Decoder<'de> {
     input: &'de [u8],
+    /// Inside a sequence: numbers are fixed-width.
+    fixed: bool,
 }
 
 impl<'de> Decoder<'de> {
+    /// A decoder reading `input` from its start.
+    pub(crate) fn new(input: &'de [u8]) -> Decoder<'de> {
+        Decoder {
+            input,
+            fixed: false,
+        }
+    }
+
+    /// The next `N` bytes, for a fixed-width number.
+    #[inline]
+    fn le<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, rest) = self.input.split_first_chunk::<N>().ok_or_else(end)?;
+        self.input = rest;
+        Ok(*head)
+    }
+
     #[inline]
     fn byte(&mut self) -> Result<u8, DecodeError> {
-        let (&b, rest) = self.input.split_first().ok_or(DecodeError)?;
+        let (&b, rest) = self.input.split_first().ok_or_else(end)?;
         self.input = rest;
         Ok(b)
     }
@@ -83,7 +129,7 @@ impl<'de> Decoder<'de> {
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8], DecodeError> {
         if self.input.len() < n {
-            return Err(DecodeError);
+            return Err(end());
         }
         let (head, rest) = self.input.split_at(n);
         self.input = rest;
@@ -130,13 +176,13 @@ impl<'de> Decoder<'de> {
             if b < 0x80 {
                 // The tenth byte holds the top bit only.
                 return if i == 9 && b > 1 {
-                    Err(DecodeError)
+                    Err(bad("a varint over 64 bits"))
                 } else {
                     Ok(v)
                 };
             }
         }
-        Err(DecodeError)
+        Err(bad("a varint over 64 bits"))
     }
 
     fn varint128(&mut self) -> Result<u128, DecodeError> {
@@ -146,18 +192,18 @@ impl<'de> Decoder<'de> {
             v |= u128::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
                 return if i == 18 && b > 3 {
-                    Err(DecodeError)
+                    Err(bad("a varint over 128 bits"))
                 } else {
                     Ok(v)
                 };
             }
         }
-        Err(DecodeError)
+        Err(bad("a varint over 128 bits"))
     }
 
     #[inline]
     fn varint_as<T: TryFrom<u64>>(&mut self) -> Result<T, DecodeError> {
-        T::try_from(self.varint()?).map_err(|_| DecodeError)
+        T::try_from(self.varint()?).map_err(|_| bad("an integer out of range"))
     }
 
     #[inline]
@@ -168,7 +214,7 @@ impl<'de> Decoder<'de> {
     #[inline]
     fn str(&mut self) -> Result<&'de str, DecodeError> {
         let n = self.len()?;
-        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError)
+        std::str::from_utf8(self.take(n)?).map_err(|_| bad("a string that is not UTF-8"))
     }
 }
 
@@ -180,14 +226,14 @@ impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
-        Err(DecodeError) // postcard is not self-describing
+        Err(bad("a type that asks for a self-describing format"))
     }
     #[inline]
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match self.byte()? {
             0 => visitor.visit_bool(false),
             1 => visitor.visit_bool(true),
-            _ => Err(DecodeError),
+            _ => Err(bad("a bool that is neither 0 nor 1")),
         }
     }
     #[inline]
@@ -196,20 +242,32 @@ impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
     }
     #[inline]
     fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_i16(i16::from_le_bytes(self.le()?));
+        }
         let n: u16 = self.varint_as()?;
         visitor.visit_i16(((n >> 1) as i16) ^ -((n & 1) as i16))
     }
     #[inline]
     fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_i32(i32::from_le_bytes(self.le()?));
+        }
         let n: u32 = self.varint_as()?;
         visitor.visit_i32(((n >> 1) as i32) ^ -((n & 1) as i32))
     }
     #[inline]
     fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_i64(i64::from_le_bytes(self.le()?));
+        }
         let n = self.varint()?;
         visitor.visit_i64(((n >> 1) as i64) ^ -((n & 1) as i64))
     }
     fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_i128(i128::from_le_bytes(self.le()?));
+        }
         let n = self.varint128()?;
         visitor.visit_i128(((n >> 1) as i128) ^ -((n & 1) as i128))
     }
@@ -219,34 +277,44 @@ impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
     }
     #[inline]
     fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_u16(u16::from_le_bytes(self.le()?));
+        }
         visitor.visit_u16(self.varint_as()?)
     }
     #[inline]
     fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_u32(u32::from_le_bytes(self.le()?));
+        }
         visitor.visit_u32(self.varint_as()?)
     }
     #[inline]
     fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_u64(u64::from_le_bytes(self.le()?));
+        }
         visitor.visit_u64(self.varint()?)
     }
     fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        if self.fixed {
+            return visitor.visit_u128(u128::from_le_bytes(self.le()?));
+        }
         visitor.visit_u128(self.varint128()?)
     }
     #[inline]
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        let b = self.take(4)?.try_into().map_err(|_| DecodeError)?;
-        visitor.visit_f32(f32::from_le_bytes(b))
+        visitor.visit_f32(f32::from_le_bytes(self.le()?))
     }
     #[inline]
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        let b = self.take(8)?.try_into().map_err(|_| DecodeError)?;
-        visitor.visit_f64(f64::from_le_bytes(b))
+        visitor.visit_f64(f64::from_le_bytes(self.le()?))
     }
     fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         let mut chars = self.str()?.chars();
         match (chars.next(), chars.next()) {
             (Some(c), None) => visitor.visit_char(c),
-            _ => Err(DecodeError),
+            _ => Err(bad("a char that is not one character")),
         }
     }
     #[inline]
@@ -272,7 +340,7 @@ impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
         match self.byte()? {
             0 => visitor.visit_none(),
             1 => visitor.visit_some(self),
-            _ => Err(DecodeError),
+            _ => Err(bad("an option tag that is neither 0 nor 1")),
         }
     }
     #[inline]
@@ -298,7 +366,19 @@ impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
     #[inline]
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         let left = self.len()?;
-        visitor.visit_seq(Counted { de: self, left })
+        if let Some(block) = super::block::decode_entry::<V::Value>() {
+            let bytes = left
+                .checked_mul(block.size)
+                .ok_or_else(|| bad("a sequence longer than memory"))?;
+            let bytes = self.take(bytes)?;
+            // SAFETY: the entry is `V::Value`'s, and `bytes` holds exactly
+            // `left` of its elements.
+            return Ok(unsafe { block.read(bytes, left) });
+        }
+        let outer = std::mem::replace(&mut self.fixed, true);
+        let value = visitor.visit_seq(Counted { de: self, left });
+        self.fixed = outer;
+        value
     }
     #[inline]
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -350,10 +430,12 @@ impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
         visitor.visit_enum(self)
     }
     fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
-        Err(DecodeError) // postcard writes no identifiers
+        Err(bad("an identifier, which this format does not write"))
     }
     fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
-        Err(DecodeError) // as postcard: nothing says how long the value is
+        Err(bad(
+            "a value to skip, whose length this format does not say",
+        ))
     }
 }
 
@@ -469,7 +551,7 @@ mod tests {
                 let mut bytes = postcard::to_stdvec(&(v, 7u8)).unwrap();
                 assert_eq!(decode_fast::<(u64, u8)>(&bytes), Some((v, 7)), "{v}");
                 bytes.extend_from_slice(&[0xff; 9]);
-                let mut d = Decoder { input: &bytes };
+                let mut d = Decoder::new(&bytes);
                 assert_eq!(d.varint().ok(), Some(v), "{v}");
             }
         }

@@ -1,4 +1,5 @@
-//! [`Encoder`]: a serde serializer that writes postcard's format.
+//! [`Encoder`]: a serde serializer that writes the runtime's format
+//! (postcard's, with fixed-width numbers inside sequences; see [`super`]).
 
 use serde::Serialize;
 
@@ -22,18 +23,75 @@ impl serde::ser::Error for EncodeError {
     }
 }
 
-/// A serde serializer that writes postcard's format (1.x wire format:
-/// LEB128 varints for integers wider than a byte, zigzag for signed ones,
-/// little-endian floats, length-prefixed strings, sequences and maps,
-/// varint variant indices) straight into a `Vec`, without postcard's flavor
-/// layer: one capacity check per varint instead of a call per byte range.
-/// What it writes is byte for byte what `postcard::to_stdvec` writes (see
-/// the tests), and postcard decodes it.
+/// A serde serializer that writes the runtime's format straight into a
+/// `Vec`, without postcard's flavor layer (one capacity check per varint
+/// instead of a call per byte range). Outside sequences it writes byte for
+/// byte what `postcard::to_stdvec` writes (see the tests); inside one,
+/// numbers are fixed-width little-endian, and a sequence of plain numbers
+/// that serde hands over as a slice is copied as one block
+/// ([`super::block`]).
 pub(crate) struct Encoder<'a> {
     pub(crate) out: &'a mut Vec<u8>,
+    /// How many sequences the value being written is inside: numbers are
+    /// fixed-width while it is above zero.
+    depth: u32,
+    /// Where the one byte reserved for the item header of this value is,
+    /// if it is an item ([`Encoder::for_item`]).
+    header_at: Option<usize>,
+    /// Whether the room for the header was widened to [`WIDE_HEADER`]
+    /// bytes (before a large block: moving the block up afterwards would
+    /// copy it again).
+    pub(crate) wide: bool,
 }
 
-impl Encoder<'_> {
+/// The room a widened item header takes: the longest LEB128 of a `u64`.
+pub(crate) const WIDE_HEADER: usize = 10;
+
+impl<'a> Encoder<'a> {
+    /// An encoder that appends to `out`.
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Encoder<'a> {
+        Encoder {
+            out,
+            depth: 0,
+            header_at: None,
+            wide: false,
+        }
+    }
+
+    /// An encoder for the value of an item whose header has one byte
+    /// reserved at `header_at` (the last byte of `out`).
+    pub(crate) fn for_item(out: &'a mut Vec<u8>, header_at: usize) -> Encoder<'a> {
+        Encoder {
+            header_at: Some(header_at),
+            ..Encoder::new(out)
+        }
+    }
+
+    /// Before a block of `len` bytes: widens the item's header room if the
+    /// block is large, while what precedes it is still small to move.
+    #[inline]
+    fn before_block(&mut self, len: usize) {
+        if len < BLOCK_RESERVE_FROM {
+            return;
+        }
+        crate::mem::huge::reserve(self.out, WIDE_HEADER + len);
+        if let Some(at) = self.header_at.filter(|_| !self.wide) {
+            self.out.splice(at + 1..at + 1, [0; WIDE_HEADER - 1]);
+            self.wide = true;
+        }
+    }
+
+    /// Whether numbers are written fixed-width here (inside a sequence).
+    #[inline(always)]
+    fn fixed(&self) -> bool {
+        self.depth > 0
+    }
+
+    #[inline]
+    fn le(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
     #[inline]
     fn varint(&mut self, mut v: u64) {
         if v < 0x80 {
@@ -85,6 +143,10 @@ impl Encoder<'_> {
     }
 }
 
+/// From this many bytes, a block's room is reserved in huge pages before
+/// it is copied (see [`crate::mem::huge`]).
+const BLOCK_RESERVE_FROM: usize = 64 << 10;
+
 impl serde::Serializer for &mut Encoder<'_> {
     type Ok = ();
     type Error = EncodeError;
@@ -112,22 +174,38 @@ impl serde::Serializer for &mut Encoder<'_> {
     }
     #[inline]
     fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
-        self.varint(u64::from(((v << 1) ^ (v >> 15)) as u16));
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint(u64::from(((v << 1) ^ (v >> 15)) as u16));
+        }
         Ok(())
     }
     #[inline]
     fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
-        self.varint(u64::from(((v << 1) ^ (v >> 31)) as u32));
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint(u64::from(((v << 1) ^ (v >> 31)) as u32));
+        }
         Ok(())
     }
     #[inline]
     fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
-        self.varint(((v << 1) ^ (v >> 63)) as u64);
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint(((v << 1) ^ (v >> 63)) as u64);
+        }
         Ok(())
     }
     #[inline]
     fn serialize_i128(self, v: i128) -> Result<(), EncodeError> {
-        self.varint128(((v << 1) ^ (v >> 127)) as u128);
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint128(((v << 1) ^ (v >> 127)) as u128);
+        }
         Ok(())
     }
     #[inline]
@@ -137,22 +215,38 @@ impl serde::Serializer for &mut Encoder<'_> {
     }
     #[inline]
     fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
-        self.varint(u64::from(v));
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint(u64::from(v));
+        }
         Ok(())
     }
     #[inline]
     fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
-        self.varint(u64::from(v));
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint(u64::from(v));
+        }
         Ok(())
     }
     #[inline]
     fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
-        self.varint(v);
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint(v);
+        }
         Ok(())
     }
     #[inline]
     fn serialize_u128(self, v: u128) -> Result<(), EncodeError> {
-        self.varint128(v);
+        if self.fixed() {
+            self.le(&v.to_le_bytes());
+        } else {
+            self.varint128(v);
+        }
         Ok(())
     }
     #[inline]
@@ -231,6 +325,7 @@ impl serde::Serializer for &mut Encoder<'_> {
     #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self, EncodeError> {
         self.len(len)?;
+        self.depth += 1;
         Ok(self)
     }
     #[inline]
@@ -272,6 +367,31 @@ impl serde::Serializer for &mut Encoder<'_> {
         self.varint(u64::from(variant_index));
         Ok(self)
     }
+    /// A slice of plain numbers is written as one block; any other
+    /// sequence element by element (the same bytes, see [`super::block`]).
+    #[inline]
+    fn collect_seq<I>(self, iter: I) -> Result<(), EncodeError>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        if let Some((bytes, count)) = super::block::encode_view(&iter) {
+            self.before_block(bytes.len());
+            self.varint(count as u64);
+            crate::mem::copy::extend(self.out, bytes);
+            return Ok(());
+        }
+        let iter = iter.into_iter();
+        let len = match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo),
+            _ => None,
+        };
+        let mut seq = self.serialize_seq(len)?;
+        for item in iter {
+            serde::ser::SerializeSeq::serialize_element(&mut seq, &item)?;
+        }
+        serde::ser::SerializeSeq::end(seq)
+    }
     fn collect_str<T: std::fmt::Display + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
         self.bytes(value.to_string().as_bytes());
         Ok(())
@@ -301,8 +421,21 @@ macro_rules! compound {
     )*};
 }
 
+impl serde::ser::SerializeSeq for &mut Encoder<'_> {
+    type Ok = ();
+    type Error = EncodeError;
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+        value.serialize(&mut **self)
+    }
+    #[inline]
+    fn end(self) -> Result<(), EncodeError> {
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
 compound! {
-    SerializeSeq serialize_element,
     SerializeTuple serialize_element,
     SerializeTupleStruct serialize_field,
     SerializeTupleVariant serialize_field,
@@ -335,15 +468,25 @@ mod tests {
     use serde::de::DeserializeOwned;
 
     /// Encodes `v` with [`Encoder`] and checks it against postcard's own
-    /// serializer, byte for byte, and that postcard decodes it back.
+    /// serializer, byte for byte (a value with no number inside a
+    /// sequence), and that it decodes back.
     fn same_as_postcard<T>(v: &T)
     where
         T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
     {
-        let mut ours = vec![0xAA]; // appends after what is there
-        v.serialize(&mut Encoder { out: &mut ours }).unwrap();
+        let ours = round_trips(v);
         let theirs = postcard::to_stdvec(v).unwrap();
-        assert_eq!(&ours[1..], &theirs[..], "{v:?}");
+        assert_eq!(&ours[..], &theirs[..], "{v:?}");
+    }
+
+    /// Encodes `v` with [`Encoder`], checks that it decodes back and that
+    /// every strict prefix is refused; gives the bytes.
+    fn round_trips<T>(v: &T) -> Vec<u8>
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
+    {
+        let mut ours = vec![0xAA]; // appends after what is there
+        v.serialize(&mut Encoder::new(&mut ours)).unwrap();
         assert_eq!(&decode_exact::<T>(&ours[1..]).unwrap(), v);
         assert_eq!(&decode_fast::<T>(&ours[1..]).unwrap(), v);
         // Every strict prefix is refused, as postcard refuses it.
@@ -354,7 +497,10 @@ mod tests {
                 decode_exact::<T>(short).is_ok(),
                 "{v:?} cut at {cut}"
             );
+            assert!(decode_exact::<T>(short).is_err(), "{v:?} cut at {cut}");
         }
+        ours.remove(0);
+        ours
     }
 
     #[test]
@@ -406,7 +552,8 @@ mod tests {
         same_as_postcard(&vec![7u8; 1000]);
         same_as_postcard(&Some(E::A));
         same_as_postcard(&None::<E>);
-        same_as_postcard(&vec![
+        same_as_postcard(&vec![E::A, E::D { x: Some(9) }]);
+        round_trips(&vec![
             E::A,
             E::B(1 << 40),
             E::C(-1, 300),
@@ -414,7 +561,7 @@ mod tests {
         ]);
         same_as_postcard(&Named {
             a: 65_535,
-            b: Some(vec![1, 200, 70_000]),
+            b: None,
             c: ('€', true, -1.5, f64::MAX),
             d: [("k".to_owned(), -7), ("long key".to_owned(), i128::MAX)]
                 .into_iter()
@@ -423,6 +570,90 @@ mod tests {
             unit: Unit,
             n: Newtype(i32::MIN),
         });
+    }
+
+    #[test]
+    fn numbers_inside_sequences_are_fixed_width_on_either_path() {
+        use std::collections::{BTreeSet, VecDeque};
+        // The rule, byte for byte: lengths and variant indices stay varints,
+        // numbers inside a sequence are little-endian at their full width.
+        assert_eq!(round_trips(&vec![1u32, 300]), [2, 1, 0, 0, 0, 44, 1, 0, 0]);
+        assert_eq!(round_trips(&vec![-2i16]), [1, 0xfe, 0xff]);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        enum E {
+            B(u64),
+        }
+        assert_eq!(round_trips(&vec![E::B(5)]), [1, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
+        // Outside a sequence, postcard's varints; inside one, at any depth.
+        assert_eq!(
+            round_trips(&(300u32, vec![(300u32, vec![7u16])])),
+            [0xac, 2, 1, 44, 1, 0, 0, 1, 7, 0]
+        );
+        // A block (a slice of plain numbers) and the element by element
+        // path write the same bytes, and each reads the other's.
+        let v: Vec<i64> = vec![i64::MIN, -1, 0, 1, i64::MAX];
+        let deque: VecDeque<i64> = v.iter().copied().collect();
+        assert_eq!(round_trips(&v), round_trips(&deque));
+        assert_eq!(
+            decode_exact::<VecDeque<i64>>(&round_trips(&v)).unwrap(),
+            deque
+        );
+        let set: BTreeSet<u32> = [5, 1, 70_000].into();
+        let as_vec: Vec<u32> = set.iter().copied().collect();
+        assert_eq!(round_trips(&set), round_trips(&as_vec));
+        let points = [[1.5f32, -0.0, f32::NAN]; 3];
+        let bytes = round_trips(
+            &points
+                .iter()
+                .map(|p| p.map(f32::to_bits))
+                .collect::<Vec<_>>(),
+        );
+        let back: Vec<[f32; 3]> = decode_exact(&bytes).unwrap();
+        assert_eq!(
+            back.iter()
+                .flatten()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>(),
+            points
+                .iter()
+                .flatten()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        );
+        let boxed: Box<[u128]> = vec![u128::MAX, 1].into();
+        assert_eq!(round_trips(&boxed).len(), 1 + 32);
+        round_trips(&vec![vec![1usize, usize::MAX], vec![]]);
+        round_trips(&Some(vec![i8::MIN, i8::MAX]));
+        round_trips(&vec![u128::MAX, 0]);
+        round_trips(&vec![i128::MIN, -1]);
+    }
+
+    #[test]
+    fn malformed_blocks_are_errors() {
+        let good = round_trips(&vec![1.5f64, 2.5]);
+        let mut over = good.clone();
+        over.push(0);
+        // A count whose byte length overflows a usize.
+        let mut huge = vec![0xff; 9];
+        huge.push(0x01);
+        for body in [
+            &good[..good.len() - 1],
+            &over[..],
+            &[3, 0, 0, 0, 0][..],
+            &huge[..],
+        ] {
+            assert!(decode_exact::<Vec<f64>>(body).is_err(), "{body:?}");
+            assert!(decode_fast::<Vec<f64>>(body).is_none(), "{body:?}");
+        }
+        assert_eq!(
+            decode_exact::<Vec<f64>>(&good[..good.len() - 1]).unwrap_err(),
+            "unexpected end of input"
+        );
+        assert!(
+            decode_exact::<Vec<f64>>(&huge)
+                .unwrap_err()
+                .contains("longer than memory")
+        );
     }
 
     #[test]

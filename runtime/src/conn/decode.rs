@@ -81,7 +81,7 @@ pub(crate) fn decode_item<R: DeserializeOwned + 'static>(
         })
     };
     match status {
-        codec::ITEM_OK => codec::decode_value::<R>(body)
+        codec::ITEM_OK => codec::decode_exact::<R>(body)
             .map_err(|m| codec(CodecSide::DecodeOutput, type_name::<R>(), m)),
         codec::ITEM_PANIC => {
             let report: PanicReport = codec::decode_exact(body).unwrap_or(PanicReport {

@@ -72,7 +72,7 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
         }
         let args = match decode_fast::<W::Args>(body)
             .ok_or(())
-            .or_else(|()| decode_value(body))
+            .or_else(|()| decode_exact(body))
         {
             Ok(args) => args,
             Err(e) => {
@@ -276,28 +276,28 @@ thread_local! {
     /// reply being built, not copied there: the child writes them after it,
     /// into the reply buffer or the socket ([`take_deferred`]), which saves
     /// one copy of them (about 4 ms at 64 MiB).
-    static DEFERRED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+    static DEFERRED: std::cell::RefCell<Option<OwnedBlock>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Copies a deferred result into `out`: something follows it.
 fn flush_deferred(out: &mut Vec<u8>) {
     if let Some(bytes) = DEFERRED.take() {
         out.extend_from_slice(&bytes);
-        crate::mem::huge::recycle(bytes);
+        bytes.recycle();
     }
 }
 
 /// The deferred end of the reply just built by [`invoke_batch`], if any:
 /// its sender writes these bytes right after it (and counts them in the
 /// frame's length).
-pub(crate) fn take_deferred() -> Option<Vec<u8>> {
+pub(crate) fn take_deferred() -> Option<OwnedBlock> {
     DEFERRED.take()
 }
 
 /// Appends the framed result of a task (or why it could not be encoded),
 /// deferring the bytes of a large `Vec<u8>` ([`take_deferred`]).
 fn put_call_result<W: Worker>(out: &mut Vec<u8>, value: W::Output) {
-    match take_byte_vec_call(value) {
+    match take_block_call(value) {
         Ok((head, bytes)) => {
             out.extend_from_slice(&head);
             DEFERRED.set(Some(bytes));
@@ -323,7 +323,7 @@ fn put_result<W: Worker>(out: &mut Vec<u8>, value: &W::Output) {
 /// Appends the report of a panic caught in a task.
 fn put_panic(out: &mut Vec<u8>, payload: &(dyn Any + Send)) {
     let report = take_panic_report(payload);
-    let bytes = postcard::to_stdvec(&report).unwrap_or_default();
+    let bytes = crate::codec::encode_vec(&report).unwrap_or_default();
     put_raw_item(out, ITEM_PANIC, &bytes);
 }
 

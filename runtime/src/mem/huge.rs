@@ -45,15 +45,6 @@ pub(crate) fn reserve<T>(buf: &mut Vec<T>, additional: usize) {
     }
 }
 
-/// A `Vec<u8>` holding a copy of `bytes`, huge-page backed if it is large
-/// (a spare buffer if one fits, see [`recycle`]).
-pub(crate) fn to_vec(bytes: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    reserve_bytes(&mut v, bytes.len());
-    super::copy::extend(&mut v, bytes);
-    v
-}
-
 // ---- spare buffers ---------------------------------------------------------
 //
 // A 64 MiB round trip fills a fresh buffer of that size at each of its

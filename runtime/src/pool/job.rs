@@ -106,7 +106,7 @@ pub(crate) struct RangeArgs {
 #[derive(Debug)]
 pub(crate) struct Split {
     head: Vec<u8>,
-    body: Vec<u8>,
+    body: codec::OwnedBlock,
     joined: std::sync::OnceLock<Vec<u8>>,
 }
 
@@ -145,7 +145,7 @@ impl PartialEq for Payload {
 
 impl Payload {
     /// An item of `head` then `body`, not copied together.
-    pub(crate) fn split(head: Vec<u8>, body: Vec<u8>) -> Payload {
+    pub(crate) fn split(head: Vec<u8>, body: codec::OwnedBlock) -> Payload {
         Payload::Split(Box::new(Split {
             head,
             body,
@@ -215,7 +215,7 @@ impl Payload {
             }
             Payload::Shared { buf, start, end } => (buf, start, end),
             Payload::Split(s) => {
-                let buf = [s.head, s.body].concat();
+                let buf = [&s.head[..], &s.body].concat();
                 let end = buf.len();
                 (Arc::new(buf), 0, end)
             }
@@ -238,7 +238,7 @@ impl Payload {
         match self {
             Payload::Owned(buf) => Some(buf),
             Payload::Shared { buf, .. } => Arc::try_unwrap(buf).ok(),
-            Payload::Split(s) => Some(s.body),
+            Payload::Split(s) => s.body.into_byte_vec(),
             Payload::Range(r) => r.written.into_inner(),
         }
     }
@@ -695,14 +695,14 @@ mod tests {
     fn a_payload_in_two_pieces_reads_as_one() {
         let body: Vec<u8> = (0..=255).collect();
         let ptr = body.as_ptr();
-        let payload = Payload::split(vec![7, 8], body);
+        let payload = Payload::split(vec![7, 8], body.into());
         assert_eq!(payload.len(), 258);
         let [head, rest] = payload.parts();
         assert_eq!((head, rest.as_ptr()), (&[7u8, 8][..], ptr), "not copied");
         assert_eq!(&payload[..3], &[7, 8, 0]);
         assert_eq!(payload[257], 255);
         assert_eq!(payload.into_vec().map(|v| v.as_ptr()), Some(ptr));
-        let mut payload = Payload::split(vec![1], vec![2, 3, 4]);
+        let mut payload = Payload::split(vec![1], vec![2, 3, 4].into());
         let tail = payload.split_off(2);
         assert_eq!((&payload[..], &tail[..]), (&[1u8, 2][..], &[3u8, 4][..]));
     }

@@ -529,7 +529,7 @@ impl Pool {
     /// task.
     pub fn submit<W: Worker>(&self, worker: W, args: W::Args) -> Task<W::Output> {
         let _ = worker;
-        let (payload, fds) = match codec::take_byte_vec_call(args) {
+        let (payload, fds) = match codec::take_block_call(args) {
             Ok((head, body)) => (job::Payload::split(head, body), Vec::new()),
             Err(args) => match codec::encode_call::<W>(&args) {
                 Ok((payload, fds)) => {

@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 10;
+pub(crate) const PROTOCOL_VERSION: u32 = 11;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.

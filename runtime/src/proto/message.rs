@@ -94,7 +94,10 @@ pub(crate) fn shared_done(buf: &mut Vec<u8>, arena: usize, seq: u64, len: usize)
 pub(crate) fn failed(buf: &mut Vec<u8>, batch: u64, failure: &BatchFailure) -> io::Result<()> {
     begin_frame(buf, TAG_FAILED);
     buf.extend_from_slice(&batch.to_le_bytes());
-    buf.extend_from_slice(&postcard::to_stdvec(failure).unwrap_or_default());
+    let head = buf.len();
+    if crate::codec::encode_into(buf, failure).is_err() {
+        buf.truncate(head);
+    }
     finish_frame(buf)
 }
 

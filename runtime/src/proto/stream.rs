@@ -410,7 +410,7 @@ impl FrameWriter {
         }
         self.buf.clear();
         self.buf.extend_from_slice(&[0; HEADER]);
-        postcard::to_io(msg, &mut self.buf).map_err(|e| EncodeError::Codec(e.to_string()))?;
+        crate::codec::encode_into(&mut self.buf, msg).map_err(EncodeError::Codec)?;
         let len = self.buf.len() - HEADER;
         if len > self.cap {
             return Err(EncodeError::OverCap { len, cap: self.cap });
