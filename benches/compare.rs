@@ -1429,10 +1429,12 @@ fn text_of(i: usize, shortest: usize, longest: usize) -> String {
 }
 
 /// Medians of a `map` of `worker` beside sequential Rust and rayon on 2
-/// threads, in turn in each round, each as its users write it: sequential
-/// Rust and rayon (`par_iter`) call `by_ref` on the borrowed items; the pool
-/// is given the items owned, a clone of `input` made before its clock
-/// starts. Each round checks that the three agree. Returns the medians of
+/// threads, in turn in each round, on the same terms: each is handed a
+/// clone of `input` made before its clock starts and consumes it, item by
+/// item, as the `#[worker]` takes its arguments (sequential Rust with
+/// `into_iter`, rayon with `into_par_iter`, calling `by_ref` on each owned
+/// item and dropping it; the pool with `map`). Each round checks that the
+/// three agree. Returns the medians of
 /// sequential, rayon and the pool, and of the caller thread's CPU time
 /// during the pool's `map`.
 fn map_beside_rayon<W>(
@@ -1446,16 +1448,22 @@ fn map_beside_rayon<W>(
 where
     W: multiproc::Worker,
     W::Args: Clone + Sync,
-    W::Output: PartialEq,
+    W::Output: PartialEq + Send,
 {
     let (mut seq, mut ray, mut mp, mut caller) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
+        // Every side is handed its own copy of the input, made before the
+        // clock starts, and consumes it as the worker does (`pool.map`
+        // takes its items by value, and freeing them is part of the work).
+        let owned = input.to_vec();
         let t = Instant::now();
-        let expected: Vec<W::Output> = input.iter().map(by_ref).collect();
+        let expected: Vec<W::Output> = owned.into_iter().map(|a| by_ref(&a)).collect();
         seq.push(t.elapsed().as_secs_f64());
 
+        let owned = input.to_vec();
         let t = Instant::now();
-        let out: Vec<W::Output> = threads.install(|| input.par_iter().map(by_ref).collect());
+        let out: Vec<W::Output> =
+            threads.install(|| owned.into_par_iter().map(|a| by_ref(&a)).collect());
         ray.push(t.elapsed().as_secs_f64());
         if out != expected {
             return Err(

@@ -168,6 +168,9 @@ impl std::fmt::Debug for OwnedBlock {
 /// `value` as an [`OwnedBlock`] and its element count, if it is a
 /// `Vec<T>` of a plain `T` of at least `from` bytes; else `value` back.
 pub(crate) fn take_block<T: 'static>(value: T, from: usize) -> Result<(OwnedBlock, usize), T> {
+    if !maybe_vec::<T>() {
+        return Err(value);
+    }
     let Some(entry) = decode_entry::<T>() else {
         return Err(value);
     };
@@ -281,6 +284,16 @@ fn tables() -> &'static Tables {
         }
         t
     })
+}
+
+/// Whether `T` may be a `Vec` of plain numbers: its size and alignment
+/// are a `Vec`'s, and it is not a `String`. Constants, folded away: a
+/// value of any other type (a number, a record) takes no table lookup.
+#[inline(always)]
+pub(crate) fn maybe_vec<T: 'static>() -> bool {
+    size_of::<T>() == size_of::<Vec<u8>>()
+        && align_of::<T>() == align_of::<Vec<u8>>()
+        && TypeId::of::<T>() != TypeId::of::<String>()
 }
 
 /// The bytes of `seq` if it is a recognised sequence (`&Vec<T>` or `&[T]`

@@ -9,16 +9,16 @@ use super::item::{ITEM_OK, get_varint};
 
 /// Decodes a value that must fill `body` exactly; `None` if it does not
 /// ([`decode_exact`] says why).
-#[inline]
+#[cfg(test)]
 pub(crate) fn decode_fast<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
     decode_fast_at(body, body.len())
 }
 
-/// [`decode_fast`] of the `len` bytes at the start of `input`, which may go
+/// Decodes a value from the `len` bytes at the start of `input`, which may go
 /// on past them (the items that follow in the batch): the decoder can then
 /// read a varint as one 8-byte word even at the end of a short item. What
 /// a value that overruns its `len` bytes read past them does not matter: it
-/// is refused.
+/// is refused. `None` if it does not decode ([`decode_exact`] says why).
 #[inline]
 pub(crate) fn decode_fast_at<T: DeserializeOwned>(input: &[u8], len: usize) -> Option<T> {
     let mut d = Decoder::new(input);

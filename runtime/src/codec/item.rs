@@ -65,9 +65,11 @@ fn get_varint_long(input: &mut &[u8]) -> Option<u64> {
 /// as it was.
 #[inline(always)]
 pub(crate) fn put_item<T: Serialize + 'static>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
-    if let Some((bytes, count)) = super::block::encode_view(&value) {
-        put_block(out, bytes, count);
-        return Ok(());
+    if super::block::maybe_vec::<T>() {
+        if let Some((bytes, count)) = super::block::encode_view(&value) {
+            put_block(out, bytes, count);
+            return Ok(());
+        }
     }
     let start = out.len();
     out.push(0); // room for a one-byte header, the common case

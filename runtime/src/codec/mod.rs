@@ -25,7 +25,7 @@ pub(crate) mod dense;
 mod encoder;
 mod item;
 
-pub(crate) use block::OwnedBlock;
+pub(crate) use block::{OwnedBlock, maybe_vec};
 pub(crate) use decoder::*;
 pub(crate) use dense::*;
 pub(crate) use item::*;

@@ -62,18 +62,18 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
             break; // the parent took the rest of the batch for another worker
         }
         index += 1;
-        // What was deferred is followed by this item's result.
-        flush_deferred(out);
+        // What was deferred is followed by this item's result (only a
+        // vector can have been: a constant test for any other output).
+        if maybe_vec::<W::Output>() {
+            flush_deferred(out);
+        }
         let Some((status, body, _)) = next_item(&mut input) else {
             return Err("truncated argument item".to_owned());
         };
         if status != ITEM_OK {
             return Err(format!("argument item with status {status}"));
         }
-        let args = match decode_fast::<W::Args>(body)
-            .ok_or(())
-            .or_else(|()| decode_exact(body))
-        {
+        let args = match decode_exact::<W::Args>(body) {
             Ok(args) => args,
             Err(e) => {
                 put_raw_item(
