@@ -42,8 +42,8 @@ mod attacks;
 mod common;
 
 use attacks::{
-    Attack, CHUNK, Fill, Forge, Item, PageForgery, Run, Then, forging_initializer, hostile,
-    payload_len, runs,
+    Attack, BlockDamage, CHUNK, Fill, Forge, Item, PageForgery, Run, Then, corrupt_block,
+    forging_initializer, hostile, payload_len, runs,
 };
 
 /// Items of each attacked `map`.
@@ -894,6 +894,38 @@ fn a_breach_on_every_run_is_retried_twice_then_fails() {
             check_protocol(out.error(), runs.last().unwrap().pid);
             for run in &runs {
                 check_gone(run.pid);
+            }
+            check_usable(&pool, dir);
+        },
+    );
+}
+
+/// A result whose block of floats is damaged fails alone, with a message
+/// that says what is wrong, and the pool goes on.
+#[multiproc::test]
+fn a_damaged_float_block_in_a_result_fails_to_decode() {
+    isolated(
+        "a_damaged_float_block_in_a_result_fails_to_decode",
+        DEADLINE,
+        |dir| {
+            let pool = pool_of_one(None, 0);
+            for (damage, says) in [
+                (BlockDamage::CountPastTheBytes, "end of input"),
+                (BlockDamage::CountOverflowing, "longer than memory"),
+                (BlockDamage::TrailingByte, "trailing"),
+            ] {
+                step(&format!("{damage:?}"));
+                let err = pool
+                    .apply(corrupt_block, damage)
+                    .expect_err("a damaged block is not a value");
+                match err.kind() {
+                    ErrorKind::Codec { side, message, .. } => {
+                        assert_eq!(*side, multiproc::CodecSide::DecodeOutput, "{err}");
+                        assert!(message.contains(says), "{damage:?}: {err}");
+                    }
+                    ErrorKind::Protocol { .. } => {} // the second answer seen first
+                    other => panic!("{damage:?}: {other:?}"),
+                }
             }
             check_usable(&pool, dir);
         },

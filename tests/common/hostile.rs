@@ -128,6 +128,57 @@ pub fn hostile(attack: Attack, x: u64, bad: u64, dir: String) -> (u64, String) {
     (2 * x, carry_out(attack, x, &run))
 }
 
+/// A named series of floats: a result with a block inside it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub values: Vec<f64>,
+}
+
+/// How [`corrupt_block`] breaks the block of its forged result.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockDamage {
+    /// The count says 1,000 floats; 16 bytes follow.
+    CountPastTheBytes,
+    /// A count whose byte length overflows a `usize`.
+    CountOverflowing,
+    /// Two floats and one byte more.
+    TrailingByte,
+}
+
+/// Answers its own batch with a result whose float block is damaged as
+/// `damage` says (the name before it is well-formed), then lingers; the
+/// result it returns after that is a second answer, a breach.
+#[worker]
+pub fn corrupt_block(damage: BlockDamage) -> Series {
+    let mut item = vec![4, b'n', b'a', b'm', b'e'];
+    match damage {
+        BlockDamage::CountPastTheBytes => {
+            item.extend_from_slice(&[0xE8, 0x07]); // 1,000
+            item.extend_from_slice(&[0; 16]);
+        }
+        BlockDamage::CountOverflowing => {
+            item.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+            item.extend_from_slice(&[0; 8]);
+        }
+        BlockDamage::TrailingByte => {
+            item.push(2);
+            item.extend_from_slice(&[0; 17]);
+        }
+    }
+    let mut body = current_batch().to_le_bytes().to_vec();
+    body.extend_from_slice(&1_000u64.to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.push(u8::try_from(item.len() << 2).expect("an item under 64 bytes"));
+    body.extend_from_slice(&item);
+    send_all(control_socket(), &frame(TAG_DONE, &body));
+    std::thread::sleep(LINGER);
+    Series {
+        name: String::new(),
+        values: Vec::new(),
+    }
+}
+
 /// Returns the length of its argument: an argument of 64 KiB or more
 /// travels through the request arena, so the worker holds its arenas
 /// after it.
