@@ -214,7 +214,14 @@ impl<'de> Decoder<'de> {
     #[inline]
     fn str(&mut self) -> Result<&'de str, DecodeError> {
         let n = self.len()?;
-        std::str::from_utf8(self.take(n)?).map_err(|_| bad("a string that is not UTF-8"))
+        let bytes = self.take(n)?;
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is UTF-8. (For the short strings of records,
+            // `is_ascii` reads a word at a time where `from_utf8` walks the
+            // bytes: it was 5% of a worker's time on 8–24-byte strings.)
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
+        std::str::from_utf8(bytes).map_err(|_| bad("a string that is not UTF-8"))
     }
 }
 
