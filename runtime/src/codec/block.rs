@@ -86,9 +86,11 @@ unsafe fn view_slice<T: Plain>(p: *const ()) -> (*const u8, usize, usize) {
 unsafe fn read_vec<T: Plain>(bytes: &[u8], count: usize, out: *mut ()) {
     debug_assert_eq!(bytes.len(), count * size_of::<T>());
     let mut v = Vec::<T>::new();
-    // Huge pages for a large one: a fresh 64 MiB vector faulted in 4 KiB
-    // pages cost as much as its copy.
-    crate::mem::huge::reserve(&mut v, count);
+    // A spare buffer of the same alignment if one fits (memory already
+    // faulted in: a vector sent earlier), else huge pages for a large one
+    // (a fresh 64 MiB vector faulted in 4 KiB pages cost as much as its
+    // copy).
+    crate::mem::huge::reserve_bytes(&mut v, count);
     // SAFETY: `v` has room for `count` elements, which are `bytes.len()`
     // bytes (the caller's contract), all written here; every bit pattern
     // is a `T` (`Plain`), so all `count` are initialised values. `out` is
@@ -118,6 +120,7 @@ pub(crate) struct OwnedBlock(Box<dyn BlockOwner>);
 trait BlockOwner: Send + Sync {
     fn bytes(&self) -> &[u8];
     fn into_byte_vec(self: Box<Self>) -> Option<Vec<u8>>;
+    fn recycle(self: Box<Self>);
 }
 
 impl<T: Plain> BlockOwner for Vec<T> {
@@ -129,6 +132,9 @@ impl<T: Plain> BlockOwner for Vec<T> {
         let any: Box<dyn std::any::Any> = self;
         any.downcast::<Vec<u8>>().ok().map(|v| *v)
     }
+    fn recycle(self: Box<Self>) {
+        crate::mem::huge::recycle(*self);
+    }
 }
 
 impl OwnedBlock {
@@ -137,12 +143,10 @@ impl OwnedBlock {
         self.0.into_byte_vec()
     }
 
-    /// Keeps the vector as a spare buffer if it is a `Vec<u8>` (see
-    /// [`crate::mem::huge::recycle`]); frees it otherwise.
+    /// Keeps the vector's memory as a spare buffer (see
+    /// [`crate::mem::huge::recycle`]) if it is large.
     pub(crate) fn recycle(self) {
-        if let Some(bytes) = self.into_byte_vec() {
-            crate::mem::huge::recycle(bytes);
-        }
+        self.0.recycle();
     }
 }
 

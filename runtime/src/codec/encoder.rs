@@ -44,6 +44,10 @@ pub(crate) struct Encoder<'a> {
     pub(crate) wide: bool,
 }
 
+/// Up to this many bytes written before a large block, the encoder moves
+/// them to a spare buffer with room for the block.
+const SMALL_PREFIX: usize = 4 << 10;
+
 /// The room a widened item header takes: the longest LEB128 of a `u64`.
 pub(crate) const WIDE_HEADER: usize = 10;
 
@@ -74,7 +78,16 @@ impl<'a> Encoder<'a> {
         if len < BLOCK_RESERVE_FROM {
             return;
         }
-        crate::mem::huge::reserve(self.out, WIDE_HEADER + len);
+        let need = WIDE_HEADER + len;
+        if self.out.capacity() - self.out.len() < need && self.out.len() < SMALL_PREFIX {
+            // Room from a spare buffer (memory already faulted in) rather
+            // than growing this one: what it holds so far is small to move.
+            let mut room = Vec::new();
+            crate::mem::huge::reserve_bytes(&mut room, self.out.len() + need);
+            room.extend_from_slice(self.out);
+            *self.out = room;
+        }
+        crate::mem::huge::reserve(self.out, need);
         if let Some(at) = self.header_at.filter(|_| !self.wide) {
             self.out.splice(at + 1..at + 1, [0; WIDE_HEADER - 1]);
             self.wide = true;

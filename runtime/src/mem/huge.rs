@@ -75,27 +75,87 @@ const SPARE_BYTES: usize = 32 << 20;
 /// reuses two in the parent (the encoded argument, the decoded result).
 const SPARES_ANY_SIZE: usize = 2;
 
-static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// An allocation of the global allocator kept for reuse: `bytes` bytes
+/// aligned to `align`, that is, the memory of a `Vec<T>` of capacity
+/// `bytes / size_of::<T>()` for some `T` of that alignment.
+struct Spare {
+    ptr: std::ptr::NonNull<u8>,
+    bytes: usize,
+    align: usize,
+}
 
-fn spares() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+// SAFETY: a spare is plain memory owned by nobody else.
+unsafe impl Send for Spare {}
+
+impl Spare {
+    /// The allocation of `buf` (emptied first).
+    fn of<T>(mut buf: Vec<T>) -> Spare {
+        buf.clear();
+        let mut buf = std::mem::ManuallyDrop::new(buf);
+        Spare {
+            ptr: std::ptr::NonNull::new(buf.as_mut_ptr().cast()).expect("a Vec's pointer"),
+            bytes: buf.capacity() * size_of::<T>(),
+            align: align_of::<T>(),
+        }
+    }
+
+    /// Whether this allocation can be a `Vec<T>` of room for `additional`
+    /// (not many times more: see [`reserve_bytes`]).
+    fn fits<T>(&self, additional: usize, most: usize) -> bool {
+        self.align == align_of::<T>()
+            && self.bytes % size_of::<T>() == 0
+            && (additional..=most).contains(&(self.bytes / size_of::<T>()))
+    }
+
+    /// This allocation as an empty `Vec<T>`.
+    ///
+    /// # Safety
+    ///
+    /// [`Spare::fits`] said so for `T`.
+    unsafe fn into_vec<T>(self) -> Vec<T> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: allocated by the global allocator with the layout of a
+        // `Vec<T>` of this capacity: `bytes` bytes aligned to `align`,
+        // which is `T`'s, and `bytes` is a multiple of `T`'s size (the
+        // caller checked both with `fits`).
+        unsafe { Vec::from_raw_parts(this.ptr.as_ptr().cast(), 0, this.bytes / size_of::<T>()) }
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        // SAFETY: the allocation's own layout (a `Vec`'s, so valid and of
+        // non-zero size: `recycle` keeps no empty ones).
+        unsafe {
+            std::alloc::dealloc(
+                self.ptr.as_ptr(),
+                std::alloc::Layout::from_size_align_unchecked(self.bytes, self.align),
+            );
+        }
+    }
+}
+
+static SPARE: std::sync::Mutex<Vec<Spare>> = std::sync::Mutex::new(Vec::new());
+
+fn spares() -> std::sync::MutexGuard<'static, Vec<Spare>> {
     SPARE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Keeps `buf` for reuse if it is large; frees it otherwise (or when the
-/// spares are full and it is the smallest).
-pub(crate) fn recycle(mut buf: Vec<u8>) {
-    if buf.capacity() < SPARE_FROM {
+/// Keeps the memory of `buf` for reuse if it is large; frees it otherwise
+/// (or when the spares are full and it is the smallest). `T` is a plain
+/// number (or bytes): its elements need no drop.
+pub(crate) fn recycle<T: Copy>(buf: Vec<T>) {
+    if buf.capacity() * size_of::<T>() < SPARE_FROM {
         return;
     }
-    buf.clear();
     let mut spare = spares();
-    spare.push(buf);
+    spare.push(Spare::of(buf));
     // Keep the largest: they fit the most.
-    spare.sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
+    spare.sort_unstable_by_key(|b| std::cmp::Reverse(b.bytes));
     spare.truncate(SPARES);
-    let mut total: usize = spare.iter().map(Vec::capacity).sum();
+    let mut total: usize = spare.iter().map(|b| b.bytes).sum();
     while total > SPARE_BYTES && spare.len() > SPARES_ANY_SIZE {
-        total -= spare.pop().map_or(0, |b| b.capacity());
+        total -= spare.pop().map_or(0, |b| b.bytes);
     }
 }
 
@@ -110,31 +170,40 @@ pub(crate) fn release_spares() {
     drop(freed);
 }
 
-/// [`reserve`] for bytes: an empty `buf` too small for a large buffer
-/// takes the smallest spare that fits instead, if there is one.
-pub(crate) fn reserve_bytes(buf: &mut Vec<u8>, additional: usize) {
-    if !buf.is_empty() || buf.capacity() >= additional || additional < SPARE_FROM {
+/// [`reserve`] for bytes and plain numbers: an empty `buf` too small for a
+/// large buffer takes the smallest spare that fits instead, if there is
+/// one.
+pub(crate) fn reserve_bytes<T: Copy>(buf: &mut Vec<T>, additional: usize) {
+    let size = size_of::<T>().max(1);
+    if !buf.is_empty()
+        || buf.capacity() >= additional
+        || additional.saturating_mul(size) < SPARE_FROM
+    {
         reserve(buf, additional);
         return;
     }
     let mut spare = spares();
     // Not one many times too large: a buffer of 64 MiB that carries a
     // batch of 100 KB is one the next 64 MiB frame has to do without.
-    let most = additional.saturating_mul(4).max(2 * HUGE_PAGE);
+    let most = additional.saturating_mul(4).max(2 * HUGE_PAGE / size);
     let fit = (0..spare.len())
-        .filter(|&i| (additional..=most).contains(&spare[i].capacity()))
-        .min_by_key(|&i| spare[i].capacity());
+        .filter(|&i| spare[i].fits::<T>(additional, most))
+        .min_by_key(|&i| spare[i].bytes);
     if let Some(i) = fit {
-        *buf = spare.swap_remove(i);
+        let taken = spare.swap_remove(i);
+        drop(spare);
+        // SAFETY: `fits` said so for `T`.
+        *buf = unsafe { taken.into_vec() };
         return;
     }
     drop(spare);
     // Whole huge pages: buffers for about the same size (an argument, the
     // frame that carries it, the reply) then fit one another.
-    let size = if additional >= HUGE_FROM {
-        additional.next_multiple_of(HUGE_PAGE)
+    let bytes = additional.saturating_mul(size);
+    let room = if bytes >= HUGE_FROM {
+        bytes.next_multiple_of(HUGE_PAGE) / size
     } else {
         additional
     };
-    reserve(buf, size);
+    reserve(buf, room);
 }

@@ -59,9 +59,7 @@ pub(crate) fn deliver_done(
         drop(results);
         // Answered: its arguments are not needed again (and the caller,
         // about to decode, may want their buffer).
-        if let Some(buf) = std::mem::take(&mut job.payload).into_vec() {
-            crate::mem::huge::recycle(buf);
-        }
+        std::mem::take(&mut job.payload).recycle();
         job.deliver(Outcome::Done {
             data,
             start: START,

@@ -233,6 +233,19 @@ impl Payload {
         }
     }
 
+    /// Gives its memory to the spare buffers (see
+    /// [`crate::mem::huge::recycle`]) once no other part shares it.
+    pub(crate) fn recycle(self) {
+        match self {
+            Payload::Split(s) => s.body.recycle(),
+            other => {
+                if let Some(buf) = other.into_vec() {
+                    crate::mem::huge::recycle(buf);
+                }
+            }
+        }
+    }
+
     /// The whole buffer back, for reuse, once no other part shares it.
     pub(crate) fn into_vec(self) -> Option<Vec<u8>> {
         match self {
