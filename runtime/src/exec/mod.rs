@@ -37,7 +37,7 @@ pub(crate) fn invoke_batch<W: Worker>(
     out: &mut Vec<u8>,
 ) -> Result<(u32, bool), String> {
     match args {
-        BatchArgs::Framed(input) => invoke_framed::<W>(input, out).map(|ran| (ran, false)),
+        BatchArgs::Framed(input) => invoke_framed::<W>(input, out),
         BatchArgs::Dense(input) => invoke_dense::<W>(input, out),
         BatchArgs::Range {
             first,
@@ -47,11 +47,17 @@ pub(crate) fn invoke_batch<W: Worker>(
     }
 }
 
-/// [`invoke_batch`] of framed argument items.
-fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, String> {
+/// [`invoke_batch`] of framed argument items. Results of a primitive type
+/// are dense (their fixed-width bytes, no item headers) until an item
+/// fails, from which on every result is framed: the parent then neither
+/// walks nor checks a header per result (`map(len)` over strings, say).
+fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<(u32, bool), String> {
     // Results are usually about as large as their arguments: room for that
     // up front saves growing (and copying) the buffer several times.
     crate::mem::huge::reserve(out, input.len());
+    let start = out.len();
+    let dense = dense_width::<W::Output>();
+    let mut dense_so_far = dense.is_some();
     let mut index = 0u64;
     let items = Items::current();
     // A failed batch leaves its sender to drop what it deferred; nothing
@@ -76,6 +82,9 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
         let args = match decode_exact::<W::Args>(body) {
             Ok(args) => args,
             Err(e) => {
+                if std::mem::take(&mut dense_so_far) {
+                    reframe::<W::Output>(out, start);
+                }
                 put_raw_item(
                     out,
                     ITEM_DECODE_ERROR,
@@ -85,11 +94,20 @@ fn invoke_framed<W: Worker>(mut input: &[u8], out: &mut Vec<u8>) -> Result<u32, 
             }
         };
         match catch_unwind(AssertUnwindSafe(|| W::call(args))) {
+            Ok(value) if dense_so_far => {
+                let width = dense.unwrap_or(0);
+                out.extend_from_slice(&dense_bytes(&value)[..width]);
+            }
             Ok(value) => put_call_result::<W>(out, value),
-            Err(payload) => put_panic(out, &*payload),
+            Err(payload) => {
+                if std::mem::take(&mut dense_so_far) {
+                    reframe::<W::Output>(out, start);
+                }
+                put_panic(out, &*payload);
+            }
         }
     }
-    Ok(index as u32)
+    Ok((index as u32, dense_so_far))
 }
 
 /// [`invoke_batch`] of a dense batch (see [`dense_width`]).
@@ -529,16 +547,37 @@ mod tests {
         // A dense batch whose length is not a whole number of arguments.
         let err = invoke_batch::<Double>(BatchArgs::Dense(&input[..7]), &mut out).unwrap_err();
         assert!(err.contains("dense batch of 7 bytes"), "{err}");
-        // The same items framed: framed results.
+        // The same items framed: dense results all the same (the output is
+        // a primitive) ...
         let mut framed = Vec::new();
         for x in [1u32, 2] {
             put_item(&mut framed, &x).unwrap();
         }
-        let mut out = Vec::new();
+        let mut out = vec![7];
         assert_eq!(
             invoke_batch::<Double>(BatchArgs::Framed(&framed), &mut out),
-            Ok((2, false))
+            Ok((2, true))
         );
-        assert_eq!(next_item(&mut &out[..]).map(|i| i.0), Some(ITEM_OK));
+        assert_eq!(out[1..], [2u64.to_le_bytes(), 4u64.to_le_bytes()].concat());
+        // ... until an item fails: then every result is an item, those
+        // before it too.
+        for x in [13u32, 5] {
+            put_item(&mut framed, &x).unwrap();
+        }
+        put_raw_item(&mut framed, ITEM_OK, &[0xFF]); // not a u32
+        let mut out = vec![7];
+        assert_eq!(
+            invoke_batch::<Double>(BatchArgs::Framed(&framed), &mut out),
+            Ok((5, false))
+        );
+        let statuses: Vec<u8> = std::iter::from_fn({
+            let mut rest = &out[1..];
+            move || next_item(&mut rest).map(|i| i.0)
+        })
+        .collect();
+        assert_eq!(
+            statuses,
+            [ITEM_OK, ITEM_OK, ITEM_PANIC, ITEM_OK, ITEM_DECODE_ERROR]
+        );
     }
 }
