@@ -187,6 +187,10 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     // SAFETY: we own `page`; `from_inherited` checks it is a progress page.
     let progress = unsafe { Progress::from_inherited(std::os::fd::IntoRawFd::into_raw_fd(page)) }?;
     exec::set_progress(progress);
+    // A failed allocation aborts the process (Rust's rule); the page then
+    // tells the parent why, which reports `OutOfMemory` instead of a crash.
+    // Without the note the parent still sees the abort.
+    let _ = crate::sys::limit::on_abort(note_abort);
 
     message::hello(&mut out, std::process::id())?;
     writer.write_all(&out)?;
@@ -333,6 +337,14 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 ));
             }
         }
+    }
+}
+
+/// Called in the `SIGABRT` handler (see [`crate::sys::limit::on_abort`]):
+/// atomic stores only.
+fn note_abort(in_use: u64, alloc_failed: bool) {
+    if let Some(page) = exec::progress() {
+        page.note_abort(in_use, alloc_failed);
     }
 }
 

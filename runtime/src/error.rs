@@ -116,6 +116,43 @@ pub enum ErrorKind {
         /// Exit code or signal.
         reason: ExitReason,
     },
+    /// The task ran out of memory: an allocation failed in the worker
+    /// process running it, which Rust answers by printing "memory
+    /// allocation of N bytes failed" (on the worker's stderr) and aborting.
+    /// Under [`memory_limit`](crate::PoolBuilder::memory_limit) this is the
+    /// task going over the limit; without one, the system refused the
+    /// memory. The pool replaced the process; other tasks are unaffected.
+    /// Not retried by [`retries`](crate::PoolBuilder::retries): the task
+    /// would ask for as much again.
+    ///
+    /// The parent reports this when the worker died by `SIGABRT` and said
+    /// that an allocation had failed: in its progress page (`errno` was
+    /// `ENOMEM` as it aborted) or, under a `memory_limit`, with Rust's
+    /// report on its stderr, which the pool passes on and reads. A worker
+    /// killed by the kernel's OOM killer dies by `SIGKILL` and is reported
+    /// as [`WorkerDied`](ErrorKind::WorkerDied): nothing the kernel tells
+    /// the parent of one process says why it was killed.
+    #[error("task {} of worker `{worker}` ran out of memory: {} failed in worker process {pid}{}", index_text(*.index), request_text(*.requested), memory_text(*.limit, *.in_use))]
+    OutOfMemory {
+        /// Name of the worker function.
+        worker: String,
+        /// Position of the item in the input, `None` for `submit`/`apply`.
+        index: Option<u64>,
+        /// Process id of the worker process, which has died.
+        pid: u32,
+        /// The pool's [`memory_limit`](crate::PoolBuilder::memory_limit)
+        /// in bytes; `None` if it has none.
+        limit: Option<u64>,
+        /// The size of the allocation that failed, from Rust's report on
+        /// the worker's stderr, which a pool reads under a `memory_limit`;
+        /// `None` otherwise, or if the report was not seen.
+        requested: Option<u64>,
+        /// Bytes of private memory (data and stack) the process had mapped
+        /// as it aborted (after Rust printed its report, and a backtrace if
+        /// `RUST_BACKTRACE` asked for one), as it reported them; `None` if
+        /// it could not tell.
+        in_use: Option<u64>,
+    },
     /// The task did not finish in time; the process running it was killed.
     #[error("task {} of worker `{worker}` timed out after {after:?}", index_text(*.index))]
     Timeout {
@@ -258,6 +295,48 @@ pub enum ErrorKind {
     Mpi(String),
 }
 
+fn request_text(requested: Option<u64>) -> String {
+    match requested {
+        Some(n) => format!("an allocation of {}", bytes_text(n)),
+        None => "an allocation".to_owned(),
+    }
+}
+
+fn memory_text(limit: Option<u64>, in_use: Option<u64>) -> String {
+    match (limit, in_use) {
+        (Some(limit), Some(used)) => format!(
+            " with {} in use, under its memory_limit of {}",
+            bytes_text(used),
+            bytes_text(limit)
+        ),
+        (Some(limit), None) => format!(" under its memory_limit of {}", bytes_text(limit)),
+        (None, Some(used)) => format!(
+            " with {} in use (the pool sets no memory_limit: the system refused the memory)",
+            bytes_text(used)
+        ),
+        (None, None) => {
+            " (the pool sets no memory_limit: the system refused the memory)".to_owned()
+        }
+    }
+}
+
+/// `n` bytes for people: `4 GiB (4294967296 bytes)`, `256 MiB (268435456
+/// bytes)`, `12.5 MiB`, `900 bytes`.
+fn bytes_text(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    if n < MIB {
+        return format!("{n} bytes");
+    }
+    if n % GIB == 0 {
+        return format!("{} GiB ({n} bytes)", n / GIB);
+    }
+    if n % MIB == 0 {
+        return format!("{} MiB ({n} bytes)", n / MIB);
+    }
+    format!("{:.1} MiB", n as f64 / MIB as f64)
+}
+
 fn index_text(index: Option<u64>) -> String {
     match index {
         Some(i) => format!("#{i}"),
@@ -291,6 +370,11 @@ impl Error {
     /// `true` if the worker process died while running the task.
     pub fn is_worker_died(&self) -> bool {
         matches!(*self.kind, ErrorKind::WorkerDied { .. })
+    }
+
+    /// `true` if the task ran out of memory ([`ErrorKind::OutOfMemory`]).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(*self.kind, ErrorKind::OutOfMemory { .. })
     }
 
     /// `true` if the task timed out.
@@ -340,6 +424,7 @@ impl Error {
         match &*self.kind {
             ErrorKind::Panic { index, .. }
             | ErrorKind::WorkerDied { index, .. }
+            | ErrorKind::OutOfMemory { index, .. }
             | ErrorKind::Timeout { index, .. }
             | ErrorKind::Cancelled { index, .. }
             | ErrorKind::Codec { index, .. } => *index,
@@ -352,6 +437,7 @@ impl Error {
         match &*self.kind {
             ErrorKind::Panic { worker, .. }
             | ErrorKind::WorkerDied { worker, .. }
+            | ErrorKind::OutOfMemory { worker, .. }
             | ErrorKind::Timeout { worker, .. }
             | ErrorKind::Cancelled { worker, .. }
             | ErrorKind::Codec { worker, .. } => Some(worker),
@@ -362,10 +448,11 @@ impl Error {
         }
     }
 
-    /// The pid of the worker process that died, for [`ErrorKind::WorkerDied`].
+    /// The pid of the worker process that died, for [`ErrorKind::WorkerDied`]
+    /// and [`ErrorKind::OutOfMemory`].
     pub fn pid(&self) -> Option<u32> {
         match &*self.kind {
-            ErrorKind::WorkerDied { pid, .. } => Some(*pid),
+            ErrorKind::WorkerDied { pid, .. } | ErrorKind::OutOfMemory { pid, .. } => Some(*pid),
             _ => None,
         }
     }
@@ -427,5 +514,38 @@ mod tests {
         assert!(e.is_worker_died());
         assert_eq!(e.pid(), Some(42));
         assert_eq!(e.item_index(), Some(7));
+    }
+
+    #[test]
+    fn out_of_memory_names_the_limit_and_what_was_in_use() {
+        let e = Error::new(ErrorKind::OutOfMemory {
+            worker: "app::f".into(),
+            index: Some(3),
+            pid: 42,
+            limit: Some(256 << 20),
+            requested: Some(4 << 30),
+            in_use: Some(9 << 19),
+        });
+        assert_eq!(
+            e.to_string(),
+            "task #3 of worker `app::f` ran out of memory: an allocation of 4 GiB \
+             (4294967296 bytes) failed in worker process 42 with 4.5 MiB in use, under its \
+             memory_limit of 256 MiB (268435456 bytes)"
+        );
+        assert!(e.is_out_of_memory() && !e.is_worker_died());
+        assert_eq!((e.pid(), e.item_index()), (Some(42), Some(3)));
+        assert_eq!(e.worker_name(), Some("app::f"));
+        let e = Error::new(ErrorKind::OutOfMemory {
+            worker: "app::f".into(),
+            index: None,
+            pid: 42,
+            limit: None,
+            requested: None,
+            in_use: None,
+        });
+        assert!(e.to_string().ends_with(
+            "an allocation failed in worker process 42 (the pool sets no memory_limit: the \
+             system refused the memory)"
+        ));
     }
 }

@@ -122,6 +122,8 @@ impl<R: DeserializeOwned + Send + 'static> Process<R> {
     /// [`Panic`](ErrorKind::Panic) if the call panicked;
     /// [`WorkerDied`](ErrorKind::WorkerDied) with the exit code or signal if
     /// the process died (including after [`kill`](Process::kill));
+    /// [`OutOfMemory`](ErrorKind::OutOfMemory) if it aborted because an
+    /// allocation failed;
     /// [`Codec`](ErrorKind::Codec) if the result could not be decoded.
     pub fn join(self) -> Result<R> {
         let reply = self
@@ -176,11 +178,11 @@ fn supervise(
     started: mpsc::Sender<Result<u32>>,
 ) {
     let spawned = Progress::create().and_then(|progress| {
-        let s = spawn::spawn_worker(test.as_deref(), &progress)?;
+        let s = spawn::spawn_worker(test.as_deref(), &progress, None)?;
         let reader = s.stream.try_clone()?;
         Ok((s, reader, progress))
     });
-    let (mut spawned, reader, _progress) = match spawned {
+    let (mut spawned, reader, progress) = match spawned {
         Ok(s) => s,
         Err(e) => {
             let _ = started.send(Err(Error::new(ErrorKind::Spawn(e))));
@@ -235,7 +237,10 @@ fn supervise(
         Err(None) => {
             runner.set_pid(None);
             let reason = reap(&mut spawned.child);
-            fill(Outcome::Failed(Failure::Died { pid, reason }));
+            let note = progress.abort_note();
+            fill(Outcome::Failed(Failure::of_death(
+                pid, reason, note, None, None,
+            )));
         }
     }
     runner.set_pid(None);

@@ -7,6 +7,7 @@ pub(crate) mod reap;
 pub(crate) mod runner;
 pub(crate) mod slot;
 pub(crate) mod spawn;
+pub(crate) mod watch;
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -60,6 +61,8 @@ pub(crate) struct Conn {
     pub(crate) arenas: Option<Arenas>,
     /// Largest reply body each reply arena should hold.
     pub(crate) reply_wanted: usize,
+    /// Its stderr, passed on and watched, under a pool's memory limit.
+    pub(crate) stderr: Option<watch::StderrWatch>,
 }
 
 /// The request and reply arenas of one worker process (see

@@ -2,7 +2,7 @@
 //! applies to every item of it.
 
 use crate::error::{Error, ErrorKind, ExitReason};
-use crate::proto::BatchFailure;
+use crate::proto::{AbortNote, BatchFailure};
 
 /// What came back for a job (or for a part of it, after a split).
 pub(crate) struct Reply {
@@ -73,10 +73,24 @@ impl From<Vec<u8>> for ReplyBytes {
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "mpi", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) enum Failure {
-    Died { pid: u32, reason: ExitReason },
+    Died {
+        pid: u32,
+        reason: ExitReason,
+    },
+    /// It died of an allocation that failed (see
+    /// [`ErrorKind::OutOfMemory`]).
+    OutOfMemory {
+        pid: u32,
+        limit: Option<u64>,
+        requested: Option<u64>,
+        in_use: Option<u64>,
+    },
     Cancelled,
     Timeout(std::time::Duration),
-    UnknownWorker { name: String, known: Vec<String> },
+    UnknownWorker {
+        name: String,
+        known: Vec<String>,
+    },
     Protocol(String),
     Closed,
     Spawn(String),
@@ -92,6 +106,19 @@ impl Failure {
                 index,
                 pid: *pid,
                 reason: *reason,
+            },
+            Failure::OutOfMemory {
+                pid,
+                limit,
+                requested,
+                in_use,
+            } => ErrorKind::OutOfMemory {
+                worker,
+                index,
+                pid: *pid,
+                limit: *limit,
+                requested: *requested,
+                in_use: *in_use,
             },
             Failure::Cancelled => ErrorKind::Cancelled { worker, index },
             Failure::Timeout(after) => ErrorKind::Timeout {
@@ -111,6 +138,32 @@ impl Failure {
 }
 
 impl Failure {
+    /// How a worker process that died of `reason` failed the item it ran:
+    /// [`Failure::OutOfMemory`] if it died by `SIGABRT` and said, in its
+    /// progress page (`note`) or on its stderr (`requested`, the size in
+    /// Rust's report), that an allocation had failed; else
+    /// [`Failure::Died`]. What it said is its own word, believed of an
+    /// abort only.
+    pub(crate) fn of_death(
+        pid: u32,
+        reason: ExitReason,
+        note: Option<AbortNote>,
+        requested: Option<u64>,
+        limit: Option<u64>,
+    ) -> Failure {
+        let said = note.is_some_and(|n| n.alloc_failed) || requested.is_some();
+        if reason == ExitReason::Signal(libc::SIGABRT) && said {
+            Failure::OutOfMemory {
+                pid,
+                limit,
+                requested,
+                in_use: note.and_then(|n| n.in_use),
+            }
+        } else {
+            Failure::Died { pid, reason }
+        }
+    }
+
     /// The failure of the item a worker process was running when it broke
     /// the protocol.
     pub(crate) fn breach(pid: u32, what: &str) -> Failure {

@@ -48,12 +48,19 @@ fn exe() -> &'static (PathBuf, Option<OsString>) {
 ///
 /// `test` is the exact name of the `#[multiproc::test]` that creates the
 /// pool, if any: the test binary is then re-run filtered to that test.
+/// `memory_limit` caps the private memory of the process (see
+/// [`crate::sys::limit`]) from before it is sent its setup, and so before
+/// it runs anything of the caller's.
 ///
 /// # Errors
 ///
-/// The io error if the process cannot be started, or if it dies or stays
-/// silent before it says hello.
-pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Result<Spawned> {
+/// The io error if the process cannot be started, if its memory limit
+/// cannot be set, or if it dies or stays silent before it says hello.
+pub(crate) fn spawn_worker(
+    test: Option<&str>,
+    progress: &Progress,
+    memory_limit: Option<u64>,
+) -> io::Result<Spawned> {
     let (parent_end, child_end) = UnixStream::pair()?;
     let (path, arg0) = exe();
     let mut cmd = Command::new(path);
@@ -81,12 +88,22 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
         ]);
         cmd.stdout(Stdio::null());
     }
+    if memory_limit.is_some() {
+        // Watched for Rust's report of a failed allocation (see
+        // `watch::StderrWatch`), which says how much was asked for.
+        cmd.stderr(Stdio::piped());
+    }
     let mut child = cmd.spawn()?;
     drop(cmd); // closes our copy of the child's end
 
     let mut stream = parent_end;
     // The progress page goes over the socket, as a descriptor.
     let setup = (|| {
+        if let Some(bytes) = memory_limit {
+            crate::sys::limit::limit_data(child.id(), bytes).map_err(|e| {
+                io::Error::new(e.kind(), format!("its memory_limit could not be set: {e}"))
+            })?;
+        }
         let mut frame = Vec::new();
         proto::message::setup(&mut frame)?;
         crate::sys::fdpass::write_with_fds(
@@ -106,10 +123,13 @@ pub(crate) fn spawn_worker(test: Option<&str>, progress: &Progress) -> io::Resul
         Err(e) => {
             let _ = child.kill();
             let status = child.wait();
-            let detail = match status {
+            let mut detail = match status {
                 Ok(s) => format!("{e}; the process ended with {s}"),
                 Err(_) => e.to_string(),
             };
+            if let Some(bytes) = memory_limit {
+                detail.push_str(&format!(" (its memory_limit is {bytes} bytes)"));
+            }
             Err(io::Error::new(
                 e.kind(),
                 format!("worker process {} did not start: {detail}", child.id()),

@@ -49,6 +49,11 @@ pub(crate) fn set_progress(progress: Progress) {
     let _ = PROGRESS.set(progress);
 }
 
+/// The progress page this worker process writes, once set.
+pub(crate) fn progress() -> Option<&'static Progress> {
+    PROGRESS.get()
+}
+
 /// A batch starts on this thread: its items are recorded in the progress
 /// page, and panics are kept for the report instead of printed.
 pub(crate) fn begin_batch(batch: u64) {

@@ -40,6 +40,7 @@ pub(super) struct Config {
     pub(super) retries: u32,
     pub(super) panic_retries: u32,
     pub(super) max_worker_rss: Option<u64>,
+    pub(super) memory_limit: Option<u64>,
 }
 
 /// A worker rank's answer to `OPEN`.

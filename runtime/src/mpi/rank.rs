@@ -150,6 +150,9 @@ fn open_local(body: &[u8]) -> std::result::Result<RankPool, Opened> {
     if let Some(bytes) = config.max_worker_rss {
         builder = builder.max_worker_memory(bytes);
     }
+    if let Some(bytes) = config.memory_limit.filter(|&b| b > 0) {
+        builder = builder.memory_limit(bytes);
+    }
     if let Some((name, payload)) = config.initializer {
         let Some(entry) = registry::lookup(&name) else {
             return Err(Opened::InitializerFailed(

@@ -94,6 +94,7 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
         retries: builder.retries,
         panic_retries: builder.panic_retries,
         max_worker_rss: builder.max_worker_rss,
+        memory_limit: builder.memory_limit,
     };
     let mut message = vec![OPEN];
     message.extend(postcard::to_stdvec(&config).map_err(|e| mpi_error(e.to_string()))?);
@@ -178,6 +179,7 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
         retries: builder.retries,
         panic_retries: builder.panic_retries,
         max_worker_rss: builder.max_worker_rss,
+        memory_limit: builder.memory_limit,
         runners: Vec::new(),
         slots_alive: AtomicUsize::new(slots.len()),
         dense_batches: false,

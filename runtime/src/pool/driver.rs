@@ -20,8 +20,9 @@ use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
 use crate::conn::reap::{reap, wait_exit};
 use crate::conn::runner::Runner;
 use crate::conn::spawn::{self, Spawned};
+use crate::conn::watch::StderrWatch;
 use crate::conn::{Conn, encode_run, ring_offset, send_run};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, ExitReason, Result};
 use crate::proto;
 use crate::proto::Progress;
 use crate::proto::arena::{ARENA_FROM, Lease};
@@ -69,6 +70,9 @@ const ARENAS_KEPT_IDLE: Duration = Duration::from_secs(3);
 /// meanwhile (killed from outside, say) is reaped and replaced within this
 /// long, not when work next comes (Python's pool looks every 100 ms too).
 const WATCH_IDLE: Duration = Duration::from_millis(100);
+/// How long a worker that aborted may keep its stderr pipe open (through
+/// a process it started) before its death is judged without the rest.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// Replacement workers that may fail to start in a row before the slot
 /// gives up.
 const MAX_START_FAILURES: u32 = 3;
@@ -200,9 +204,18 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
 
 /// Starts a worker process and runs the pool's initializer in it.
 fn start(shared: &PoolShared, progress: &Progress) -> Result<Conn> {
-    let Spawned { child, stream } = spawn::spawn_worker(shared.test_name.as_deref(), progress)
-        .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
+    let Spawned { mut child, stream } =
+        spawn::spawn_worker(shared.test_name.as_deref(), progress, shared.memory_limit)
+            .map_err(|e| Error::new(ErrorKind::Spawn(e)))?;
     let pid = child.id();
+    let stderr = match child.stderr.take().map(|e| StderrWatch::start(e, pid)) {
+        Some(Err(e)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::new(ErrorKind::Spawn(e)));
+        }
+        watch => watch.and_then(Result::ok),
+    };
     if let Some(limit) = shared.task_timeout.filter(|&t| t < proto::FRAME_STALL) {
         // A frame that stalls this long is an item that overstays; not
         // below half a second, which a descheduled child may take to go
@@ -229,9 +242,10 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Conn> {
         retiring: false,
         arenas: None,
         reply_wanted: 0,
+        stderr,
     };
     if let Some(init) = &shared.initializer {
-        if let Err(e) = run_initializer(shared, &mut worker, init) {
+        if let Err(e) = run_initializer(shared, progress, &mut worker, init) {
             let _ = worker.child.kill();
             let _ = worker.child.wait();
             return Err(Error::new(ErrorKind::Initializer(e)));
@@ -240,7 +254,12 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Conn> {
     Ok(worker)
 }
 
-fn run_initializer(shared: &PoolShared, worker: &mut Conn, init: &Initializer) -> Result<()> {
+fn run_initializer(
+    shared: &PoolShared,
+    progress: &Progress,
+    worker: &mut Conn,
+    init: &Initializer,
+) -> Result<()> {
     let batch = shared.queue.next_batch_id();
     let mut buf = Vec::new();
     encode_run(&mut buf, batch, init.worker, &init.payload, init.fds.len()).map_err(io_protocol)?;
@@ -254,10 +273,10 @@ fn run_initializer(shared: &PoolShared, worker: &mut Conn, init: &Initializer) -
         }
         Ok(reply::Answer::Failed(failure)) => Failure::from(failure),
         Err(Some(breach)) => Failure::breach(worker.pid, &breach),
-        Err(None) => Failure::Died {
-            pid: worker.pid,
-            reason: reap(&mut worker.child),
-        },
+        Err(None) => {
+            let reason = reap(&mut worker.child);
+            death(shared, progress, worker, reason)
+        }
     };
     Err(failure.to_error(init.worker, None))
 }
@@ -796,6 +815,11 @@ fn died(
     });
     runner.set_pid(None);
     let reason = reap(&mut worker.child);
+    // How the item it ran failed, if it did not break the protocol: an
+    // allocation that failed is not a crash to retry (it would ask for as
+    // much again), any other death is.
+    let failure = death(shared, progress, &worker, reason);
+    let out_of_memory = matches!(failure, Failure::OutOfMemory { .. });
     let terminated = shared.queue.is_terminated();
     let mut requeue = Vec::new();
     let requeue_job = |job: Job, requeue: &mut Vec<Job>| {
@@ -848,7 +872,7 @@ fn died(
                 control.finish();
             }
             culprit.deliver(Outcome::Failed(Failure::Timeout(limit)));
-        } else if culprit.retries > 0 {
+        } else if culprit.retries > 0 && (!out_of_memory || fault.breach.is_some()) {
             let mut culprit = culprit;
             culprit.retries -= 1;
             requeue_job(culprit, &mut requeue);
@@ -858,16 +882,33 @@ fn died(
             }
             culprit.deliver(Outcome::Failed(match &fault.breach {
                 Some(what) => Failure::breach(worker.pid, what),
-                None => Failure::Died {
-                    pid: worker.pid,
-                    reason,
-                },
+                None => failure.clone(),
             }));
         }
     }
     if !requeue.is_empty() {
         shared.queue.requeue_front(requeue);
     }
+}
+
+/// How a worker process that died of `reason` fails the item it ran (see
+/// [`Failure::of_death`]).
+fn death(shared: &PoolShared, progress: &Progress, worker: &Conn, reason: ExitReason) -> Failure {
+    let aborted = reason == ExitReason::Signal(libc::SIGABRT);
+    // What is left in its stderr pipe is read first (it wrote the report
+    // before it aborted).
+    let requested = worker
+        .stderr
+        .as_ref()
+        .filter(|_| aborted)
+        .and_then(|w| w.requested(STDERR_DRAIN));
+    Failure::of_death(
+        worker.pid,
+        reason,
+        progress.abort_note(),
+        requested,
+        shared.memory_limit,
+    )
 }
 
 /// The item of the front batch `front` that a worker's progress page says

@@ -88,6 +88,7 @@ pub struct PoolBuilder {
     pub(crate) retries: u32,
     pub(crate) panic_retries: u32,
     pub(crate) max_worker_rss: Option<u64>,
+    pub(crate) memory_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -106,6 +107,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("retries", &self.retries)
             .field("panic_retries", &self.panic_retries)
             .field("max_worker_rss", &self.max_worker_rss)
+            .field("memory_limit", &self.memory_limit)
             .finish()
     }
 }
@@ -197,7 +199,8 @@ impl PoolBuilder {
 
     /// Re-runs a task whose worker process crashed (abort, segfault, signal,
     /// `exit`) up to `n` more times, on whichever worker is free, before
-    /// reporting [`WorkerDied`](ErrorKind::WorkerDied). Panics and timeouts
+    /// reporting [`WorkerDied`](ErrorKind::WorkerDied). Panics, timeouts
+    /// and allocations that failed ([`OutOfMemory`](ErrorKind::OutOfMemory))
     /// are never retried. Default: `0`.
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
@@ -216,8 +219,47 @@ impl PoolBuilder {
     /// Replaces a worker process whose resident memory exceeds `bytes`
     /// after a batch (a guard against leaks, like loky's): the worker
     /// finishes its batch, exits, and a fresh one takes its place.
+    ///
+    /// A soft limit: it is read between batches, so a task can go far
+    /// over it, and the task itself never fails for it. For a cap no task
+    /// can pass, see [`memory_limit`](PoolBuilder::memory_limit).
     pub fn max_worker_memory(mut self, bytes: u64) -> Self {
         self.max_worker_rss = Some(bytes);
+        self
+    }
+
+    /// A hard cap on the memory of each worker process, enforced by the
+    /// kernel: an allocation that would take the process's private memory
+    /// past `bytes` fails at once, before any of it is used. The task that
+    /// asked fails alone with [`OutOfMemory`](ErrorKind::OutOfMemory),
+    /// naming the limit; its process is replaced, and the caller and the
+    /// other workers are untouched.
+    ///
+    /// What counts is the private writable memory a worker has mapped
+    /// (Linux's `RLIMIT_DATA`): its heap, anonymous `mmap`s, thread stacks,
+    /// and the buffers its arguments and results pass through, whether
+    /// touched or not (`Vec::with_capacity(n)` counts `n`). Shared memory
+    /// does not count: the pool's buffers for large frames, `SharedArray`,
+    /// `SharedBytes`. Neither does address space reserved without write
+    /// access, which a limit on the whole address space (`RLIMIT_AS`)
+    /// would count: glibc reserves 64 MiB of it for each thread that
+    /// allocates, and a worker maps tens of MiB of shared buffers for large
+    /// frames. An idle worker has well under 1 MiB of private memory; give
+    /// it some MiB more than its tasks need. The limit is set before the
+    /// worker runs anything of the caller's (the initializer included),
+    /// and programs the worker starts inherit it. A worker running with
+    /// `CAP_SYS_RESOURCE` (as root) could raise it again.
+    ///
+    /// Independent of [`max_worker_memory`](PoolBuilder::max_worker_memory),
+    /// the soft limit that retires a worker between batches; both can be
+    /// set.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is zero.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        assert!(bytes > 0, "memory_limit must be at least 1 byte");
+        self.memory_limit = Some(bytes);
         self
     }
 
@@ -228,7 +270,9 @@ impl PoolBuilder {
     ///
     /// [`GuardMissing`](ErrorKind::GuardMissing) without `#[entry]` on
     /// `main`; [`DuplicateWorker`](ErrorKind::DuplicateWorker);
-    /// [`Spawn`](ErrorKind::Spawn) if a process cannot be started;
+    /// [`Spawn`](ErrorKind::Spawn) if a process cannot be started (also
+    /// under a [`memory_limit`](PoolBuilder::memory_limit) too small for it
+    /// to start, or one that cannot be set);
     /// [`Initializer`](ErrorKind::Initializer) if the initializer fails.
     pub fn build(self) -> Result<Pool> {
         if !guard::guard_installed() {
@@ -250,6 +294,7 @@ impl PoolBuilder {
             retries: self.retries,
             panic_retries: self.panic_retries,
             max_worker_rss: self.max_worker_rss,
+            memory_limit: self.memory_limit,
             runners: runners.clone(),
             slots_alive: AtomicUsize::new(workers),
             dense_batches: true,
@@ -327,6 +372,7 @@ impl Pool {
             retries: 0,
             panic_retries: 0,
             max_worker_rss: None,
+            memory_limit: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct PoolShared {
     pub(crate) retries: u32,
     pub(crate) panic_retries: u32,
     pub(crate) max_worker_rss: Option<u64>,
+    /// The hard cap on each worker process's private memory, in bytes.
+    pub(crate) memory_limit: Option<u64>,
     pub(crate) runners: Vec<Arc<Runner>>,
     pub(crate) slots_alive: AtomicUsize,
     /// Whether `map` and `imap` may send dense batches (see

@@ -23,4 +23,4 @@ pub(crate) mod reply;
 pub(crate) mod stream;
 
 pub(crate) use frame::*;
-pub(crate) use progress::{IDLE, ItemLog, Progress};
+pub(crate) use progress::{AbortNote, IDLE, ItemLog, Progress};

@@ -25,6 +25,26 @@ struct Page {
     /// `(batch as u32) << 32 | item`: the parent asks the child to stop the
     /// batch before that item (work stealing); the rest is re-queued.
     stop: AtomicU64,
+    /// Set as the child aborts: [`ALLOC_FAILED`] if an allocation had
+    /// just failed, [`ABORTED`] if not, else 0.
+    aborting: AtomicU64,
+    /// Bytes of private data and stack the child had mapped then (0 if it
+    /// could not tell), stored before `aborting`.
+    data_in_use: AtomicU64,
+}
+
+/// The words a child stores in its page as it aborts (`SIGABRT`); any
+/// other value says nothing.
+const ALLOC_FAILED: u64 = u64::from_le_bytes(*b"no-alloc");
+const ABORTED: u64 = u64::from_le_bytes(*b"aborting");
+
+/// What a child said of itself as it aborted ([`Progress::abort_note`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AbortNote {
+    /// An allocation had just failed (`errno` was `ENOMEM`).
+    pub(crate) alloc_failed: bool,
+    /// Bytes of private data and stack it had mapped, if it could tell.
+    pub(crate) in_use: Option<u64>,
 }
 
 const SIZE: usize = 4096;
@@ -177,6 +197,35 @@ impl Progress {
         p.item.store(IDLE, Ordering::Relaxed);
         p.started_ns.store(0, Ordering::Relaxed);
         p.stop.store(u64::MAX, Ordering::Relaxed);
+        p.aborting.store(0, Ordering::Relaxed);
+        p.data_in_use.store(0, Ordering::Relaxed);
+    }
+
+    /// Child: the process is aborting, with `in_use` bytes of private
+    /// memory mapped (0: unknown), and an allocation had just failed if
+    /// `alloc_failed`. Atomic stores only: called from a signal handler.
+    pub(crate) fn note_abort(&self, in_use: u64, alloc_failed: bool) {
+        let p = self.page();
+        p.data_in_use.store(in_use, Ordering::Relaxed);
+        let word = if alloc_failed { ALLOC_FAILED } else { ABORTED };
+        p.aborting.store(word, Ordering::Release);
+    }
+
+    /// Parent, after the child died: what it noted as it aborted, if it
+    /// did. The child's word: believe it only of a child that did die by
+    /// `SIGABRT`, and only about itself.
+    pub(crate) fn abort_note(&self) -> Option<AbortNote> {
+        let p = self.page();
+        let alloc_failed = match p.aborting.load(Ordering::Acquire) {
+            ALLOC_FAILED => true,
+            ABORTED => false,
+            _ => return None,
+        };
+        let in_use = Some(p.data_in_use.load(Ordering::Relaxed)).filter(|&n| n > 0);
+        Some(AbortNote {
+            alloc_failed,
+            in_use,
+        })
     }
 
     /// Child: a batch starts. Returns whether items should be timestamped.
@@ -287,6 +336,34 @@ mod tests {
         );
         child.end_batch();
         assert_eq!(parent.running(7), None);
+    }
+
+    #[test]
+    fn an_abort_is_noted_until_the_page_is_reset() {
+        let parent = Progress::create().unwrap();
+        // SAFETY: dup gives a second descriptor to the same memfd.
+        let dup = unsafe { libc::dup(parent.raw_fd()) };
+        // SAFETY: `dup` is a fresh descriptor of a progress memfd.
+        let child = unsafe { Progress::from_inherited(dup) }.unwrap();
+        parent.reset();
+        assert_eq!(parent.abort_note(), None);
+        child.note_abort(12 << 20, true);
+        let note = |alloc_failed, in_use| {
+            Some(AbortNote {
+                alloc_failed,
+                in_use,
+            })
+        };
+        assert_eq!(parent.abort_note(), note(true, Some(12 << 20)));
+        child.note_abort(0, false);
+        assert_eq!(parent.abort_note(), note(false, None));
+        parent.reset();
+        assert_eq!(parent.abort_note(), None, "the next child starts clean");
+        // Any other word is no note.
+        for word in [1, u64::MAX, ALLOC_FAILED ^ 1] {
+            child.page().aborting.store(word, Ordering::Relaxed);
+            assert_eq!(parent.abort_note(), None);
+        }
     }
 
     #[test]
