@@ -1,10 +1,10 @@
-//! [`Task`]: the handle of one submitted call, and [`as_completed`].
+//! [`Task`]: the handle of one submitted call, and [`as_completed`] with
+//! its stream.
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::conn::decode::decode_single;
 use crate::conn::outcome::{Failure, Outcome, Reply};
 use crate::conn::runner::Runner;
-use crate::conn::slot::TaskSlot;
+use crate::conn::slot::{TaskSlot, WakingReceiver, waking_channel};
 use crate::error::Result;
 
 const QUEUED: u8 = 0;
@@ -222,7 +222,7 @@ where
     R: DeserializeOwned + 'static,
     I: IntoIterator<Item = Task<R>>,
 {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = waking_channel();
     let tasks: Vec<Option<Task<R>>> = tasks
         .into_iter()
         .enumerate()
@@ -242,7 +242,7 @@ where
 /// completion order.
 pub struct AsCompleted<R> {
     tasks: Vec<Option<Task<R>>>,
-    rx: Receiver<usize>,
+    rx: WakingReceiver<usize>,
     remaining: usize,
 }
 
@@ -262,9 +262,7 @@ impl<R: DeserializeOwned + 'static> Iterator for AsCompleted<R> {
             return None;
         }
         let i = self.rx.recv().ok()?;
-        self.remaining -= 1;
-        let task = self.tasks[i].take()?;
-        Some((i, task.wait()))
+        self.finished(i)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -273,3 +271,109 @@ impl<R: DeserializeOwned + 'static> Iterator for AsCompleted<R> {
 }
 
 impl<R: DeserializeOwned + 'static> ExactSizeIterator for AsCompleted<R> {}
+
+impl<R: DeserializeOwned + 'static> AsCompleted<R> {
+    /// The result of the task at `i`, whose slot is filled.
+    fn finished(&mut self, i: usize) -> Option<(usize, Result<R>)> {
+        self.remaining -= 1;
+        let task = self.tasks[i].take()?;
+        // Filled before its listener was told: this does not block.
+        Some((i, task.wait()))
+    }
+
+    /// The same results as a [`Stream`](futures_core::Stream), for async
+    /// code: a task that awaits the next one is woken by the pool's driver
+    /// threads when a call finishes, and the thread it runs on is never
+    /// blocked. The stream goes on from where the iterator is.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use multiproc_runtime::{Pool, Result, Worker};
+    ///
+    /// // `square` is a `#[worker] fn square(x: u64) -> u64`.
+    /// async fn squares(
+    ///     pool: &Pool,
+    ///     square: impl Worker<Args = u64, Output = u64>,
+    /// ) -> Result<Vec<u64>> {
+    ///     let tasks: Vec<_> = (0..10).map(|x| pool.submit(square, x)).collect();
+    ///     let mut done = multiproc_runtime::as_completed(tasks).into_stream();
+    ///     let mut squares = vec![0; 10];
+    ///     while let Some((i, square)) = done.next().await {
+    ///         squares[i] = square?;
+    ///     }
+    ///     Ok(squares)
+    /// }
+    /// ```
+    pub fn into_stream(self) -> AsCompletedStream<R> {
+        AsCompletedStream {
+            inner: self,
+            ended: false,
+        }
+    }
+}
+
+/// Stream returned by [`AsCompleted::into_stream`]: `(position, result)`
+/// in completion order; awaiting the next one never blocks the thread.
+///
+/// Dropping it drops the tasks not yielded yet: they run on (detached).
+///
+/// # Example
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// use multiproc_runtime::{Pool, Worker};
+///
+/// // `square` is a `#[worker] fn square(x: u64) -> u64`.
+/// async fn first_square(
+///     pool: &Pool,
+///     square: impl Worker<Args = u64, Output = u64>,
+/// ) -> Option<u64> {
+///     let tasks = [pool.submit(square, 3), pool.submit(square, 4)];
+///     let (_, first) = multiproc_runtime::as_completed(tasks).into_stream().next().await?;
+///     first.ok()
+/// }
+/// ```
+#[must_use = "streams are lazy: nothing happens until you poll"]
+pub struct AsCompletedStream<R> {
+    inner: AsCompleted<R>,
+    /// `None` was yielded (see `FusedStream`).
+    ended: bool,
+}
+
+impl<R> std::fmt::Debug for AsCompletedStream<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompletedStream")
+            .field("remaining", &self.inner.remaining)
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + 'static> futures_core::Stream for AsCompletedStream<R> {
+    type Item = (usize, Result<R>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = if this.inner.remaining == 0 {
+            None
+        } else {
+            match std::task::ready!(this.inner.rx.poll_recv(cx.waker())) {
+                Some(i) => this.inner.finished(i),
+                None => None,
+            }
+        };
+        this.ended = item.is_none();
+        Poll::Ready(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.inner.remaining, Some(self.inner.remaining))
+    }
+}
+
+impl<R: DeserializeOwned + 'static> futures_core::FusedStream for AsCompletedStream<R> {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
