@@ -1,14 +1,15 @@
 //! The async side, through real worker processes: the streams of `imap`,
 //! `imap_unordered` and `as_completed` on a single-threaded runtime whose
-//! timers keep running while they wait, streams whose pool is terminated,
-//! and `Task::cancel_on_drop` against the default of detaching.
+//! timers keep running while they wait, streams whose pool is terminated;
+//! and `Task::cancel_on_drop` (queued tasks removed, running ones' worker
+//! processes killed) against the default of detaching.
 
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use multiproc::{Pool, as_completed, worker};
+use multiproc::{Pool, Queue, Value, as_completed, worker};
 use tokio::time::MissedTickBehavior;
 
 /// Sleeps `ms` milliseconds, then returns `x`.
@@ -16,6 +17,27 @@ use tokio::time::MissedTickBehavior;
 fn sleep_then(x: u64, ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     x
+}
+
+/// Puts its process id in `pids`, sleeps `ms` milliseconds, and returns
+/// the id.
+#[worker]
+fn report_pid_then_sleep(pids: Queue<u32>, ms: u64) -> u32 {
+    pids.put(&std::process::id()).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[worker]
+fn pid_of(_item: u64) -> u32 {
+    std::process::id()
+}
+
+/// Sleeps `ms` milliseconds, then adds one to `runs`.
+#[worker]
+fn count_run(runs: Value<u64>, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    runs.update(|n| n + 1).unwrap();
 }
 
 /// Generous bound for "this did not wait for the 60 s sleep".
@@ -225,4 +247,105 @@ async fn streams_end_when_their_pool_is_terminated() {
         assert!(err.is_cancelled(), "{err:?}");
     }
     terminating.join().unwrap();
+}
+
+/// Whether no process has the id `pid` any more (it was killed and
+/// reaped), waiting up to [`PROMPTLY`] for it.
+fn gone(pid: u32) -> bool {
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        // SAFETY: signal 0 sends nothing; it only asks whether the
+        // process exists.
+        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        if !alive {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[multiproc::test]
+#[tokio::test(flavor = "current_thread")]
+async fn a_running_task_cancelled_on_drop_under_a_timeout_frees_its_worker() {
+    let pool = Pool::new(1).unwrap();
+    let pids = Queue::<u32>::unbounded().unwrap();
+    let task = pool
+        .submit(report_pid_then_sleep, (pids.clone(), FOREVER_MS))
+        .cancel_on_drop();
+    // Running: its worker process said so.
+    let ran_on = pids
+        .get_timeout(PROMPTLY)
+        .unwrap()
+        .expect("the task never started");
+    let timed_out = tokio::time::timeout(Duration::from_millis(200), task).await;
+    assert!(timed_out.is_err(), "a 60 s task finished: {timed_out:?}");
+    // Dropped by the timeout, so cancelled: its worker process was killed.
+    assert!(gone(ran_on), "the worker process {ran_on} still runs");
+    // The pool's only worker slot took a new process, free at once.
+    let started = Instant::now();
+    let next = tokio::time::timeout(PROMPTLY, pool.submit(pid_of, 0))
+        .await
+        .expect("the next task waited for the dropped one")
+        .unwrap();
+    assert!(started.elapsed() < PROMPTLY, "{:?}", started.elapsed());
+    assert_ne!(next, ran_on, "the next task ran on the killed worker");
+}
+
+#[multiproc::test]
+#[tokio::test(flavor = "current_thread")]
+async fn a_queued_task_cancelled_on_drop_never_runs() {
+    let pool = Pool::new(1).unwrap();
+    let runs = Value::new(0u64).unwrap();
+    let pids = Queue::<u32>::unbounded().unwrap();
+    // Holds the only worker while the others are queued behind it.
+    let ahead = pool.submit(report_pid_then_sleep, (pids.clone(), 400));
+    let timed_out = pool.submit(count_run, (runs.clone(), 0)).cancel_on_drop();
+    let dropped = pool.submit(count_run, (runs.clone(), 0)).cancel_on_drop();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), timed_out)
+            .await
+            .is_err(),
+        "a task queued behind 400 ms finished within 50 ms"
+    );
+    drop(dropped);
+    let ran_on = ahead.await.unwrap();
+    // On one worker, whatever was queued before this task has run by now.
+    let next = pool.submit(pid_of, 0).await.unwrap();
+    assert_eq!(runs.get().unwrap(), 0, "a dropped queued task ran");
+    // Removing queued tasks did not disturb the worker running another.
+    assert_eq!(next, ran_on, "the worker was replaced");
+    assert_eq!(pids.len(), 1);
+}
+
+#[multiproc::test]
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_task_runs_to_completion_by_default() {
+    let pool = Pool::new(1).unwrap();
+    let runs = Value::new(0u64).unwrap();
+    let pids = Queue::<u32>::unbounded().unwrap();
+    let running = pool.submit(report_pid_then_sleep, (pids.clone(), 300));
+    let ran_on = pids
+        .get_timeout(PROMPTLY)
+        .unwrap()
+        .expect("the task never started");
+    // A running task given up on by a timeout, and queued ones dropped.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), running)
+            .await
+            .is_err()
+    );
+    let timed_out = pool.submit(count_run, (runs.clone(), 100));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), timed_out)
+            .await
+            .is_err()
+    );
+    drop(pool.submit(count_run, (runs.clone(), 0)));
+    // Detached: they all ran, on the same worker process, before this one.
+    let next = pool.submit(pid_of, 0).await.unwrap();
+    assert_eq!(runs.get().unwrap(), 2, "a dropped task did not run");
+    assert_eq!(next, ran_on, "a dropped task killed its worker");
 }

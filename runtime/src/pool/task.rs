@@ -106,12 +106,17 @@ impl Control {
 /// [`cancel`](Task::cancel), or `.await` it: `Task` is a [`Future`] that
 /// never blocks the executor (the pool's driver thread wakes it).
 ///
-/// Dropping a `Task` does not stop the call; its result is discarded.
+/// Dropping a `Task` detaches it: the call runs to the end and its result
+/// is discarded. A task made with [`cancel_on_drop`](Task::cancel_on_drop)
+/// is cancelled instead, as async code expects of a future it drops (one
+/// that lost a `select!`, or that `tokio::time::timeout` gave up on).
 #[must_use = "a Task does nothing unless you wait for it or await it; drop it to discard the result"]
 pub struct Task<R> {
     slot: Arc<TaskSlot>,
     control: Arc<Control>,
     worker: &'static str,
+    /// Dropping it unfinished cancels the call.
+    cancel_on_drop: bool,
     _output: PhantomData<fn() -> R>,
 }
 
@@ -120,7 +125,33 @@ impl<R> std::fmt::Debug for Task<R> {
         f.debug_struct("Task")
             .field("worker", &self.worker)
             .field("finished", &self.slot.is_done())
+            .field("cancel_on_drop", &self.cancel_on_drop)
             .finish()
+    }
+}
+
+impl<R> Task<R> {
+    /// Settles the call as cancelled unless it finished: see
+    /// [`cancel`](Task::cancel).
+    fn settle_cancelled(&self) -> bool {
+        if self.control.settle() {
+            self.slot.fill(Reply {
+                first_index: None,
+                count: 1,
+                outcome: Outcome::Failed(Failure::Cancelled),
+            });
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl<R> Drop for Task<R> {
+    fn drop(&mut self) {
+        if self.cancel_on_drop && !self.slot.is_done() {
+            self.settle_cancelled();
+        }
     }
 }
 
@@ -130,8 +161,39 @@ impl<R: DeserializeOwned + 'static> Task<R> {
             slot,
             control,
             worker,
+            cancel_on_drop: false,
             _output: PhantomData,
         }
+    }
+
+    /// The same task, but cancelled if it is dropped before it finishes:
+    /// a queued call is removed from the queue, and a running one has its
+    /// worker process killed (the pool starts a new one), as
+    /// [`cancel`](Task::cancel) does.
+    ///
+    /// Without it, dropping a task detaches it: the call runs to the end
+    /// and its result is discarded. Use it where dropping means "no longer
+    /// wanted": a task awaited under `tokio::time::timeout` or in a
+    /// `select!`, or the tasks still in an [`as_completed`] when it is
+    /// dropped.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use multiproc_runtime::{Pool, Result, Worker, as_completed};
+    ///
+    /// // `solve` is a `#[worker] fn solve(strategy: u64) -> u64`.
+    /// fn fastest(pool: &Pool, solve: impl Worker<Args = u64, Output = u64>) -> Option<Result<u64>> {
+    ///     let tasks = (0..4).map(|strategy| pool.submit(solve, strategy).cancel_on_drop());
+    ///     let (_, first) = as_completed(tasks).next()?;
+    ///     // Returning drops the other three: their worker processes are
+    ///     // killed, and the pool is free at once.
+    ///     Some(first)
+    /// }
+    /// ```
+    pub fn cancel_on_drop(mut self) -> Task<R> {
+        self.cancel_on_drop = true;
+        self
     }
 
     /// Blocks until the call finishes and returns its result.
@@ -183,16 +245,7 @@ impl<R: DeserializeOwned + 'static> Task<R> {
     ///
     /// Returns `false` if the call had already finished.
     pub fn cancel(&self) -> bool {
-        if self.control.settle() {
-            self.slot.fill(Reply {
-                first_index: None,
-                count: 1,
-                outcome: Outcome::Failed(Failure::Cancelled),
-            });
-            true
-        } else {
-            false
-        }
+        self.settle_cancelled()
     }
 }
 
@@ -317,7 +370,8 @@ impl<R: DeserializeOwned + 'static> AsCompleted<R> {
 /// Stream returned by [`AsCompleted::into_stream`]: `(position, result)`
 /// in completion order; awaiting the next one never blocks the thread.
 ///
-/// Dropping it drops the tasks not yielded yet: they run on (detached).
+/// Dropping it drops the tasks not yielded yet: they run on (detached),
+/// unless they were made with [`Task::cancel_on_drop`].
 ///
 /// # Example
 ///
