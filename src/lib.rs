@@ -236,9 +236,9 @@
 
 pub use multiproc_macros::{entry, test, worker};
 pub use multiproc_runtime::{
-    AsCompleted, CodecSide, Error, ErrorKind, ExitReason, Imap, ImapUnordered, Indexed,
-    InitOutcome, Manager, PipeEnd, Pool, PoolBuilder, Process, Queue, Result, SharedList,
-    SharedMap, Task, WakeLatency, Worker, as_completed, pipe,
+    AsCompleted, AsCompletedStream, CodecSide, Error, ErrorKind, ExitReason, Imap, ImapStream,
+    ImapUnordered, ImapUnorderedStream, Indexed, InitOutcome, Manager, PipeEnd, Pool, PoolBuilder,
+    Process, Queue, Result, SharedList, SharedMap, Task, WakeLatency, Worker, as_completed, pipe,
 };
 pub use multiproc_runtime::{
     Barrier, BarrierWaitResult, ChunkMut, Element, Event, IntElement, Lock, LockGuard, Semaphore,

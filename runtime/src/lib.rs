@@ -37,7 +37,8 @@ pub use latency::WakeLatency;
 pub use manager::{Manager, SharedList, SharedMap};
 pub use pipe::{PipeEnd, pipe};
 pub use pool::{
-    AsCompleted, Imap, ImapUnordered, Indexed, InitOutcome, Pool, PoolBuilder, Task, as_completed,
+    AsCompleted, AsCompletedStream, Imap, ImapStream, ImapUnordered, ImapUnorderedStream, Indexed,
+    InitOutcome, Pool, PoolBuilder, Task, as_completed,
 };
 pub use process::Process;
 pub use queue::{DEFAULT_BUFFER_BYTES, Queue};

@@ -1,10 +1,10 @@
-//! [`TaskSlot`]: where the thread that reads a worker process's answer
-//! leaves the reply of one call, for the thread (or the future) that waits
-//! for it.
+//! Where the thread that reads a worker process's answer leaves replies,
+//! for the thread (or the future) that waits for them: [`TaskSlot`] holds
+//! the reply of one call, [`waking_channel`] carries many (a stream's).
 
-use std::sync::mpsc::Sender;
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::task::Waker;
+use std::sync::mpsc::{self, Receiver, RecvError, SendError, Sender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use super::outcome::Reply;
@@ -20,7 +20,7 @@ struct SlotState {
     reply: Option<Reply>,
     done: bool,
     waker: Option<Waker>,
-    listener: Option<(Sender<usize>, usize)>,
+    listener: Option<(WakingSender<usize>, usize)>,
     /// Threads blocked in [`TaskSlot::wait`]: filling the slot notifies the
     /// condition variable only if there is one. A notify is a system call
     /// even with nobody to wake, and a task waited for through
@@ -85,7 +85,7 @@ impl TaskSlot {
         self.lock().done
     }
 
-    pub(crate) fn listen(&self, tx: Sender<usize>, index: usize) {
+    pub(crate) fn listen(&self, tx: WakingSender<usize>, index: usize) {
         let mut s = self.lock();
         if s.done {
             let _ = tx.send(index);
@@ -118,6 +118,115 @@ impl TaskSlot {
                 }
             };
             s.waiting -= 1;
+        }
+    }
+}
+
+/// The task a future registered to be woken when a value is sent (or the
+/// last sender is gone).
+#[derive(Default)]
+struct WakerCell(Mutex<Option<Waker>>);
+
+impl WakerCell {
+    fn wake(&self) {
+        let waker = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut cell = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cell {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *cell = Some(waker.clone()),
+        }
+    }
+}
+
+/// Wakes the registered task when dropped: the last sender's drop is how
+/// a future learns that nothing more will come.
+struct WakeOnDrop(Arc<WakerCell>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.wake();
+    }
+}
+
+/// A channel whose receiver is a thread that blocks ([`WakingReceiver::recv`])
+/// or a future that is woken ([`WakingReceiver::poll_recv`]): every send,
+/// and every drop of a sender, wakes the waker registered last.
+pub(crate) fn waking_channel<T>() -> (WakingSender<T>, WakingReceiver<T>) {
+    let (tx, rx) = mpsc::channel();
+    let waker = Arc::new(WakerCell::default());
+    (
+        WakingSender {
+            tx,
+            wake_on_drop: WakeOnDrop(waker.clone()),
+        },
+        WakingReceiver { rx, waker },
+    )
+}
+
+/// The sending end of a [`waking_channel`].
+pub(crate) struct WakingSender<T> {
+    // Declared first, so dropped first: the channel is disconnected (if
+    // this was the last sender) before `wake_on_drop` wakes the receiver.
+    tx: Sender<T>,
+    wake_on_drop: WakeOnDrop,
+}
+
+impl<T> Clone for WakingSender<T> {
+    fn clone(&self) -> Self {
+        WakingSender {
+            tx: self.tx.clone(),
+            wake_on_drop: WakeOnDrop(self.wake_on_drop.0.clone()),
+        }
+    }
+}
+
+impl<T> WakingSender<T> {
+    /// Sends `value` and wakes the receiver's registered task, if any.
+    ///
+    /// # Errors
+    ///
+    /// `value` back if the receiver is gone.
+    pub(crate) fn send(&self, value: T) -> Result<(), SendError<T>> {
+        self.tx.send(value)?;
+        self.wake_on_drop.0.wake();
+        Ok(())
+    }
+}
+
+/// The receiving end of a [`waking_channel`].
+pub(crate) struct WakingReceiver<T> {
+    rx: Receiver<T>,
+    waker: Arc<WakerCell>,
+}
+
+impl<T> WakingReceiver<T> {
+    /// Blocks until a value comes; an error once every sender is gone.
+    pub(crate) fn recv(&self) -> Result<T, RecvError> {
+        self.rx.recv()
+    }
+
+    /// A value if one is there, `Ready(None)` once every sender is gone,
+    /// else `Pending` with `waker` registered to be woken.
+    pub(crate) fn poll_recv(&self, waker: &Waker) -> Poll<Option<T>> {
+        match self.rx.try_recv() {
+            Ok(value) => return Poll::Ready(Some(value)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        // Registered before looking again: a sender either sent before
+        // the second look (which sees the value) or takes the cell's lock
+        // after `register` let go of it (and finds the waker).
+        self.waker.register(waker);
+        match self.rx.try_recv() {
+            Ok(value) => Poll::Ready(Some(value)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
         }
     }
 }
@@ -176,5 +285,48 @@ mod tests {
                 .is_none()
         );
         assert_eq!(empty.lock().waiting, 0);
+    }
+
+    /// Counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn woken(count: &Count) -> usize {
+        count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A pending poll registers its waker; a send from another thread wakes
+    /// it and the next poll has the value; the last sender's drop wakes it
+    /// and ends the channel. Values sent before a poll need no wake-up.
+    #[test]
+    fn a_waking_channel_wakes_the_future_that_waits() {
+        let (tx, rx) = waking_channel::<u32>();
+        let (count, waker) = counting_waker();
+        assert_eq!(rx.poll_recv(&waker), Poll::Pending);
+        let other = tx.clone();
+        std::thread::spawn(move || other.send(7).unwrap())
+            .join()
+            .unwrap();
+        // The send took the waker: the clone's drop had none left to wake.
+        assert_eq!(woken(&count), 1, "the send did not wake the waiting future");
+        assert_eq!(rx.poll_recv(&waker), Poll::Ready(Some(7)));
+        tx.send(8).unwrap();
+        assert_eq!(rx.recv(), Ok(8));
+        assert_eq!(rx.poll_recv(&waker), Poll::Pending);
+        let before = woken(&count);
+        drop(tx);
+        assert_eq!(woken(&count), before + 1, "the last drop did not wake");
+        assert_eq!(rx.poll_recv(&waker), Poll::Ready(None));
+        assert!(rx.recv().is_err());
     }
 }

@@ -11,13 +11,13 @@
 //! failed item, a value only postcard's own decoder accepts, items past
 //! the length the input announced) reaches the caller as before.
 
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 
 use crate::conn::decode::{copy_results, decode_results};
 use crate::conn::outcome::{Outcome, Reply};
+use crate::conn::slot::WakingSender;
 
 /// What a driver calls with each reply of a batch whose results go
 /// straight into a `map`'s output.
@@ -42,7 +42,7 @@ pub(crate) trait Store: Send + Sync {
 /// at once, with what was held.
 pub(crate) struct Collector {
     store: Arc<dyn Store>,
-    tx: Sender<Reply>,
+    tx: WakingSender<Reply>,
     quiet: Mutex<Quiet>,
 }
 
@@ -56,7 +56,7 @@ struct Quiet {
 }
 
 impl Collector {
-    pub(crate) fn new(store: Arc<dyn Store>, tx: Sender<Reply>) -> Collector {
+    pub(crate) fn new(store: Arc<dyn Store>, tx: WakingSender<Reply>) -> Collector {
         Collector {
             store,
             tx,

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::collect::Collector;
@@ -12,7 +11,7 @@ use super::task::Control;
 use crate::codec;
 use crate::conn::outcome::{Failure, Outcome, Reply};
 use crate::conn::runner::STEAL_AFTER;
-use crate::conn::slot::TaskSlot;
+use crate::conn::slot::{TaskSlot, WakingSender};
 use crate::proto;
 
 /// A batch of framed argument items for one worker function.
@@ -429,7 +428,7 @@ impl Job {
 #[derive(Clone)]
 pub(crate) enum Sink {
     /// An `imap`/`map` stream, which reassembles by item index.
-    Stream(Sender<Reply>),
+    Stream(WakingSender<Reply>),
     /// A submitted task.
     Task(Arc<TaskSlot>),
     /// A `map` batch whose results the driver decodes straight into the
@@ -438,7 +437,7 @@ pub(crate) enum Sink {
     /// A batch that an MPI rank runs for rank 0: replies go back tagged
     /// with rank 0's batch id.
     #[cfg(feature = "mpi")]
-    Relay(u64, Sender<(u64, Reply)>),
+    Relay(u64, std::sync::mpsc::Sender<(u64, Reply)>),
 }
 
 /// How long the stolen half of a batch waits for the worker that stole it
@@ -679,7 +678,7 @@ mod tests {
             codec::put_item(&mut payload, &(v * 1000)).unwrap();
         }
         let count = (values.end - values.start) as u32;
-        let sink = Sink::Stream(std::sync::mpsc::channel().0);
+        let sink = Sink::Stream(crate::conn::slot::waking_channel().0);
         let mut job = Job::new("w", payload.into(), count, sink);
         job.marks = marks;
         job.first_index = Some(values.start);
@@ -725,7 +724,7 @@ mod tests {
         // -3..5 as i16: two bytes each, zero-extended bits for the first.
         let first = u64::from(u16::from_le_bytes((-3i16).to_le_bytes()));
         let dense: Vec<u8> = (-3i16..5).flat_map(i16::to_le_bytes).collect();
-        let sink = Sink::Stream(std::sync::mpsc::channel().0);
+        let sink = Sink::Stream(crate::conn::slot::waking_channel().0);
         let mut job = Job::new("w", Payload::range(first, 8, 2), 8, sink);
         job.dense = Some(2);
         job.first_index = Some(0);

@@ -20,8 +20,8 @@ use std::time::Duration;
 use crate::codec;
 use serde::de::DeserializeOwned;
 
-pub use stream::{Imap, ImapUnordered, Indexed};
-pub use task::{AsCompleted, Task, as_completed};
+pub use stream::{Imap, ImapStream, ImapUnordered, ImapUnorderedStream, Indexed};
+pub use task::{AsCompleted, AsCompletedStream, Task, as_completed};
 
 use crate::conn::slot::TaskSlot;
 use job::{Job, JobQueue, Sink};

@@ -1,13 +1,15 @@
 //! The engine behind `map`, `imap` and `imap_unordered`: pulls the input
 //! lazily in batches, keeps a bounded number of batches in flight, and
-//! yields per-item results in input or completion order.
+//! yields per-item results in input or completion order, to a thread that
+//! blocks (the iterators) or to a task that is woken (their streams).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::iter::FusedIterator;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::task::{Context, Poll, Waker};
 
 use super::collect::{Collector, Store};
 use super::job::{Job, MARK_EVERY, Payload, Sink};
@@ -15,6 +17,7 @@ use super::shared::PoolShared;
 use crate::codec;
 use crate::conn::decode::{copy_results, decode_dense_item, decode_item, decode_results};
 use crate::conn::outcome::{Outcome, Reply};
+use crate::conn::slot::{WakingReceiver, WakingSender, waking_channel};
 use crate::error::{Error, Result};
 use crate::worker::Worker;
 
@@ -66,8 +69,8 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     next_input: u64,
     chunking: Chunking,
     ordered: bool,
-    tx: Sender<Reply>,
-    rx: Receiver<Reply>,
+    tx: WakingSender<Reply>,
+    rx: WakingReceiver<Reply>,
     /// Batches sent and not fully answered: start → (end, items left).
     open: BTreeMap<u64, (u64, u64)>,
     window: usize,
@@ -104,7 +107,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
         chunking: Chunking,
         ordered: bool,
     ) -> Self {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = waking_channel();
         Stream {
             shared,
             input: Some(input),
@@ -358,15 +361,18 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
         self.insert_ready(reply);
     }
 
-    /// The next reply to yield from, waiting for one if needed.
-    fn next_reply(&mut self) -> Option<Reply> {
+    /// The next reply to yield from, waiting for one if needed: blocking
+    /// the thread without a `waker`, else `Pending` with `waker` registered
+    /// to be woken when a reply comes. Every state it returns `Pending` in
+    /// is one it may be called again from.
+    fn next_reply(&mut self, waker: Option<&Waker>) -> Poll<Option<Reply>> {
         loop {
             if self.ordered {
                 if let Some(reply) = self.ready_ordered.remove(&self.next_yield) {
-                    return Some(reply);
+                    return Poll::Ready(Some(reply));
                 }
             } else if let Some(reply) = self.ready_unordered.pop_front() {
-                return Some(reply);
+                return Poll::Ready(Some(reply));
             }
             self.fill();
             if self.open.is_empty() && self.input.is_none() {
@@ -374,10 +380,10 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 // only if a reply was lost, which would be a bug.
                 if self.ordered {
                     if let Some((_, reply)) = self.ready_ordered.pop_first() {
-                        return Some(reply);
+                        return Poll::Ready(Some(reply));
                     }
                 }
-                return None;
+                return Poll::Ready(None);
             }
             if let (Some((collector, _)), None) = (&self.store, &self.input) {
                 // Nothing more to send: hear of the batches stored in
@@ -385,9 +391,16 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                 // one (see `Collector`).
                 collector.quiet_until(self.collected);
             }
-            match self.rx.recv() {
-                Ok(reply) => self.received(reply),
-                Err(_) => return None,
+            let got = match waker {
+                None => self.rx.recv().ok(),
+                Some(waker) => match self.rx.poll_recv(waker) {
+                    Poll::Ready(got) => got,
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            match got {
+                Some(reply) => self.received(reply),
+                None => return Poll::Ready(None),
             }
         }
     }
@@ -413,19 +426,29 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             self.yielded += 1;
             return Some((index, Ok(value)));
         }
-        self.next_item_slow()
+        match self.next_item_slow(None) {
+            Poll::Ready(item) => item,
+            Poll::Pending => unreachable!("a wait without a waker blocks until it is ready"),
+        }
+    }
+
+    /// [`next_item`](Self::next_item) for a task: `Pending` (with `waker`
+    /// registered) instead of blocking the thread.
+    pub(crate) fn poll_item(&mut self, waker: &Waker) -> Poll<Option<(u64, Result<W::Output>)>> {
+        self.next_item_slow(Some(waker))
     }
 
     /// [`next_item`](Self::next_item) when nothing is decoded ahead: decodes
-    /// the next run, yields an item that failed, or waits for a reply.
+    /// the next run, yields an item that failed, or waits for a reply (see
+    /// [`next_reply`](Self::next_reply) for `waker`).
     #[inline(never)]
-    fn next_item_slow(&mut self) -> Option<(u64, Result<W::Output>)> {
+    fn next_item_slow(&mut self, waker: Option<&Waker>) -> Poll<Option<(u64, Result<W::Output>)>> {
         loop {
             if let Some(value) = self.decoded.next() {
                 let index = self.decoded_next;
                 self.decoded_next += 1;
                 self.yielded += 1;
-                return Some((index, Ok(value)));
+                return Poll::Ready(Some((index, Ok(value))));
             }
             if let Some(cur) = &mut self.current {
                 if cur.left > 0 {
@@ -484,7 +507,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                         Outcome::Stored { .. } => unreachable!("counted above"),
                     };
                     self.yielded += 1;
-                    return Some((index, result));
+                    return Poll::Ready(Some((index, result)));
                 }
                 let spent = self.current.take().and_then(|cur| match cur.reply.outcome {
                     Outcome::Done { data, .. } => data.into_vec(),
@@ -508,7 +531,11 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
                     }
                 }
             }
-            let reply = self.next_reply()?;
+            let reply = match self.next_reply(waker) {
+                Poll::Ready(Some(reply)) => reply,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
             if self.ordered {
                 // The reply that follows this one starts where it ends.
                 self.next_yield = reply
@@ -539,8 +566,37 @@ impl<W: Worker, I> Drop for Stream<'_, W, I> {
     }
 }
 
+/// The doc example of an `imap` stream, for the pool method `$method`.
+macro_rules! stream_example {
+    ($method:ident) => {
+        concat!(
+            "# Example\n",
+            "\n",
+            "```no_run\n",
+            "use futures_util::StreamExt;\n",
+            "use multiproc_runtime::{Pool, Result, Worker};\n",
+            "\n",
+            "// `square` is a `#[worker] fn square(x: u64) -> u64`.\n",
+            "async fn sum_of_squares(\n",
+            "    pool: &Pool,\n",
+            "    square: impl Worker<Args = u64, Output = u64>,\n",
+            ") -> Result<u64> {\n",
+            "    let mut squares = pool.",
+            stringify!($method),
+            "(square, 0..10).into_stream();\n",
+            "    let mut sum = 0;\n",
+            "    while let Some(square) = squares.next().await {\n",
+            "        sum += square?;\n",
+            "    }\n",
+            "    Ok(sum)\n",
+            "}\n",
+            "```\n",
+        )
+    };
+}
+
 macro_rules! stream_iterator {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $method:ident, $(#[$stream_doc:meta])* $stream:ident) => {
         $(#[$doc])*
         #[must_use = "iterators are lazy: nothing runs until you iterate"]
         pub struct $name<'p, W: Worker, I> {
@@ -565,6 +621,21 @@ macro_rules! stream_iterator {
             pub fn indexed(self) -> Indexed<'p, W, I> {
                 Indexed { inner: self.inner }
             }
+
+            /// The same results as a [`Stream`](futures_core::Stream), for
+            /// async code: a task that awaits the next one is woken by the
+            /// pool's driver threads when it lands, and the thread it runs
+            /// on is never blocked. The stream goes on from where the
+            /// iterator is (results taken with `next()` are not repeated).
+            ///
+            /// Polling the stream pulls the input and sends it in batches on
+            /// the polling thread, as `next()` does: an input iterator that
+            /// blocks blocks the task.
+            ///
+            #[doc = stream_example!($method)]
+            pub fn into_stream(self) -> $stream<'p, W, I> {
+                $stream { inner: self.inner, ended: false }
+            }
         }
 
         impl<W: Worker, I: Iterator<Item = W::Args>> Iterator for $name<'_, W, I> {
@@ -588,20 +659,74 @@ macro_rules! stream_iterator {
                 f.debug_struct(stringify!($name)).field("worker", &W::NAME).finish_non_exhaustive()
             }
         }
+
+        $(#[$stream_doc])*
+        ///
+        /// Dropping it stops the rest of the input from being run, as
+        /// dropping the iterator does.
+        ///
+        #[doc = stream_example!($method)]
+        #[must_use = "streams are lazy: nothing runs until you poll"]
+        pub struct $stream<'p, W: Worker, I> {
+            inner: Stream<'p, W, I>,
+            /// `None` was yielded (see `FusedStream`).
+            ended: bool,
+        }
+
+        // Never pinned structurally: nothing in it points into itself.
+        impl<W: Worker, I> Unpin for $stream<'_, W, I> {}
+
+        impl<W: Worker, I: Iterator<Item = W::Args>> futures_core::Stream for $stream<'_, W, I> {
+            type Item = Result<W::Output>;
+
+            fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+                let this = self.get_mut();
+                let item = std::task::ready!(this.inner.poll_item(cx.waker()));
+                this.ended = item.is_none();
+                Poll::Ready(item.map(|(_, r)| r))
+            }
+
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                self.inner.remaining_exact()
+            }
+        }
+
+        impl<W: Worker, I: Iterator<Item = W::Args>> futures_core::FusedStream for $stream<'_, W, I> {
+            fn is_terminated(&self) -> bool {
+                self.ended
+            }
+        }
+
+        impl<W: Worker, I> std::fmt::Debug for $stream<'_, W, I> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($stream)).field("worker", &W::NAME).finish_non_exhaustive()
+            }
+        }
     };
 }
 
 stream_iterator! {
     /// Iterator returned by [`Pool::imap`](crate::Pool::imap): one `Result` per input item, in
     /// input order, computed ahead in a bounded window.
-    Imap
+    Imap,
+    imap,
+    /// Stream returned by [`Imap::into_stream`]: one `Result` per input
+    /// item, in input order, computed ahead in a bounded window; awaiting
+    /// the next one never blocks the thread.
+    ImapStream
 }
 
 stream_iterator! {
     /// Iterator returned by [`Pool::imap_unordered`](crate::Pool::imap_unordered): one `Result` per input
     /// item, in the order they finish, computed ahead in a bounded window.
     /// Use [`Error::item_index`] to tell which item an error belongs to.
-    ImapUnordered
+    ImapUnordered,
+    imap_unordered,
+    /// Stream returned by [`ImapUnordered::into_stream`]: one `Result` per
+    /// input item, in the order they finish, computed ahead in a bounded
+    /// window; awaiting the next one never blocks the thread. Use
+    /// [`Error::item_index`] to tell which item an error belongs to.
+    ImapUnorderedStream
 }
 
 /// Iterator returned by [`Imap::indexed`] and [`ImapUnordered::indexed`]:

@@ -1,10 +1,10 @@
-//! [`Task`]: the handle of one submitted call, and [`as_completed`].
+//! [`Task`]: the handle of one submitted call, and [`as_completed`] with
+//! its stream.
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::conn::decode::decode_single;
 use crate::conn::outcome::{Failure, Outcome, Reply};
 use crate::conn::runner::Runner;
-use crate::conn::slot::TaskSlot;
+use crate::conn::slot::{TaskSlot, WakingReceiver, waking_channel};
 use crate::error::Result;
 
 const QUEUED: u8 = 0;
@@ -106,12 +106,17 @@ impl Control {
 /// [`cancel`](Task::cancel), or `.await` it: `Task` is a [`Future`] that
 /// never blocks the executor (the pool's driver thread wakes it).
 ///
-/// Dropping a `Task` does not stop the call; its result is discarded.
+/// Dropping a `Task` detaches it: the call runs to the end and its result
+/// is discarded. A task made with [`cancel_on_drop`](Task::cancel_on_drop)
+/// is cancelled instead, as async code expects of a future it drops (one
+/// that lost a `select!`, or that `tokio::time::timeout` gave up on).
 #[must_use = "a Task does nothing unless you wait for it or await it; drop it to discard the result"]
 pub struct Task<R> {
     slot: Arc<TaskSlot>,
     control: Arc<Control>,
     worker: &'static str,
+    /// Dropping it unfinished cancels the call.
+    cancel_on_drop: bool,
     _output: PhantomData<fn() -> R>,
 }
 
@@ -120,7 +125,33 @@ impl<R> std::fmt::Debug for Task<R> {
         f.debug_struct("Task")
             .field("worker", &self.worker)
             .field("finished", &self.slot.is_done())
+            .field("cancel_on_drop", &self.cancel_on_drop)
             .finish()
+    }
+}
+
+impl<R> Task<R> {
+    /// Settles the call as cancelled unless it finished: see
+    /// [`cancel`](Task::cancel).
+    fn settle_cancelled(&self) -> bool {
+        if self.control.settle() {
+            self.slot.fill(Reply {
+                first_index: None,
+                count: 1,
+                outcome: Outcome::Failed(Failure::Cancelled),
+            });
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl<R> Drop for Task<R> {
+    fn drop(&mut self) {
+        if self.cancel_on_drop && !self.slot.is_done() {
+            self.settle_cancelled();
+        }
     }
 }
 
@@ -130,8 +161,39 @@ impl<R: DeserializeOwned + 'static> Task<R> {
             slot,
             control,
             worker,
+            cancel_on_drop: false,
             _output: PhantomData,
         }
+    }
+
+    /// The same task, but cancelled if it is dropped before it finishes:
+    /// a queued call is removed from the queue, and a running one has its
+    /// worker process killed (the pool starts a new one), as
+    /// [`cancel`](Task::cancel) does.
+    ///
+    /// Without it, dropping a task detaches it: the call runs to the end
+    /// and its result is discarded. Use it where dropping means "no longer
+    /// wanted": a task awaited under `tokio::time::timeout` or in a
+    /// `select!`, or the tasks still in an [`as_completed`] when it is
+    /// dropped.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use multiproc_runtime::{Pool, Result, Worker, as_completed};
+    ///
+    /// // `solve` is a `#[worker] fn solve(strategy: u64) -> u64`.
+    /// fn fastest(pool: &Pool, solve: impl Worker<Args = u64, Output = u64>) -> Option<Result<u64>> {
+    ///     let tasks = (0..4).map(|strategy| pool.submit(solve, strategy).cancel_on_drop());
+    ///     let (_, first) = as_completed(tasks).next()?;
+    ///     // Returning drops the other three: their worker processes are
+    ///     // killed, and the pool is free at once.
+    ///     Some(first)
+    /// }
+    /// ```
+    pub fn cancel_on_drop(mut self) -> Task<R> {
+        self.cancel_on_drop = true;
+        self
     }
 
     /// Blocks until the call finishes and returns its result.
@@ -183,16 +245,7 @@ impl<R: DeserializeOwned + 'static> Task<R> {
     ///
     /// Returns `false` if the call had already finished.
     pub fn cancel(&self) -> bool {
-        if self.control.settle() {
-            self.slot.fill(Reply {
-                first_index: None,
-                count: 1,
-                outcome: Outcome::Failed(Failure::Cancelled),
-            });
-            true
-        } else {
-            false
-        }
+        self.settle_cancelled()
     }
 }
 
@@ -222,7 +275,7 @@ where
     R: DeserializeOwned + 'static,
     I: IntoIterator<Item = Task<R>>,
 {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = waking_channel();
     let tasks: Vec<Option<Task<R>>> = tasks
         .into_iter()
         .enumerate()
@@ -242,7 +295,7 @@ where
 /// completion order.
 pub struct AsCompleted<R> {
     tasks: Vec<Option<Task<R>>>,
-    rx: Receiver<usize>,
+    rx: WakingReceiver<usize>,
     remaining: usize,
 }
 
@@ -262,9 +315,7 @@ impl<R: DeserializeOwned + 'static> Iterator for AsCompleted<R> {
             return None;
         }
         let i = self.rx.recv().ok()?;
-        self.remaining -= 1;
-        let task = self.tasks[i].take()?;
-        Some((i, task.wait()))
+        self.finished(i)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -273,3 +324,110 @@ impl<R: DeserializeOwned + 'static> Iterator for AsCompleted<R> {
 }
 
 impl<R: DeserializeOwned + 'static> ExactSizeIterator for AsCompleted<R> {}
+
+impl<R: DeserializeOwned + 'static> AsCompleted<R> {
+    /// The result of the task at `i`, whose slot is filled.
+    fn finished(&mut self, i: usize) -> Option<(usize, Result<R>)> {
+        self.remaining -= 1;
+        let task = self.tasks[i].take()?;
+        // Filled before its listener was told: this does not block.
+        Some((i, task.wait()))
+    }
+
+    /// The same results as a [`Stream`](futures_core::Stream), for async
+    /// code: a task that awaits the next one is woken by the pool's driver
+    /// threads when a call finishes, and the thread it runs on is never
+    /// blocked. The stream goes on from where the iterator is.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use multiproc_runtime::{Pool, Result, Worker};
+    ///
+    /// // `square` is a `#[worker] fn square(x: u64) -> u64`.
+    /// async fn squares(
+    ///     pool: &Pool,
+    ///     square: impl Worker<Args = u64, Output = u64>,
+    /// ) -> Result<Vec<u64>> {
+    ///     let tasks: Vec<_> = (0..10).map(|x| pool.submit(square, x)).collect();
+    ///     let mut done = multiproc_runtime::as_completed(tasks).into_stream();
+    ///     let mut squares = vec![0; 10];
+    ///     while let Some((i, square)) = done.next().await {
+    ///         squares[i] = square?;
+    ///     }
+    ///     Ok(squares)
+    /// }
+    /// ```
+    pub fn into_stream(self) -> AsCompletedStream<R> {
+        AsCompletedStream {
+            inner: self,
+            ended: false,
+        }
+    }
+}
+
+/// Stream returned by [`AsCompleted::into_stream`]: `(position, result)`
+/// in completion order; awaiting the next one never blocks the thread.
+///
+/// Dropping it drops the tasks not yielded yet: they run on (detached),
+/// unless they were made with [`Task::cancel_on_drop`].
+///
+/// # Example
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// use multiproc_runtime::{Pool, Worker};
+///
+/// // `square` is a `#[worker] fn square(x: u64) -> u64`.
+/// async fn first_square(
+///     pool: &Pool,
+///     square: impl Worker<Args = u64, Output = u64>,
+/// ) -> Option<u64> {
+///     let tasks = [pool.submit(square, 3), pool.submit(square, 4)];
+///     let (_, first) = multiproc_runtime::as_completed(tasks).into_stream().next().await?;
+///     first.ok()
+/// }
+/// ```
+#[must_use = "streams are lazy: nothing happens until you poll"]
+pub struct AsCompletedStream<R> {
+    inner: AsCompleted<R>,
+    /// `None` was yielded (see `FusedStream`).
+    ended: bool,
+}
+
+impl<R> std::fmt::Debug for AsCompletedStream<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompletedStream")
+            .field("remaining", &self.inner.remaining)
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + 'static> futures_core::Stream for AsCompletedStream<R> {
+    type Item = (usize, Result<R>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = if this.inner.remaining == 0 {
+            None
+        } else {
+            match std::task::ready!(this.inner.rx.poll_recv(cx.waker())) {
+                Some(i) => this.inner.finished(i),
+                None => None,
+            }
+        };
+        this.ended = item.is_none();
+        Poll::Ready(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.inner.remaining, Some(self.inner.remaining))
+    }
+}
+
+impl<R: DeserializeOwned + 'static> futures_core::FusedStream for AsCompletedStream<R> {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
