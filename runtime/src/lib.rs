@@ -30,6 +30,7 @@ mod queue;
 mod registry;
 mod shm;
 mod sys;
+mod trace;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};

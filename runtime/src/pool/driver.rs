@@ -17,7 +17,7 @@ use super::deliver::{Delivery, deliver_done};
 use super::job::{Job, Next, Sink};
 use super::shared::{Initializer, PoolShared};
 use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
-use crate::conn::reap::{reap, wait_exit};
+use crate::conn::reap::{exit_reason, reap, wait_exit};
 use crate::conn::runner::Runner;
 use crate::conn::spawn::{self, Spawned};
 use crate::conn::{Conn, encode_run, ring_offset, send_run};
@@ -28,6 +28,7 @@ use crate::proto::arena::{ARENA_FROM, Lease};
 use crate::proto::message;
 use crate::proto::reply;
 use crate::sys::process::{rss_bytes, wait_readable};
+use crate::trace::events::{self, Death};
 
 /// Batches sent to one child before its first answer (as many as it has
 /// reply arenas, so that each can be answered through one).
@@ -153,6 +154,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
     runner.set_progress(progress.clone());
     let mut ready = Some(ready);
     let mut failures = 0;
+    let mut replaced = None; // the process the next one replaces
     loop {
         if shared.queue.is_terminated() {
             break;
@@ -161,6 +163,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
         let mut worker = match start(&shared, &progress) {
             Ok(w) => w,
             Err(e) => {
+                events::worker_start_failed(runner.id, &e);
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(e));
                     break;
@@ -175,6 +178,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
             }
         };
         runner.set_pid(Some(worker.pid));
+        events::worker_started(worker.pid, runner.id, replaced.take());
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         }
@@ -185,6 +189,9 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
                 break;
             }
             End::Retire => {
+                let over = shared.max_worker_rss.filter(|_| worker.retiring);
+                events::worker_recycled(worker.pid, worker.done, over);
+                replaced = Some(worker.pid);
                 stop(&runner, worker);
                 failures = 0;
             }
@@ -192,6 +199,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
                 if worker.done > 0 {
                     failures = 0;
                 }
+                replaced = Some(worker.pid);
                 died(&shared, &runner, &progress, fault, worker, in_flight);
             }
         }
@@ -769,10 +777,11 @@ fn stop(runner: &Runner, mut worker: Conn) {
     // (see `wait_exit`). A child that hangs on its way out gets two
     // seconds, then SIGKILL.
     let fd = worker.reader.get_ref().as_raw_fd();
-    if wait_exit(&mut worker.child, Some(fd), Duration::from_secs(2)).is_none() {
+    let status = wait_exit(&mut worker.child, Some(fd), Duration::from_secs(2)).or_else(|| {
         let _ = worker.child.kill();
-        let _ = worker.child.wait();
-    }
+        worker.child.wait().ok()
+    });
+    events::worker_exited(worker.pid, status.map(exit_reason));
 }
 
 /// Accounts for a dead worker: blames the item it was running (from its
@@ -797,6 +806,21 @@ fn died(
     runner.set_pid(None);
     let reason = reap(&mut worker.child);
     let terminated = shared.queue.is_terminated();
+    // How it ended, in the front batch's context.
+    let front = in_flight.front();
+    let death = Death {
+        pid: worker.pid,
+        reason,
+        breach: fault.breach.as_deref(),
+        timed_out: shared.task_timeout.filter(|_| timed),
+        worker: front.map(|s| s.job.worker),
+        item: front.and_then(|s| Some(s.job.first_index? + running?)),
+    };
+    events::report_death(
+        front.map(|s| &*s.job.trace),
+        &death,
+        killed_on_purpose || terminated,
+    );
     let mut requeue = Vec::new();
     let requeue_job = |job: Job, requeue: &mut Vec<Job>| {
         if let Some(control) = &job.control {
@@ -851,6 +875,10 @@ fn died(
         } else if culprit.retries > 0 {
             let mut culprit = culprit;
             culprit.retries -= 1;
+            let (name, item, left) = (culprit.worker, culprit.first_index, culprit.retries);
+            culprit
+                .trace
+                .scope(|| events::item_retried(worker.pid, name, item, left));
             requeue_job(culprit, &mut requeue);
         } else {
             if let Some(control) = &culprit.control {

@@ -33,8 +33,9 @@ use task::Control;
 pub(crate) use shared::{Initializer, PoolShared};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::trace::events::{self, Call};
 use crate::worker::Worker;
-use crate::{guard, registry};
+use crate::{guard, registry, trace};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool` and
 /// `concurrent.futures.ProcessPoolExecutor` in one.
@@ -256,12 +257,22 @@ impl PoolBuilder {
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut drivers = Vec::with_capacity(workers);
+        // The library's events from the driver threads go where this
+        // thread's would; with no subscriber here, to the global default
+        // that may be set later.
+        let dispatch = tracing::dispatcher::get_default(|d| {
+            (!d.is::<tracing::subscriber::NoSubscriber>()).then(|| d.clone())
+        });
         for (i, runner) in runners.into_iter().enumerate() {
             let for_driver = shared.clone();
             let ready = ready_tx.clone();
+            let dispatch = dispatch.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("multiproc-worker-{i}"))
-                .spawn(move || driver::run(for_driver, runner, ready));
+                .spawn(move || {
+                    let _default = dispatch.as_ref().map(tracing::dispatcher::set_default);
+                    driver::run(for_driver, runner, ready);
+                });
             match spawned {
                 Ok(handle) => drivers.push(handle),
                 Err(e) => {
@@ -291,6 +302,7 @@ impl PoolBuilder {
             pool.terminate();
             return Err(e);
         }
+        trace::events::pool_started(workers);
         Ok(pool)
     }
 }
@@ -392,6 +404,8 @@ impl Pool {
         W: Worker,
         I: Iterator<Item = W::Args>,
     {
+        let span = events::call_span(Call::Map, W::NAME, events::exact_len(items.size_hint()));
+        let _in_span = span.enter();
         match items.size_hint() {
             (len, Some(hi)) if len == hi && len > 0 => {
                 self.collect_stored(worker, items, chunking, len)
@@ -485,10 +499,13 @@ impl Pool {
         I: IntoIterator<Item = W::Args>,
     {
         let _ = worker;
+        let items = items.into_iter();
+        let span = events::call_span(Call::Imap, W::NAME, events::exact_len(items.size_hint()));
+        let _in_span = span.enter();
         Imap::new(Stream::new(
             &self.shared,
             self.workers,
-            items.into_iter(),
+            items,
             self.cap_chunk(Chunking::Adaptive(1)),
             true,
         ))
@@ -502,10 +519,17 @@ impl Pool {
         I: IntoIterator<Item = W::Args>,
     {
         let _ = worker;
+        let items = items.into_iter();
+        let span = events::call_span(
+            Call::ImapUnordered,
+            W::NAME,
+            events::exact_len(items.size_hint()),
+        );
+        let _in_span = span.enter();
         ImapUnordered::new(Stream::new(
             &self.shared,
             self.workers,
-            items.into_iter(),
+            items,
             self.cap_chunk(Chunking::Adaptive(1)),
             false,
         ))
@@ -572,8 +596,12 @@ impl Pool {
     pub fn join(&self) {
         self.close();
         let drivers = std::mem::take(&mut *self.drivers.lock().unwrap_or_else(|e| e.into_inner()));
+        let stopped = !drivers.is_empty();
         for d in drivers {
             let _ = d.join();
+        }
+        if stopped {
+            trace::events::pool_closed(self.workers);
         }
     }
 
