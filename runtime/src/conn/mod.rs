@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     pub(crate) arenas: Option<Arenas>,
     /// Largest reply body each reply arena should hold.
     pub(crate) reply_wanted: usize,
+    /// Its event socket, when its tasks' `tracing` events are forwarded.
+    pub(crate) events: Option<crate::trace::inbox::Inbox>,
 }
 
 /// The request and reply arenas of one worker process (see

@@ -14,6 +14,7 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::deliver::{Delivery, deliver_done};
+use super::forward;
 use super::job::{Job, Next, Sink};
 use super::shared::{Initializer, PoolShared};
 use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
@@ -29,6 +30,7 @@ use crate::proto::message;
 use crate::proto::reply;
 use crate::sys::process::{rss_bytes, wait_readable};
 use crate::trace::events::{self, Death};
+use crate::trace::inbox::Inbox;
 
 /// Batches sent to one child before its first answer (as many as it has
 /// reply arenas, so that each can be answered through one).
@@ -237,7 +239,17 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Conn> {
         retiring: false,
         arenas: None,
         reply_wanted: 0,
+        events: None,
     };
+    if shared.forward_tracing {
+        // Before the initializer, whose events are forwarded too.
+        let opened = Inbox::open(&mut worker.writer, pid).map(|inbox| worker.events = Some(inbox));
+        if let Err(e) = opened {
+            let _ = worker.child.kill();
+            let _ = worker.child.wait();
+            return Err(Error::new(ErrorKind::Spawn(e)));
+        }
+    }
     if let Some(init) = &shared.initializer {
         if let Err(e) = run_initializer(shared, &mut worker, init) {
             let _ = worker.child.kill();
@@ -291,6 +303,9 @@ fn send_job(
     job: &Job,
     in_flight: &VecDeque<Sent>,
 ) -> std::io::Result<Option<(usize, usize)>> {
+    if let Some(events) = &mut worker.events {
+        events.sync_level(&mut worker.writer)?;
+    }
     let len = job.payload.len();
     let range = job.payload.as_range();
     // A range is sent as its first integer and count: no request arena.
@@ -456,6 +471,10 @@ fn serve_batches(
                             );
                         }
                         return End::Died(in_flight);
+                    }
+                    // Events its tasks' threads emitted after their batch.
+                    if let Err(e) = forward::drain(worker, batches(&in_flight)) {
+                        return breach(runner, fault, in_flight, e.to_string());
                     }
                     let since = *idle_since.get_or_insert_with(std::time::Instant::now);
                     let holds = worker.arenas.is_some() || crate::mem::huge::has_spares();
@@ -732,7 +751,9 @@ fn read_reply(
         let batch_limit = limit.saturating_mul(front.job.count.max(1));
         // The item the page named last, and when this thread first saw it.
         let mut seen: (Option<u64>, std::time::Instant) = (None, waiting_since);
-        while worker.reader.buffer().is_empty() && !wait_readable(fd, tick)? {
+        while worker.reader.buffer().is_empty()
+            && !forward::wait(worker, batches(in_flight), Some(tick))?
+        {
             if fault.timed_out.is_some() || fault.breach.is_some() {
                 continue; // killed; waiting for the EOF
             }
@@ -756,11 +777,25 @@ fn read_reply(
             }
         }
     }
-    worker.receive(frame, lease, lease_ok)
+    if worker.events.as_ref().is_some_and(Inbox::listening) {
+        while worker.reader.buffer().is_empty() && !forward::wait(worker, batches(in_flight), None)?
+        {
+        }
+    }
+    let got = worker.receive(frame, lease, lease_ok)?;
+    // While its batch is in flight: the child sent a batch's events first.
+    forward::drain(worker, batches(in_flight))?;
+    Ok(got)
+}
+
+/// The batches in flight, for [`forward`].
+fn batches(in_flight: &VecDeque<Sent>) -> impl Iterator<Item = (u64, &Job)> + Clone {
+    in_flight.iter().map(|s| (s.batch, &s.job))
 }
 
 /// Asks a worker to exit and reaps it.
 fn stop(runner: &Runner, mut worker: Conn) {
+    let _ = forward::drain(&mut worker, std::iter::empty());
     let mut buf = Vec::new();
     let asked = message::shutdown(&mut buf)
         .and_then(|()| worker.writer.write_all(&buf))
@@ -806,7 +841,8 @@ fn died(
     runner.set_pid(None);
     let reason = reap(&mut worker.child);
     let terminated = shared.queue.is_terminated();
-    // How it ended, in the front batch's context.
+    // Its last events, then how it ended, in the front batch's context.
+    let _ = forward::drain(&mut worker, batches(&in_flight));
     let front = in_flight.front();
     let death = Death {
         pid: worker.pid,

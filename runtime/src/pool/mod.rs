@@ -3,6 +3,7 @@
 pub(crate) mod collect;
 pub(crate) mod deliver;
 pub(crate) mod driver;
+pub(crate) mod forward;
 pub(crate) mod job;
 pub(crate) mod shared;
 pub(crate) mod stream;
@@ -89,6 +90,7 @@ pub struct PoolBuilder {
     pub(crate) retries: u32,
     pub(crate) panic_retries: u32,
     pub(crate) max_worker_rss: Option<u64>,
+    pub(crate) forward_tracing: bool,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -107,6 +109,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("retries", &self.retries)
             .field("panic_retries", &self.panic_retries)
             .field("max_worker_rss", &self.max_worker_rss)
+            .field("forward_tracing", &self.forward_tracing)
             .finish()
     }
 }
@@ -222,6 +225,33 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether the [`tracing`](https://docs.rs/tracing) events that tasks
+    /// emit in the worker processes reach this process's subscriber.
+    /// Default: `true`.
+    ///
+    /// A worker process never runs `main`, so a subscriber installed there
+    /// does not exist in it: without forwarding, a task's events are
+    /// silently lost. With it, each worker process installs a subscriber
+    /// of multiproc's as its global default, which sends every event at a
+    /// level some subscriber of this process wants to the pool. There it
+    /// is emitted again, with its level, target, fields and message, plus
+    /// the fields `pid` (the worker process) and `item` (the item's input
+    /// position, for `map` and `imap`), into the dispatcher of the thread
+    /// that sent the item, inside the span of its `map` or `imap`. While no
+    /// subscriber of this process wants an event, a worker makes and sends
+    /// nothing. Spans inside a worker are not forwarded.
+    ///
+    /// Forwarding drops events rather than slow a task down: a task that
+    /// emits them faster than this process takes them loses the excess,
+    /// and a WARN event under `multiproc::worker` says how many. Turn it
+    /// off to install a subscriber of your own in the worker processes (in
+    /// an [`initializer`](PoolBuilder::initializer)), or to keep this
+    /// process from handling the events of workers.
+    pub fn forward_tracing(mut self, on: bool) -> Self {
+        self.forward_tracing = on;
+        self
+    }
+
     /// Starts the worker processes (concurrently) and waits until each has
     /// started and run the initializer.
     ///
@@ -254,6 +284,7 @@ impl PoolBuilder {
             runners: runners.clone(),
             slots_alive: AtomicUsize::new(workers),
             dense_batches: true,
+            forward_tracing: self.forward_tracing,
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut drivers = Vec::with_capacity(workers);
@@ -339,6 +370,7 @@ impl Pool {
             retries: 0,
             panic_retries: 0,
             max_worker_rss: None,
+            forward_tracing: true,
         }
     }
 

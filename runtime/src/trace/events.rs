@@ -6,7 +6,7 @@
 //! | `multiproc::pool` | INFO | pool started, pool closed; the span of each `map`, `imap`, `imap_unordered` |
 //! | `multiproc::worker` | DEBUG | worker process started, exited |
 //! | `multiproc::worker` | INFO | worker process replaced, recycled (task count or memory), item retried |
-//! | `multiproc::worker` | WARN | worker process crashed, failed to start; item timed out |
+//! | `multiproc::worker` | WARN | worker process crashed, failed to start; item timed out; forwarded events dropped |
 //! | `multiproc::worker` | ERROR | worker process broke the protocol |
 //!
 //! Fields: `pid` (the worker process), `worker` (the `#[worker]`
@@ -173,4 +173,10 @@ pub(crate) fn worker_recycled(pid: u32, tasks: u64, over_memory: Option<u64>) {
             "worker process recycled: it reached max_tasks_per_worker"
         ),
     }
+}
+
+/// Worker process `pid` dropped `count` events of its tasks: it made them
+/// faster than this process read them.
+pub(crate) fn events_dropped(pid: u32, count: u64) {
+    warn!(target: WORKER, pid, count, "tracing events of a worker process were dropped");
 }
