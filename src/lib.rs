@@ -162,6 +162,47 @@
 //! defends. `RELIABILITY.md` lists each hostile act, what happens, and the
 //! test that shows it.
 //!
+//! ## Logging
+//!
+//! The pool reports what happens to it through
+//! [`tracing`](https://docs.rs/tracing) and installs no subscriber: pools
+//! opening and closing (target `multiproc::pool`, with a span for each
+//! `map`, `imap` and `imap_unordered`), worker processes starting, exiting,
+//! crashing, timing out, breaking the protocol and being recycled, items
+//! retried (`multiproc::worker`), with the fields `pid`, `worker` and
+//! `item`. With no subscriber, this costs next to nothing.
+//!
+//! A worker process never runs `main`, so a subscriber installed there
+//! does not exist in it. The events a task emits are therefore forwarded:
+//! the worker sends each to the pool, which emits it again into the
+//! subscriber of the thread that called `map` (or `imap`, `submit`),
+//! inside the span of that call, with its level, target, message and fields
+//! kept and the fields `pid` and `item` added. Forwarding is on by default
+//! and bounded (an event a task emits faster than the caller takes it is
+//! dropped and counted, never waited for); [`PoolBuilder::forward_tracing`]
+//! describes it and turns it off.
+//!
+//! ```no_run
+//! use multiproc::{Pool, entry, worker};
+//!
+//! #[worker]
+//! fn parse(path: String) -> usize {
+//!     // Reaches the subscriber of `main`, with `pid` and `item` added.
+//!     tracing::info!(%path, "parsing");
+//!     path.len()
+//! }
+//!
+//! #[entry]
+//! fn main() -> Result<(), multiproc::Error> {
+//!     // tracing_subscriber::fmt::init(), or any subscriber.
+//! #   let subscriber = tracing::subscriber::NoSubscriber::default();
+//!     tracing::subscriber::set_global_default(subscriber).unwrap();
+//!     let pool = Pool::new(0)?;
+//!     pool.map(parse, vec!["a.txt".to_owned(), "b.txt".to_owned()])?;
+//!     Ok(())
+//! }
+//! ```
+//!
 //! ## Processes, queues, pipes, shared state
 //!
 //! The rest of Python's toolbox, each handle passable to a worker as an

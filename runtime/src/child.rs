@@ -158,6 +158,11 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 let fds = reader.get_mut().take_fds(1)?;
                 Ok((frame, fds))
             }
+            Some(proto::TAG_TRACE) => {
+                let (_, socket) = message::read_trace(&frame)?;
+                let fds = reader.get_mut().take_fds(usize::from(socket))?;
+                Ok((frame, fds))
+            }
             Some(proto::TAG_ARENAS) => {
                 // The request arena's and the reply arenas' descriptors,
                 // or none when the parent frees them.
@@ -308,6 +313,8 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 debug_assert!(direct.is_none() || out.len() == head_len);
                 exec::end_batch();
                 let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                // The batch's events go before its answer.
+                crate::trace::outbox::flush();
                 match result {
                     Ok((ran, dense_results)) => {
                         message::done_timing(&mut out, timing_at, elapsed, ran);
@@ -329,6 +336,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                     out = Vec::new();
                 }
             }
+            proto::TAG_TRACE => crate::trace::outbox::configure(&frame, fds)?,
             proto::TAG_SHUTDOWN => return Ok(()),
             other => {
                 return Err(std::io::Error::new(

@@ -3,6 +3,11 @@
 //!
 //! Use it through the `multiproc` facade crate; this crate's API is
 //! re-exported there and documented with examples.
+//!
+//! It reports through `tracing` under the targets `multiproc::pool` and
+//! `multiproc::worker`, installs no subscriber in the caller, and forwards
+//! the events of tasks from their worker processes (see
+//! [`PoolBuilder::forward_tracing`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -30,6 +35,7 @@ mod queue;
 mod registry;
 mod shm;
 mod sys;
+mod trace;
 mod worker;
 
 pub use error::{CodecSide, Error, ErrorKind, ExitReason, Result};

@@ -298,7 +298,8 @@ fn fds_to(target: &str) -> Vec<RawFd> {
 
 /// The control socket. A worker's runtime moves it off stdin to the
 /// lowest free descriptor from 3 and reads through a second descriptor of
-/// the same socket; a worker has no other socket.
+/// the same socket; its only other socket, the datagram socket of its
+/// forwarded `tracing` events, arrives later, on a higher descriptor.
 fn control_socket() -> RawFd {
     let fd = *fds_to("socket:[")
         .first()

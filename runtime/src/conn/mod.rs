@@ -63,6 +63,8 @@ pub(crate) struct Conn {
     pub(crate) reply_wanted: usize,
     /// Its stderr, passed on and watched, under a pool's memory limit.
     pub(crate) stderr: Option<watch::StderrWatch>,
+    /// Its event socket, when its tasks' `tracing` events are forwarded.
+    pub(crate) events: Option<crate::trace::inbox::Inbox>,
 }
 
 /// The request and reply arenas of one worker process (see

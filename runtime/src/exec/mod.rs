@@ -7,7 +7,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 mod state;
 
 pub(crate) use state::{
-    Items, begin_batch, end_batch, install_panic_hook, progress, set_progress, take_panic_report,
+    Items, begin_batch, end_batch, install_panic_hook, progress, running, set_progress,
+    take_panic_report,
 };
 
 use crate::codec::*;

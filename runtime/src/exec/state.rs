@@ -54,6 +54,14 @@ pub(crate) fn progress() -> Option<&'static Progress> {
     PROGRESS.get()
 }
 
+/// The batch and item this process's progress page says run (the item
+/// [`IDLE`](crate::proto::IDLE) between items), `(0, IDLE)` before setup.
+pub(crate) fn running() -> (u64, u64) {
+    PROGRESS
+        .get()
+        .map_or((0, crate::proto::IDLE), Progress::snapshot)
+}
+
 /// A batch starts on this thread: its items are recorded in the progress
 /// page, and panics are kept for the report instead of printed.
 pub(crate) fn begin_batch(batch: u64) {

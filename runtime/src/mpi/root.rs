@@ -183,6 +183,8 @@ fn open_ranks(world: &'static World, builder: PoolBuilder) -> Result<Pool> {
         runners: Vec::new(),
         slots_alive: AtomicUsize::new(slots.len()),
         dense_batches: false,
+        // A rank's events stay on its machine.
+        forward_tracing: false,
     });
     let for_thread = shared.clone();
     let thread = std::thread::Builder::new()

@@ -14,10 +14,11 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::deliver::{Delivery, deliver_done};
+use super::forward;
 use super::job::{Job, Next, Sink};
 use super::shared::{Initializer, PoolShared};
 use crate::conn::outcome::{Failure, Outcome, ReplyBytes};
-use crate::conn::reap::{reap, wait_exit};
+use crate::conn::reap::{exit_reason, reap, wait_exit};
 use crate::conn::runner::Runner;
 use crate::conn::spawn::{self, Spawned};
 use crate::conn::watch::StderrWatch;
@@ -29,6 +30,8 @@ use crate::proto::arena::{ARENA_FROM, Lease};
 use crate::proto::message;
 use crate::proto::reply;
 use crate::sys::process::{rss_bytes, wait_readable};
+use crate::trace::events::{self, Death};
+use crate::trace::inbox::Inbox;
 
 /// Batches sent to one child before its first answer (as many as it has
 /// reply arenas, so that each can be answered through one).
@@ -157,6 +160,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
     runner.set_progress(progress.clone());
     let mut ready = Some(ready);
     let mut failures = 0;
+    let mut replaced = None; // the process the next one replaces
     loop {
         if shared.queue.is_terminated() {
             break;
@@ -165,6 +169,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
         let mut worker = match start(&shared, &progress) {
             Ok(w) => w,
             Err(e) => {
+                events::worker_start_failed(runner.id, &e);
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(e));
                     break;
@@ -179,6 +184,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
             }
         };
         runner.set_pid(Some(worker.pid));
+        events::worker_started(worker.pid, runner.id, replaced.take());
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         }
@@ -189,6 +195,9 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
                 break;
             }
             End::Retire => {
+                let over = shared.max_worker_rss.filter(|_| worker.retiring);
+                events::worker_recycled(worker.pid, worker.done, over);
+                replaced = Some(worker.pid);
                 stop(&runner, worker);
                 failures = 0;
             }
@@ -196,6 +205,7 @@ fn run_slot(shared: Arc<PoolShared>, runner: Arc<Runner>, ready: Sender<Result<(
                 if worker.done > 0 {
                     failures = 0;
                 }
+                replaced = Some(worker.pid);
                 died(&shared, &runner, &progress, fault, worker, in_flight);
             }
         }
@@ -243,7 +253,17 @@ fn start(shared: &PoolShared, progress: &Progress) -> Result<Conn> {
         arenas: None,
         reply_wanted: 0,
         stderr,
+        events: None,
     };
+    if shared.forward_tracing {
+        // Before the initializer, whose events are forwarded too.
+        let opened = Inbox::open(&mut worker.writer, pid).map(|inbox| worker.events = Some(inbox));
+        if let Err(e) = opened {
+            let _ = worker.child.kill();
+            let _ = worker.child.wait();
+            return Err(Error::new(ErrorKind::Spawn(e)));
+        }
+    }
     if let Some(init) = &shared.initializer {
         if let Err(e) = run_initializer(shared, progress, &mut worker, init) {
             let _ = worker.child.kill();
@@ -302,6 +322,9 @@ fn send_job(
     job: &Job,
     in_flight: &VecDeque<Sent>,
 ) -> std::io::Result<Option<(usize, usize)>> {
+    if let Some(events) = &mut worker.events {
+        events.sync_level(&mut worker.writer)?;
+    }
     let len = job.payload.len();
     let range = job.payload.as_range();
     // A range is sent as its first integer and count: no request arena.
@@ -467,6 +490,10 @@ fn serve_batches(
                             );
                         }
                         return End::Died(in_flight);
+                    }
+                    // Events its tasks' threads emitted after their batch.
+                    if let Err(e) = forward::drain(worker, batches(&in_flight)) {
+                        return breach(runner, fault, in_flight, e.to_string());
                     }
                     let since = *idle_since.get_or_insert_with(std::time::Instant::now);
                     let holds = worker.arenas.is_some() || crate::mem::huge::has_spares();
@@ -743,7 +770,9 @@ fn read_reply(
         let batch_limit = limit.saturating_mul(front.job.count.max(1));
         // The item the page named last, and when this thread first saw it.
         let mut seen: (Option<u64>, std::time::Instant) = (None, waiting_since);
-        while worker.reader.buffer().is_empty() && !wait_readable(fd, tick)? {
+        while worker.reader.buffer().is_empty()
+            && !forward::wait(worker, batches(in_flight), Some(tick))?
+        {
             if fault.timed_out.is_some() || fault.breach.is_some() {
                 continue; // killed; waiting for the EOF
             }
@@ -767,11 +796,25 @@ fn read_reply(
             }
         }
     }
-    worker.receive(frame, lease, lease_ok)
+    if worker.events.as_ref().is_some_and(Inbox::listening) {
+        while worker.reader.buffer().is_empty() && !forward::wait(worker, batches(in_flight), None)?
+        {
+        }
+    }
+    let got = worker.receive(frame, lease, lease_ok)?;
+    // While its batch is in flight: the child sent a batch's events first.
+    forward::drain(worker, batches(in_flight))?;
+    Ok(got)
+}
+
+/// The batches in flight, for [`forward`].
+fn batches(in_flight: &VecDeque<Sent>) -> impl Iterator<Item = (u64, &Job)> + Clone {
+    in_flight.iter().map(|s| (s.batch, &s.job))
 }
 
 /// Asks a worker to exit and reaps it.
 fn stop(runner: &Runner, mut worker: Conn) {
+    let _ = forward::drain(&mut worker, std::iter::empty());
     let mut buf = Vec::new();
     let asked = message::shutdown(&mut buf)
         .and_then(|()| worker.writer.write_all(&buf))
@@ -788,10 +831,11 @@ fn stop(runner: &Runner, mut worker: Conn) {
     // (see `wait_exit`). A child that hangs on its way out gets two
     // seconds, then SIGKILL.
     let fd = worker.reader.get_ref().as_raw_fd();
-    if wait_exit(&mut worker.child, Some(fd), Duration::from_secs(2)).is_none() {
+    let status = wait_exit(&mut worker.child, Some(fd), Duration::from_secs(2)).or_else(|| {
         let _ = worker.child.kill();
-        let _ = worker.child.wait();
-    }
+        worker.child.wait().ok()
+    });
+    events::worker_exited(worker.pid, status.map(exit_reason));
 }
 
 /// Accounts for a dead worker: blames the item it was running (from its
@@ -821,6 +865,22 @@ fn died(
     let failure = death(shared, progress, &worker, reason);
     let out_of_memory = matches!(failure, Failure::OutOfMemory { .. });
     let terminated = shared.queue.is_terminated();
+    // Its last events, then how it ended, in the front batch's context.
+    let _ = forward::drain(&mut worker, batches(&in_flight));
+    let front = in_flight.front();
+    let death = Death {
+        pid: worker.pid,
+        reason,
+        breach: fault.breach.as_deref(),
+        timed_out: shared.task_timeout.filter(|_| timed),
+        worker: front.map(|s| s.job.worker),
+        item: front.and_then(|s| Some(s.job.first_index? + running?)),
+    };
+    events::report_death(
+        front.map(|s| &*s.job.trace),
+        &death,
+        killed_on_purpose || terminated,
+    );
     let mut requeue = Vec::new();
     let requeue_job = |job: Job, requeue: &mut Vec<Job>| {
         if let Some(control) = &job.control {
@@ -875,6 +935,10 @@ fn died(
         } else if culprit.retries > 0 && (!out_of_memory || fault.breach.is_some()) {
             let mut culprit = culprit;
             culprit.retries -= 1;
+            let (name, item, left) = (culprit.worker, culprit.first_index, culprit.retries);
+            culprit
+                .trace
+                .scope(|| events::item_retried(worker.pid, name, item, left));
             requeue_job(culprit, &mut requeue);
         } else {
             if let Some(control) = &culprit.control {

@@ -13,6 +13,7 @@ use crate::conn::outcome::{Failure, Outcome, Reply};
 use crate::conn::runner::STEAL_AFTER;
 use crate::conn::slot::{TaskSlot, WakingSender};
 use crate::proto;
+use crate::trace::Context;
 
 /// A batch of framed argument items for one worker function.
 pub(crate) struct Job {
@@ -46,6 +47,8 @@ pub(crate) struct Job {
     /// Every item was answered or handed to other jobs: see the `Drop`
     /// impl.
     pub(crate) settled: AtomicBool,
+    /// Where the events about it go (the caller's dispatcher and span).
+    pub(crate) trace: Arc<Context>,
 }
 
 /// A job dropped while its thread unwinds from a panic (a bug in a driver
@@ -283,6 +286,7 @@ impl Job {
             fds: None,
             reserved: None,
             settled: AtomicBool::new(false),
+            trace: Arc::new(Context::current()),
         }
     }
 
@@ -326,6 +330,7 @@ impl Job {
             fds: first.fds.clone(),
             reserved: None,
             settled: AtomicBool::new(false),
+            trace: first.trace.clone(),
         };
         first.marks.retain(|&(item, _)| item < n);
         first.count = n;
@@ -388,6 +393,7 @@ impl Job {
             fds: self.fds.clone(),
             reserved: None,
             settled: AtomicBool::new(false),
+            trace: self.trace.clone(),
         }
     }
 

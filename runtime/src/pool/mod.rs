@@ -3,6 +3,7 @@
 pub(crate) mod collect;
 pub(crate) mod deliver;
 pub(crate) mod driver;
+pub(crate) mod forward;
 pub(crate) mod job;
 pub(crate) mod shared;
 pub(crate) mod stream;
@@ -33,8 +34,9 @@ use task::Control;
 pub(crate) use shared::{Initializer, PoolShared};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::trace::events::{self, Call};
 use crate::worker::Worker;
-use crate::{guard, registry};
+use crate::{guard, registry, trace};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool` and
 /// `concurrent.futures.ProcessPoolExecutor` in one.
@@ -89,6 +91,7 @@ pub struct PoolBuilder {
     pub(crate) panic_retries: u32,
     pub(crate) max_worker_rss: Option<u64>,
     pub(crate) memory_limit: Option<u64>,
+    pub(crate) forward_tracing: bool,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -108,6 +111,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("panic_retries", &self.panic_retries)
             .field("max_worker_rss", &self.max_worker_rss)
             .field("memory_limit", &self.memory_limit)
+            .field("forward_tracing", &self.forward_tracing)
             .finish()
     }
 }
@@ -263,6 +267,33 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether the [`tracing`](https://docs.rs/tracing) events that tasks
+    /// emit in the worker processes reach this process's subscriber.
+    /// Default: `true`.
+    ///
+    /// A worker process never runs `main`, so a subscriber installed there
+    /// does not exist in it: without forwarding, a task's events are
+    /// silently lost. With it, each worker process installs a subscriber
+    /// of multiproc's as its global default, which sends every event at a
+    /// level some subscriber of this process wants to the pool. There it
+    /// is emitted again, with its level, target, fields and message, plus
+    /// the fields `pid` (the worker process) and `item` (the item's input
+    /// position, for `map` and `imap`), into the dispatcher of the thread
+    /// that sent the item, inside the span of its `map` or `imap`. While no
+    /// subscriber of this process wants an event, a worker makes and sends
+    /// nothing. Spans inside a worker are not forwarded.
+    ///
+    /// Forwarding drops events rather than slow a task down: a task that
+    /// emits them faster than this process takes them loses the excess,
+    /// and a WARN event under `multiproc::worker` says how many. Turn it
+    /// off to install a subscriber of your own in the worker processes (in
+    /// an [`initializer`](PoolBuilder::initializer)), or to keep this
+    /// process from handling the events of workers.
+    pub fn forward_tracing(mut self, on: bool) -> Self {
+        self.forward_tracing = on;
+        self
+    }
+
     /// Starts the worker processes (concurrently) and waits until each has
     /// started and run the initializer.
     ///
@@ -298,15 +329,26 @@ impl PoolBuilder {
             runners: runners.clone(),
             slots_alive: AtomicUsize::new(workers),
             dense_batches: true,
+            forward_tracing: self.forward_tracing,
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut drivers = Vec::with_capacity(workers);
+        // The library's events from the driver threads go where this
+        // thread's would; with no subscriber here, to the global default
+        // that may be set later.
+        let dispatch = tracing::dispatcher::get_default(|d| {
+            (!d.is::<tracing::subscriber::NoSubscriber>()).then(|| d.clone())
+        });
         for (i, runner) in runners.into_iter().enumerate() {
             let for_driver = shared.clone();
             let ready = ready_tx.clone();
+            let dispatch = dispatch.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("multiproc-worker-{i}"))
-                .spawn(move || driver::run(for_driver, runner, ready));
+                .spawn(move || {
+                    let _default = dispatch.as_ref().map(tracing::dispatcher::set_default);
+                    driver::run(for_driver, runner, ready);
+                });
             match spawned {
                 Ok(handle) => drivers.push(handle),
                 Err(e) => {
@@ -336,6 +378,7 @@ impl PoolBuilder {
             pool.terminate();
             return Err(e);
         }
+        trace::events::pool_started(workers);
         Ok(pool)
     }
 }
@@ -373,6 +416,7 @@ impl Pool {
             panic_retries: 0,
             max_worker_rss: None,
             memory_limit: None,
+            forward_tracing: true,
         }
     }
 
@@ -438,6 +482,8 @@ impl Pool {
         W: Worker,
         I: Iterator<Item = W::Args>,
     {
+        let span = events::call_span(Call::Map, W::NAME, events::exact_len(items.size_hint()));
+        let _in_span = span.enter();
         match items.size_hint() {
             (len, Some(hi)) if len == hi && len > 0 => {
                 self.collect_stored(worker, items, chunking, len)
@@ -531,10 +577,13 @@ impl Pool {
         I: IntoIterator<Item = W::Args>,
     {
         let _ = worker;
+        let items = items.into_iter();
+        let span = events::call_span(Call::Imap, W::NAME, events::exact_len(items.size_hint()));
+        let _in_span = span.enter();
         Imap::new(Stream::new(
             &self.shared,
             self.workers,
-            items.into_iter(),
+            items,
             self.cap_chunk(Chunking::Adaptive(1)),
             true,
         ))
@@ -548,10 +597,17 @@ impl Pool {
         I: IntoIterator<Item = W::Args>,
     {
         let _ = worker;
+        let items = items.into_iter();
+        let span = events::call_span(
+            Call::ImapUnordered,
+            W::NAME,
+            events::exact_len(items.size_hint()),
+        );
+        let _in_span = span.enter();
         ImapUnordered::new(Stream::new(
             &self.shared,
             self.workers,
-            items.into_iter(),
+            items,
             self.cap_chunk(Chunking::Adaptive(1)),
             false,
         ))
@@ -618,8 +674,12 @@ impl Pool {
     pub fn join(&self) {
         self.close();
         let drivers = std::mem::take(&mut *self.drivers.lock().unwrap_or_else(|e| e.into_inner()));
+        let stopped = !drivers.is_empty();
         for d in drivers {
             let _ = d.join();
+        }
+        if stopped {
+            trace::events::pool_closed(self.workers);
         }
     }
 

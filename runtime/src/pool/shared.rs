@@ -38,6 +38,9 @@ pub(crate) struct PoolShared {
     /// [`codec::dense_width`](crate::codec::dense_width)): not over MPI, whose messages carry framed
     /// items only.
     pub(crate) dense_batches: bool,
+    /// Whether the `tracing` events of tasks are forwarded from the worker
+    /// processes (see [`crate::trace`]).
+    pub(crate) forward_tracing: bool,
 }
 
 impl PoolShared {

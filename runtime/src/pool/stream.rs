@@ -96,6 +96,9 @@ pub(crate) struct Stream<'p, W: Worker, I> {
     store: Option<(Arc<Collector>, u64)>,
     /// Items sent in batches whose results go to `store`.
     collected: u64,
+    /// Where the events about its batches go: the caller's, when the
+    /// stream was made (inside the span of its `map` or `imap`).
+    trace: Arc<crate::trace::Context>,
     _worker: PhantomData<W>,
 }
 
@@ -132,6 +135,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
             buf: Vec::new(),
             store: None,
             collected: 0,
+            trace: Arc::new(crate::trace::Context::current()),
             _worker: PhantomData,
         }
     }
@@ -291,6 +295,7 @@ impl<'p, W: Worker, I: Iterator<Item = W::Args>> Stream<'p, W, I> {
         job.retries = self.shared.retries;
         job.panic_retries = self.shared.panic_retries;
         job.fds = Job::fd_table(fds);
+        job.trace = self.trace.clone();
         self.next_input = end;
         self.open.insert(first, (end, count as u64));
         self.shared.queue.push(job);

@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 11;
+pub(crate) const PROTOCOL_VERSION: u32 = 12;
 
 /// Tag, batch id, elapsed ns and items run: where a `DONE` frame's result
 /// items start.
@@ -46,6 +46,10 @@ pub(crate) const REPLY_ARENAS: usize = 4;
 pub(crate) const TAG_RUN_RANGE: u8 = 6;
 /// Bytes of a `RUN_RANGE` frame after the head of a `RUN` frame.
 pub(crate) const RANGE_BODY: usize = 1 + 8 + 4;
+/// Which `tracing` events the child forwards (see [`crate::trace`]): the
+/// most verbose level (`u8`), and whether its end of the event socket
+/// goes with the frame as a descriptor (`u8`, 0 or 1).
+pub(crate) const TAG_TRACE: u8 = 7;
 // Child → parent.
 pub(crate) const TAG_HELLO: u8 = 16;
 pub(crate) const TAG_DONE: u8 = 17;

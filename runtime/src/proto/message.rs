@@ -14,6 +14,7 @@
 //! | `DONE_SHARED` | child → parent | reply arena (`u32`), reply number there (`u64`), the `DONE` frame's length (`u64`) |
 //! | `FAILED` | child → parent | batch (`u64`), a postcard [`BatchFailure`] |
 //! | `SHUTDOWN` | parent → child | nothing |
+//! | `TRACE` | parent → child | the most verbose level of `tracing` events to forward (`u8`: 0 = none, 1 = ERROR … 5 = TRACE), whether the event socket's descriptor goes with it (`u8`) |
 //!
 //! A `RUN` or `DONE` tag may carry [`DENSE`](super::DENSE).
 
@@ -21,7 +22,8 @@ use std::io;
 
 use super::{
     BatchFailure, Cursor, PROTOCOL_VERSION, TAG_DONE, TAG_DONE_SHARED, TAG_FAILED, TAG_HELLO,
-    TAG_RUN, TAG_RUN_RANGE, TAG_RUN_SHARED, TAG_SETUP, TAG_SHUTDOWN, begin_frame, finish_frame,
+    TAG_RUN, TAG_RUN_RANGE, TAG_RUN_SHARED, TAG_SETUP, TAG_SHUTDOWN, TAG_TRACE, begin_frame,
+    finish_frame,
 };
 
 /// Builds a `SETUP` frame in `buf`.
@@ -42,6 +44,30 @@ pub(crate) fn hello(buf: &mut Vec<u8>, pid: u32) -> io::Result<()> {
 pub(crate) fn shutdown(buf: &mut Vec<u8>) -> io::Result<()> {
     begin_frame(buf, TAG_SHUTDOWN);
     finish_frame(buf)
+}
+
+/// Builds a `TRACE` frame in `buf`: forward events up to `level` (0 =
+/// none, 1 = ERROR … 5 = TRACE); `socket` if the event socket goes with it.
+pub(crate) fn trace(buf: &mut Vec<u8>, level: u8, socket: bool) -> io::Result<()> {
+    begin_frame(buf, TAG_TRACE);
+    buf.extend_from_slice(&[level, u8::from(socket)]);
+    finish_frame(buf)
+}
+
+/// Reads a `TRACE` frame (from its tag on): the level, and whether a
+/// descriptor came with it.
+///
+/// # Errors
+///
+/// `InvalidData` for a frame that is not one.
+pub(crate) fn read_trace(frame: &[u8]) -> io::Result<(u8, bool)> {
+    match frame {
+        [TAG_TRACE, level @ 0..=5, socket @ 0..=1] => Ok((*level, *socket == 1)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a malformed TRACE frame",
+        )),
+    }
 }
 
 /// Starts a `RUN`, `RUN_SHARED` or `RUN_RANGE` frame (`tag`, with

@@ -10,6 +10,8 @@
 //! - [`frame`]: the frames on a worker's control socket;
 //! - [`message`]: each message on it, written by one function;
 //! - [`reply`]: a worker's answer to the batch in flight;
+//! - [`log`]: a worker's forwarded `tracing` events, on a socket of their
+//!   own;
 //! - [`progress`] and [`arena`]: a worker's progress page and the shared
 //!   buffers of its large frames, the memory it shares with its parent;
 //! - [`stream`]: length-prefixed messages between peers of a pipe or a
@@ -17,6 +19,7 @@
 
 pub(crate) mod arena;
 pub(crate) mod frame;
+pub(crate) mod log;
 pub(crate) mod message;
 pub(crate) mod progress;
 pub(crate) mod reply;
