@@ -186,6 +186,9 @@ impl<T: Element> SharedArray<T> {
             .and_then(|b| b.checked_add(DATA_AT))
             .ok_or_else(|| shm_error(std::io::Error::other("array too large")))?;
         let seg = Segment::create(c"multiproc-array", bytes).map_err(shm_error)?;
+        // Large arrays are unmapped behind their last handle: a worker
+        // drops its handle just before it answers.
+        seg.unmap_behind();
         seg.atomic_u64(LEN_AT).store(len as u64, Ordering::Relaxed);
         seg.atomic_u64(TAG_AT)
             .store(MAGIC | T::TAG, Ordering::Relaxed);
@@ -235,6 +238,7 @@ impl<T: Element> SharedArray<T> {
         }
         let leases = RawMutex::open(&seg, MUTEX_AT)?;
         let released = RawCondvar::open(&seg, CONDVAR_AT);
+        seg.unmap_behind();
         Ok(SharedArray {
             seg,
             leases,
@@ -317,7 +321,8 @@ impl<T: Element> SharedArray<T> {
     }
 
     /// The elements in order, each read atomically when the iterator
-    /// reaches it.
+    /// reaches it. To read many elements,
+    /// [`read_chunks`](Self::read_chunks) is many times faster.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + '_ {
         (0..self.len).map(move |i| T::load(self.cell(i), Ordering::Acquire))
     }
