@@ -10,6 +10,7 @@
 //! MULTIPROC_BENCH_ONLY=primes,apply cargo bench --bench compare
 //!     # some rows: primes apply map imap start bytes f64 f64rt record64
 //!     # records strings queue futures memory
+//!     # shared (a 1 GiB `SharedArray<f64>` read by a worker; 2 GiB of RAM)
 //! ```
 //!
 //! Each measurement is repeated and the median reported; the contenders of a
@@ -472,6 +473,9 @@ fn run() -> Result<(), BoxError> {
     }
     if want("strings") {
         rows.push(strings(&sizes, &python, &pool, &threads)?);
+    }
+    if want("shared") {
+        rows.push(shared_read(&sizes, &pool)?);
     }
     if want("queue") {
         rows.push(queue(&sizes, &python)?);
@@ -1832,4 +1836,79 @@ fn loadavg() -> String {
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+// ---- a large shared array -----------------------------------------------------
+
+/// Sums `xs` in eight lanes, which the compiler vectorises: the one summing
+/// loop of the `shared` row, in the caller and in the worker alike, fast
+/// enough that memory is what it waits for.
+#[inline(never)]
+fn sum_lanes(xs: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut blocks = xs.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, x) in lanes.iter_mut().zip(block) {
+            *lane += x;
+        }
+    }
+    lanes.iter().chain(blocks.remainder()).sum()
+}
+
+/// Sums a shared array through private, cache-sized copies of its chunks.
+#[worker]
+fn sum_shared_array(values: multiproc::SharedArray<f64>) -> f64 {
+    let mut sum = 0.0;
+    values.read_chunks(.., |_, chunk| sum += sum_lanes(chunk));
+    sum
+}
+
+/// A 1 GiB `SharedArray<f64>` (÷ 10 when quick), made once: each round
+/// times the worker's `apply` that reads it all — the handle sent, the
+/// array mapped, every element read, the mapping dropped, the sum back —
+/// against the caller summing a `Vec<f64>` of the same values with the same
+/// loop. The values are integers below 2^53, so every order of summing
+/// gives the same, exact, sum. At the quick size the caller's `Vec` stays
+/// in the cache between rounds, and the ratio says little.
+fn shared_read(sizes: &Sizes, pool: &Pool) -> Result<Row, BoxError> {
+    let bytes = (1usize << 30) / if sizes.quick { 10 } else { 1 };
+    let len = bytes / 8;
+    progress(&format!(
+        "a {} SharedArray<f64> read by a worker",
+        mib(bytes as f64)
+    ));
+    let values: Vec<f64> = (0..len).map(|i| (i % 1000) as f64).collect();
+    let expected: f64 = values.iter().sum();
+    let array = multiproc::SharedArray::from_slice(&values)?;
+    let (mut caller, mut worker) = (Vec::new(), Vec::new());
+    for _ in 0..sizes.rounds {
+        let t = Instant::now();
+        let sum = sum_lanes(black_box(&values));
+        caller.push(t.elapsed().as_secs_f64());
+        if sum != expected {
+            return Err("the caller's sum is wrong".into());
+        }
+        let sum = time_apply(pool, sum_shared_array, &array, &mut worker)?;
+        if sum != expected {
+            return Err("the worker read other values than the array holds".into());
+        }
+    }
+    let (caller, worker) = (median(&caller), median(&worker));
+    let ratio = worker / caller;
+    let timed = |s: f64| format!("{} ({:.2} GiB/s)", fmt_time(s), gib_per_s(bytes as f64, s));
+    Ok(Row {
+        workload: format!(
+            "{} `SharedArray<f64>`, made once, summed by a worker (`read_chunks`; \
+             the `apply` timed) vs the caller summing a `Vec<f64>` of the same values \
+             with the same 8-lane loop",
+            mib(bytes as f64)
+        ),
+        sequential: format!("in-process: {}", timed(caller)),
+        rayon: "—".to_owned(),
+        multiproc: timed(worker),
+        python: "—".to_owned(),
+        ratio: format!("{ratio:.2}× in-process"),
+        target: "≤ 1.2× in-process".to_owned(),
+        ok: mark(ratio <= 1.2).to_owned(),
+    })
 }

@@ -215,8 +215,9 @@
 //!   `JoinableQueue` semantics.
 //! * [`pipe`] gives two typed duplex [`PipeEnd`]s; a dead peer is an error,
 //!   never a hang.
-//! * [`SharedArray`] (numbers, atomic access, exclusive chunk leases),
-//!   [`SharedBytes`] (a large read-only buffer without a copy through the
+//! * [`SharedArray`] (numbers, atomic access, bulk reads at memory speed
+//!   with [`SharedArray::read_chunks`], exclusive chunk leases: the way to
+//!   hand workers data too large to copy), [`SharedBytes`] (a large read-only buffer without a copy through the
 //!   socket), [`Value`], [`Lock`] (a dead holder is reported as
 //!   [`ErrorKind::OwnerDied`], never a deadlock), [`Event`], [`Semaphore`],
 //!   [`Barrier`].

@@ -60,28 +60,45 @@ fn own_leases() -> std::sync::MutexGuard<'static, Vec<OwnLease>> {
 /// shared memory. Every process that holds a handle sees the same elements;
 /// nothing is copied when a handle is passed to a worker.
 ///
+/// This is the way to hand a worker data too large to copy (Python's
+/// `shared_memory` with a numpy array over it): the caller fills the array
+/// once, workers receive handles, read it in bulk with
+/// [`read_chunks`](Self::read_chunks) at the speed of reading their own
+/// memory, and write their parts in place through leases.
+///
 /// # Access model
 ///
-/// Two ways in, both safe:
+/// Three ways in, all safe:
 ///
 /// * **Element by element, through atomics**: [`load`](Self::load),
-///   [`store`](Self::store), [`to_vec`](Self::to_vec), [`iter`](Self::iter),
-///   and for integers [`fetch_add`](Self::fetch_add),
-///   [`fetch_sub`](Self::fetch_sub), [`compare_exchange`](Self::compare_exchange)
-///   (shared counters without locks). Atomic access is what makes reading
-///   while another process writes well-defined: a read returns either the
-///   old or the new value of an element, never a torn one. Reading a whole
-///   array while others write gives a mix of old and new elements; order it
-///   with a [`Lock`](crate::Lock), a [`Barrier`](crate::Barrier) or
-///   `join()` when a consistent snapshot matters.
+///   [`store`](Self::store), [`iter`](Self::iter), and for integers
+///   [`fetch_add`](Self::fetch_add), [`fetch_sub`](Self::fetch_sub),
+///   [`compare_exchange`](Self::compare_exchange) (shared counters without
+///   locks). Atomic access is what makes reading while another process
+///   writes well-defined: a read returns either the old or the new value of
+///   an element, never a torn one.
+/// * **In bulk, as private copies**: [`read_chunks`](Self::read_chunks)
+///   (cache-sized copies handed to a callback, for reading any amount at
+///   memory speed), [`copy_to_slice`](Self::copy_to_slice) and
+///   [`to_vec`](Self::to_vec). Each element is read whole, as by `load`,
+///   but many times faster; the copy is this process's memory, so what
+///   other processes write meanwhile can change neither it nor what the
+///   code using it may assume. Safe code never gets shared memory as
+///   `&[T]` outside a lease: another process could change it under a
+///   borrow that the compiler assumes is frozen.
+///
+///   Reading a whole array while others write gives a mix of old and new
+///   elements; order it with a [`Lock`](crate::Lock), a
+///   [`Barrier`](crate::Barrier) or `join()` when a consistent snapshot
+///   matters. Reads take no lease and never wait for one.
 /// * **Disjoint parts, as `&mut [T]`**: [`chunk`](Self::chunk) /
 ///   [`lease`](Self::lease) hand out a [`ChunkMut`], an exclusive lease on
 ///   a range of elements recorded in the segment's header, so no two
 ///   holders (in any processes) ever overlap. It derefs to `&mut [T]` for
 ///   fast plain loops, and dropping it releases the range. Writing an
 ///   element that this process has leased through [`store`](Self::store)
-///   or `fetch_*` panics (see their `# Panics`). Atomic *reads* of a
-///   leased range are allowed and see the holder's progress.
+///   or `fetch_*` panics (see their `# Panics`). Reads of a leased range,
+///   atomic or in bulk, are allowed and see the holder's progress.
 ///
 /// [`as_mut_slice_unchecked`](Self::as_mut_slice_unchecked) is the
 /// `unsafe` escape hatch.
@@ -169,6 +186,9 @@ impl<T: Element> SharedArray<T> {
             .and_then(|b| b.checked_add(DATA_AT))
             .ok_or_else(|| shm_error(std::io::Error::other("array too large")))?;
         let seg = Segment::create(c"multiproc-array", bytes).map_err(shm_error)?;
+        // Large arrays are unmapped behind their last handle: a worker
+        // drops its handle just before it answers.
+        seg.unmap_behind();
         seg.atomic_u64(LEN_AT).store(len as u64, Ordering::Relaxed);
         seg.atomic_u64(TAG_AT)
             .store(MAGIC | T::TAG, Ordering::Relaxed);
@@ -218,6 +238,7 @@ impl<T: Element> SharedArray<T> {
         }
         let leases = RawMutex::open(&seg, MUTEX_AT)?;
         let released = RawCondvar::open(&seg, CONDVAR_AT);
+        seg.unmap_behind();
         Ok(SharedArray {
             seg,
             leases,
@@ -237,7 +258,9 @@ impl<T: Element> SharedArray<T> {
         self.len == 0
     }
 
-    fn data(&self) -> *mut T {
+    /// The first element. Every access to the elements goes through this
+    /// pointer, atomically or under the rules of the accessor that uses it.
+    pub(super) fn data(&self) -> *mut T {
         // SAFETY: DATA_AT is inside the segment (checked at creation and in
         // `open`).
         unsafe { self.seg.as_ptr().add(DATA_AT).cast::<T>() }
@@ -278,14 +301,28 @@ impl<T: Element> SharedArray<T> {
         T::store(self.cell(index), value, Ordering::Release);
     }
 
-    /// A copy of every element (each read atomically; see the type's
-    /// access model about concurrent writers).
+    /// The segment under the array: its header page, then the elements.
+    pub(super) fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    /// Where element `index` starts in the segment, in bytes.
+    pub(super) fn offset_of(index: usize) -> usize {
+        DATA_AT + index * size_of::<T>()
+    }
+
+    /// A copy of every element, read as [`copy_to_slice`](Self::copy_to_slice)
+    /// reads them (each element whole; see the type's access model about
+    /// concurrent writers).
     pub fn to_vec(&self) -> Vec<T> {
-        self.iter().collect()
+        let mut v = vec![T::default(); self.len];
+        self.copy_to_slice(0, &mut v);
+        v
     }
 
     /// The elements in order, each read atomically when the iterator
-    /// reaches it.
+    /// reaches it. To read many elements,
+    /// [`read_chunks`](Self::read_chunks) is many times faster.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + '_ {
         (0..self.len).map(move |i| T::load(self.cell(i), Ordering::Acquire))
     }

@@ -9,6 +9,7 @@ mod array;
 mod bytes;
 mod element;
 mod primitives;
+mod read;
 // Building blocks shared with other modules (the queue); not all of them
 // are used by the shm types themselves.
 #[allow(dead_code)]

@@ -23,7 +23,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
@@ -59,6 +59,8 @@ struct Mapping {
     /// so the memfd, and with it the identity, is never reused by another
     /// segment while the record stands.
     held_locks: AtomicUsize,
+    /// Unmap on a thread of its own if large: see [`Segment::unmap_behind`].
+    unmap_behind: AtomicBool,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every
@@ -220,6 +222,7 @@ impl Segment {
                 fd,
                 identity,
                 held_locks: AtomicUsize::new(0),
+                unmap_behind: AtomicBool::new(false),
             }),
         })
     }
@@ -261,6 +264,15 @@ impl Segment {
     /// Balances a [`locked`](Segment::locked).
     pub(crate) fn unlocked(&self) {
         self.map.held_locks.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Has this mapping, once its last handle is dropped, unmapped on a
+    /// thread of its own if it is [`UNMAP_BEHIND_FROM`] bytes or more:
+    /// tearing down the page tables of a GiB takes milliseconds, which the
+    /// thread that drops the last handle (a worker about to answer) need
+    /// not wait for. The memory stays mapped, and unused, until then.
+    pub(crate) fn unmap_behind(&self) {
+        self.map.unmap_behind.store(true, Ordering::Relaxed);
     }
 
     /// `true` if both handles share one mapping.
@@ -315,6 +327,43 @@ impl Segment {
         // SAFETY: in bounds (checked) inside a writable shared mapping (only
         // called for writable segments); any bit pattern is a valid AtomicU8.
         unsafe { &*self.as_ptr().add(offset).cast::<AtomicU8>() }
+    }
+
+    /// Maps the pages holding bytes `offset .. offset + len` into this
+    /// process now (`MADV_POPULATE_READ`), so that reading them takes no
+    /// page faults: the kernel fills the page tables in one pass, several
+    /// times faster than one fault per page. Advice only: on a kernel
+    /// without it (before Linux 5.14), or if it fails, nothing changes and
+    /// reads fault the pages in as usual.
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the segment.
+    pub(crate) fn populate(&self, offset: usize, len: usize) {
+        self.check(offset, len, 1);
+        if len == 0 {
+            return;
+        }
+        // SAFETY: sysconf only reads a constant of the system.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        let start = offset & !(page - 1);
+        // The mapping covers whole pages, so rounding the end up stays
+        // inside it.
+        let end = (offset + len).next_multiple_of(page);
+        // SAFETY: `start..end` lies inside this segment's mapping (checked,
+        // rounded to the pages the mapping covers), which lives as long as
+        // `&self`; MADV_POPULATE_READ only fills page tables, as reading
+        // the bytes would, and changes no byte.
+        unsafe {
+            libc::madvise(
+                self.as_ptr().add(start).cast(),
+                end - start,
+                libc::MADV_POPULATE_READ,
+            );
+        }
     }
 
     /// Copies `src` into the segment at `offset` with relaxed atomic stores
@@ -378,13 +427,30 @@ impl Segment {
     }
 }
 
+/// Mappings of at least this many bytes may be unmapped behind the thread
+/// that drops them (see [`Segment::unmap_behind`]).
+const UNMAP_BEHIND_FROM: usize = 64 << 20;
+
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.len != 0 && *self.held_locks.get_mut() == 0 {
-            // SAFETY: unmapping the mapping made in `Segment::map`, once; no
-            // reference into it outlives the last `Segment` clone.
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if self.len == 0 || *self.held_locks.get_mut() != 0 {
+            return;
         }
+        let (at, len) = (self.ptr.as_ptr() as usize, self.len);
+        // SAFETY: unmapping the mapping made in `Segment::map`, once; no
+        // reference into it outlives the last `Segment` clone, and nothing
+        // else can be mapped at its addresses before this unmaps them.
+        let unmap = move || unsafe { libc::munmap(at as *mut libc::c_void, len) };
+        let behind = *self.unmap_behind.get_mut() && len >= UNMAP_BEHIND_FROM;
+        if behind
+            && std::thread::Builder::new()
+                .name("multiproc-unmap".to_owned())
+                .spawn(unmap)
+                .is_ok()
+        {
+            return;
+        }
+        unmap();
     }
 }
 
@@ -521,6 +587,42 @@ pub(crate) mod tests {
             a.identity(),
             Segment::create(c"test", 64).unwrap().identity()
         );
+    }
+
+    /// How many mappings of the memfd with inode `ino` this process has.
+    fn mappings_of(ino: u64) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some(&ino.to_string()))
+            .count()
+    }
+
+    #[test]
+    fn a_large_mapping_is_unmapped_behind_its_last_handle() {
+        let big = Segment::create(c"test", UNMAP_BEHIND_FROM).unwrap();
+        big.unmap_behind();
+        big.populate(0, big.len());
+        let ino = big.identity().1;
+        let received = round_trip(&big);
+        assert_eq!(mappings_of(ino), 2);
+        // Not marked: unmapped at once.
+        drop(received);
+        assert_eq!(mappings_of(ino), 1);
+        let clone = big.clone();
+        drop(big);
+        assert_eq!(mappings_of(ino), 1, "a clone still holds the mapping");
+        drop(clone);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while mappings_of(ino) > 0 {
+            assert!(std::time::Instant::now() < deadline, "never unmapped");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Marked but small: unmapped at once.
+        let small = Segment::create(c"test", 4096).unwrap();
+        small.unmap_behind();
+        let ino = small.identity().1;
+        drop(small);
+        assert_eq!(mappings_of(ino), 0);
     }
 
     #[test]
