@@ -22,7 +22,12 @@ pub(crate) type InvokeFn =
 pub struct WorkerEntry {
     name: &'static str,
     invoke: InvokeFn,
+    reframe: ReframeFn,
 }
+
+/// Turns the dense results of a batch (from byte `start` of `out` on)
+/// into framed items, for a relay that forwards framed results only.
+pub(crate) type ReframeFn = fn(out: &mut Vec<u8>, start: usize);
 
 impl WorkerEntry {
     /// The entry for worker `W`.
@@ -30,6 +35,7 @@ impl WorkerEntry {
         WorkerEntry {
             name: W::NAME,
             invoke: invoke_batch::<W>,
+            reframe: crate::codec::reframe::<W::Output>,
         }
     }
 
@@ -40,6 +46,11 @@ impl WorkerEntry {
 
     pub(crate) fn invoke(&self) -> InvokeFn {
         self.invoke
+    }
+
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn reframe(&self) -> ReframeFn {
+        self.reframe
     }
 }
 

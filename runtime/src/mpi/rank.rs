@@ -252,7 +252,7 @@ fn run_batch(message: &[u8], pool: Option<&RankPool>, tx: &Sender<(u64, Reply)>)
         });
         return;
     };
-    let sink = Sink::Relay(batch, tx.clone());
+    let sink = Sink::Relay(batch, tx.clone(), entry.reframe());
     let mut job = Job::new(entry.name(), payload.to_vec().into(), count, sink);
     job.first_index = Some(0);
     job.retries = p.retries;

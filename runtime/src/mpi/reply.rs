@@ -275,7 +275,12 @@ mod tests {
 
     fn flight(batch: u64, rank: i32, items: u32) -> (Flight, Receiver<(u64, Reply)>) {
         let (tx, rx) = mpsc::channel();
-        let mut job = Job::new("w", vec![0; 4].into(), items, Sink::Relay(batch, tx));
+        let mut job = Job::new(
+            "w",
+            vec![0; 4].into(),
+            items,
+            Sink::Relay(batch, tx, crate::codec::reframe::<u64>),
+        );
         job.first_index = Some(0);
         let flight = Flight {
             job,

@@ -358,7 +358,12 @@ mod tests {
     #[test]
     fn run_message_refuses_handles_and_lays_out_the_batch() {
         let (tx, _rx) = mpsc::channel();
-        let mut job = Job::new("w", vec![9, 9].into(), 2, Sink::Relay(1, tx));
+        let mut job = Job::new(
+            "w",
+            vec![9, 9].into(),
+            2,
+            Sink::Relay(1, tx, crate::codec::reframe::<u64>),
+        );
         job.first_index = Some(0);
         let m = run_message(&job, 7).expect("no handles");
         assert_eq!(m[0], RUN);

@@ -411,8 +411,8 @@ impl Job {
             Sink::Task(slot) => slot.fill(reply),
             Sink::Collect(collector) => collector.deliver(reply),
             #[cfg(feature = "mpi")]
-            Sink::Relay(batch, tx) => {
-                let _ = tx.send((*batch, reply));
+            Sink::Relay(batch, tx, reframe) => {
+                let _ = tx.send((*batch, framed(reply, *reframe)));
             }
         }
     }
@@ -442,15 +442,42 @@ pub(crate) enum Sink {
     Collect(Arc<Collector>),
     /// A batch that an MPI rank runs for rank 0: replies go back tagged
     /// with rank 0's batch id.
+    /// Relayed to MPI rank 0, which reads framed results only: dense ones
+    /// are framed with the function given (the worker's output type's).
     #[cfg(feature = "mpi")]
-    Relay(u64, std::sync::mpsc::Sender<(u64, Reply)>),
+    Relay(
+        u64,
+        std::sync::mpsc::Sender<(u64, Reply)>,
+        crate::registry::ReframeFn,
+    ),
+}
+
+/// `reply` with dense results turned into framed items by `reframe`.
+#[cfg(feature = "mpi")]
+fn framed(mut reply: Reply, reframe: crate::registry::ReframeFn) -> Reply {
+    if let Outcome::Done {
+        data,
+        start,
+        dense: dense @ true,
+        ..
+    } = &mut reply.outcome
+    {
+        let mut items = data[*start..].to_vec();
+        reframe(&mut items, 0);
+        *data = crate::conn::outcome::ReplyBytes::Owned(items);
+        *start = 0;
+        *dense = false;
+    }
+    reply
 }
 
 /// How long the stolen half of a batch waits for the worker that stole it
 /// before any worker may take it.
 const RESERVE_FOR: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// What [`JobQueue::next`] found.
+/// What [`JobQueue::next`] found. Returned by value and taken apart at
+/// once: boxing the job would cost an allocation per batch.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Next {
     /// A job to run.
     Job(Job),
