@@ -381,7 +381,7 @@ impl serde::Serializer for &mut Encoder<'_> {
         Ok(self)
     }
     /// A slice of plain numbers is written as one block; any other
-    /// sequence element by element (the same bytes, see [`super::block`]).
+    /// sequence element by element (the same bytes: see the codec module).
     #[inline]
     fn collect_seq<I>(self, iter: I) -> Result<(), EncodeError>
     where

@@ -79,9 +79,9 @@ pub(crate) enum Payload {
         start: usize,
         end: usize,
     },
-    /// One item in two pieces: its head, and the large `Vec<u8>` argument
-    /// it holds, taken as it is instead of copied after the head
-    /// ([`codec::take_byte_vec_call`]). The sends write both pieces; what
+    /// One item in two pieces: its head, and the large vector of plain
+    /// numbers it holds, taken as it is instead of copied after the head
+    /// ([`codec::take_block_call`]). The sends write both pieces; what
     /// needs the bytes in one piece (a failed call's retry, say) joins them
     /// once, the first time.
     Split(Box<Split>),

@@ -5,6 +5,7 @@ pub(crate) mod deliver;
 pub(crate) mod driver;
 pub(crate) mod forward;
 pub(crate) mod job;
+pub(crate) mod send;
 pub(crate) mod shared;
 pub(crate) mod stream;
 pub(crate) mod task;
