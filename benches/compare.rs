@@ -1024,7 +1024,21 @@ fn map_and_growth(
     };
     let (per_item, fixed) = growth_of(&growth);
     let (floor_per_item, floor_fixed) = growth_of(&floor);
+    // A difference of two medians: on a busy machine the floor's can come
+    // out at zero or below (its 10 M items slower per item than its 100 k),
+    // and then there is nothing to be 1.5× of: not judged.
     let judge = |fixed: f64| {
+        if floor_fixed <= 0.0 {
+            return (
+                format!(
+                    "fixed cost {}; the floor's {} is not positive in this run \
+                     (within its noise): not judged",
+                    fmt_signed(fixed),
+                    fmt_signed(floor_fixed)
+                ),
+                "?",
+            );
+        }
         (
             format!(
                 "fixed cost {} = {:.2}× the floor's {}",
@@ -1032,7 +1046,7 @@ fn map_and_growth(
                 fixed / floor_fixed,
                 fmt_signed(floor_fixed)
             ),
-            mark(floor_fixed > 0.0 && fixed <= 1.5 * floor_fixed),
+            mark(fixed <= 1.5 * floor_fixed),
         )
     };
     let fixed_rule = format!(
