@@ -15,6 +15,7 @@
 const HUGE_FROM: usize = 2 << 20;
 
 /// The huge-page size of x86-64 and arm64 (with 4 KiB base pages).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Reserves room for `additional` more elements in `buf`, as
@@ -27,20 +28,26 @@ pub(crate) fn reserve<T>(buf: &mut Vec<T>, additional: usize) {
     if bytes < HUGE_FROM {
         return;
     }
-    let start = spare.as_ptr() as usize;
-    let aligned = start.next_multiple_of(HUGE_PAGE);
-    let end = (start + bytes) & !(HUGE_PAGE - 1);
-    if end > aligned {
-        // SAFETY: `aligned..end` lies inside the spare capacity of `buf`,
-        // memory this process owns and has not handed out; MADV_HUGEPAGE
-        // only changes how the kernel backs the range (it neither frees nor
-        // changes its contents), and a failure (THP unsupported) is harmless.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                end - aligned,
-                libc::MADV_HUGEPAGE,
-            );
+    // Transparent huge pages are Linux's; elsewhere the memory is left as
+    // the allocator gave it.
+    #[cfg(target_os = "linux")]
+    {
+        let start = spare.as_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        let end = (start + bytes) & !(HUGE_PAGE - 1);
+        if end > aligned {
+            // SAFETY: `aligned..end` lies inside the spare capacity of `buf`,
+            // memory this process owns and has not handed out; MADV_HUGEPAGE
+            // only changes how the kernel backs the range (it neither frees
+            // nor changes its contents), and a failure (THP unsupported) is
+            // harmless.
+            unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
         }
     }
 }
