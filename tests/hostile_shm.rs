@@ -21,6 +21,12 @@
 //! and an array's length at `8..16`) and that its mutex was initialised
 //! (bytes `64..68`). An attack that overwrites those bytes is the last one
 //! a test makes on that object: the next attacker could not receive it.
+//!
+//! Linux only: the attacker finds its target through `/proc/self/fd` and
+//! attacks with Linux's calls (`fallocate`, seals, `futex`). With
+//! `multiproc_portable` the objects are POSIX shared memory, found under
+//! `/dev/shm`, and the expectations that differ say why.
+#![cfg(target_os = "linux")]
 
 use std::os::fd::RawFd;
 use std::sync::mpsc;
@@ -136,7 +142,12 @@ enum Attack {
 /// A descriptor of the one memfd named `name` in this process (a received
 /// descriptor may be open more than once), and its length.
 fn find_memfd(name: &str) -> (RawFd, usize) {
-    let prefix = format!("/memfd:{name} ");
+    // With `multiproc_portable`: `/dev/shm/<name>.<random> (deleted)`.
+    let prefix = if cfg!(multiproc_portable) {
+        format!("/dev/shm/{name}.")
+    } else {
+        format!("/memfd:{name} ")
+    };
     let mut found: Vec<(RawFd, libc::stat)> = std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd is readable")
         .flatten()

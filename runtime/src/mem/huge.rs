@@ -12,6 +12,7 @@
 /// Buffers at least this large are advised to use huge pages: below it the
 /// faults cost little and the advice would split the heap's mappings.
 /// (Smaller buffers, from [`SPARE_FROM`], are kept as spares instead.)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_FROM: usize = 2 << 20;
 
 /// The huge-page size of x86-64 and arm64 (with 4 KiB base pages).
@@ -23,31 +24,34 @@ const HUGE_PAGE: usize = 2 << 20;
 /// with huge pages if it is large.
 pub(crate) fn reserve<T>(buf: &mut Vec<T>, additional: usize) {
     buf.reserve_exact(additional);
-    let spare = buf.spare_capacity_mut();
+    // Transparent huge pages are Linux's; elsewhere the memory is left as
+    // the allocator gave it.
+    #[cfg(target_os = "linux")]
+    advise_huge(buf.spare_capacity_mut());
+}
+
+/// Asks for huge pages under the whole huge pages inside `spare`, if it
+/// is large.
+#[cfg(target_os = "linux")]
+fn advise_huge<T>(spare: &mut [std::mem::MaybeUninit<T>]) {
     let bytes = std::mem::size_of_val(spare);
     if bytes < HUGE_FROM {
         return;
     }
-    // Transparent huge pages are Linux's; elsewhere the memory is left as
-    // the allocator gave it.
-    #[cfg(target_os = "linux")]
-    {
-        let start = spare.as_ptr() as usize;
-        let aligned = start.next_multiple_of(HUGE_PAGE);
-        let end = (start + bytes) & !(HUGE_PAGE - 1);
-        if end > aligned {
-            // SAFETY: `aligned..end` lies inside the spare capacity of `buf`,
-            // memory this process owns and has not handed out; MADV_HUGEPAGE
-            // only changes how the kernel backs the range (it neither frees
-            // nor changes its contents), and a failure (THP unsupported) is
-            // harmless.
-            unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    end - aligned,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
+    let start = spare.as_ptr() as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    let end = (start + bytes) & !(HUGE_PAGE - 1);
+    if end > aligned {
+        // SAFETY: `aligned..end` lies inside the spare capacity of `buf`,
+        // memory this process owns and has not handed out; MADV_HUGEPAGE
+        // only changes how the kernel backs the range (it neither frees nor
+        // changes its contents), and a failure (THP unsupported) is harmless.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                end - aligned,
+                libc::MADV_HUGEPAGE,
+            );
         }
     }
 }

@@ -118,6 +118,7 @@ impl<'de> Deserialize<'de> for SharedBytes {
 }
 
 /// Buffers from this size on are mapped in full when they arrive.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const POPULATE_FROM: usize = 1 << 20;
 
 /// Maps every page of a large buffer that just arrived, in one call
@@ -126,18 +127,19 @@ const POPULATE_FROM: usize = 1 << 20;
 /// exist (the sender wrote them); this only fills in the page tables.
 /// Best effort, and Linux only: kernels before 5.14 do not know the advice,
 /// and the buffer then faults in as it is read, as it does elsewhere.
+#[cfg(target_os = "linux")]
 fn populate(seg: &Segment) {
-    if seg.len() < POPULATE_FROM || cfg!(not(target_os = "linux")) {
+    if seg.len() < POPULATE_FROM {
         return;
     }
-    #[cfg(target_os = "linux")]
     // SAFETY: `as_ptr()..as_ptr() + len()` is this segment's own mapping,
     // alive for the call; MADV_POPULATE_READ only prefaults it for reading
     // and changes no data.
-    unsafe {
-        libc::madvise(seg.as_ptr().cast(), seg.len(), libc::MADV_POPULATE_READ)
-    };
+    unsafe { libc::madvise(seg.as_ptr().cast(), seg.len(), libc::MADV_POPULATE_READ) };
 }
+
+#[cfg(not(target_os = "linux"))]
+fn populate(_seg: &Segment) {}
 
 #[cfg(test)]
 mod tests {

@@ -130,6 +130,8 @@ fn limit_self(bytes: u64) -> io::Result<()> {
     #[cfg(target_os = "macos")]
     let (resource, base) = (libc::RLIMIT_AS, address_space()?);
     let old = getrlimit(resource)?;
+    // rlim_t is i64 on FreeBSD.
+    #[allow(clippy::useless_conversion)]
     let max = u64::try_from(old.rlim_max).unwrap_or(u64::MAX);
     let bytes = base.saturating_add(bytes).min(max);
     let bytes = libc::rlim_t::try_from(bytes).unwrap_or(libc::rlim_t::MAX);
