@@ -590,11 +590,17 @@ fn large_frames_go_through_shared_buffers_that_grow() {
             "{len}"
         );
     }
-    // The worker did map them (a memfd named for them).
+    // The worker did map them (a memfd named for them; with
+    // `multiproc_portable`, POSIX shared memory).
     let pid = pool.apply(pid_of, 0).unwrap();
+    let name = if cfg!(multiproc_portable) {
+        "/dev/shm/multiproc-frames."
+    } else {
+        "memfd:multiproc-frames"
+    };
     let mapped = || {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        maps.matches("memfd:multiproc-frames").count()
+        maps.matches(name).count()
     };
     assert_eq!(mapped(), 5, "the request buffer and the four reply buffers");
     // An idle pool gives their memory back after three seconds, and makes new
