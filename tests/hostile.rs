@@ -27,6 +27,10 @@
 //! the assertions. The test watches it with a deadline, so an attack that
 //! kills the caller (SIGBUS) or hangs it fails that one test, saying so.
 //! The attacks themselves are in `common/hostile.rs`.
+//!
+//! Linux only: the attacks find their targets in `/proc/self/fd`, and the
+//! checks read `/proc/self/statm`.
+#![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;

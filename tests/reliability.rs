@@ -7,6 +7,10 @@
 //! Crash kinds in a batch, initializer failures, `max_tasks_per_worker`,
 //! cancel, `wait_timeout` and codec errors are proven in `errors.rs`,
 //! `pool.rs` and `tasks.rs`; the forged child marker in `tests/programs`.
+//!
+//! Linux only: the fault matrix watches worker processes through `/proc`
+//! (their state, parent, descriptors, threads and memory).
+#![cfg(target_os = "linux")]
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
