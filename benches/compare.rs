@@ -779,16 +779,29 @@ struct Fanout {
     _file: std::fs::File,
 }
 
+/// A fresh memfd for the fan-out floor, which its children open through
+/// `/proc`: Linux only.
+#[cfg(target_os = "linux")]
+fn fanout_file() -> Result<std::fs::File, BoxError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh descriptor owned by the `File` at once (checked).
+    let fd = unsafe { libc::memfd_create(c"multiproc-bench-fanout".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `fd` is ours and open.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn fanout_file() -> Result<std::fs::File, BoxError> {
+    Err("the fan-out floor needs Linux (memfd, /proc)".into())
+}
+
 impl Fanout {
     fn start(max_items: u64) -> Result<Fanout, BoxError> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: a fresh descriptor owned by the `File` at once (checked).
-        let fd = unsafe { libc::memfd_create(c"multiproc-bench-fanout".as_ptr(), 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: `fd` is ours and open.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        use std::os::fd::AsRawFd;
+        let file = fanout_file()?;
         file.set_len(max_items * 8)?;
         let shm = Shm::map(&file)?;
         let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());

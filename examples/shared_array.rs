@@ -2,8 +2,9 @@
 //! one chunk and writes it through `&mut [f64]`, no copy in or out. Ports the
 //! seeds' `shared_memory` + numpy example (`array *= 2` in the child).
 //!
-//! The array lives in a `memfd`: there is no name to `unlink`, and nothing
-//! is left in `/dev/shm` even if a worker crashes.
+//! The array lives in shared memory without a name (a `memfd` on Linux):
+//! there is nothing to `unlink`, and nothing is left in `/dev/shm` even if
+//! a worker crashes.
 //!
 //! ```text
 //! cargo run --release --example shared_array [LEN]

@@ -267,11 +267,16 @@
 //!
 //! # Platform support
 //!
-//! Linux only for now (x86-64, arm64): the runtime relies on memfd, futex,
-//! `prctl` and `SCM_RIGHTS`; other targets fail to compile with a message
-//! saying so (a macOS port is planned). Worker processes are started by
-//! re-executing the program (`/proc/self/exe` on Linux), never by `fork` of
-//! a running process. Under `panic = "abort"` a panicking task kills its
+//! Linux (x86-64, arm64), macOS and FreeBSD. Linux is tested; macOS and
+//! FreeBSD are type-checked and linted on every commit and the logic of
+//! their back end is tested on Linux (`--cfg multiproc_portable`), but they
+//! have not run on a real machine yet. Some behaviour differs by platform:
+//! how soon a worker dies with its parent, what `memory_limit` counts,
+//! whether a lock notices a dead owner thread or only a dead process; the
+//! README's "Platform support" lists it. Windows and other targets fail to
+//! compile with a message saying why. Worker processes are started by
+//! re-executing the program (`/proc/self/exe` on Linux, `current_exe`
+//! elsewhere), never by `fork` of a running process. Under `panic = "abort"` a panicking task kills its
 //! worker process, so it is reported as [`ErrorKind::WorkerDied`] (signal
 //! `SIGABRT`) rather than [`ErrorKind::Panic`].
 #![deny(unsafe_op_in_unsafe_fn)]

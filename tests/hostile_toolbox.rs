@@ -3,6 +3,10 @@
 //! scribbles on a queue's shared header. Each must cost this process an
 //! error — never a panic, a hang past a deadline, or memory it did not
 //! receive — and leave everything else working.
+//!
+//! Linux only: the attackers find their targets in `/proc/self/maps`, and
+//! the checks read `/proc/self/statm`.
+#![cfg(target_os = "linux")]
 
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;

@@ -3,6 +3,11 @@
 //! (naming the limit and what it asked for), its process is replaced, the
 //! other items and the caller are untouched, and shared memory does not
 //! count against the cap.
+//!
+//! Linux only: these are the semantics of `RLIMIT_DATA` as Linux counts
+//! it, probed through `/proc`. macOS and FreeBSD cap the growth of a
+//! worker's whole address space instead (RELIABILITY.md, "Memory limits").
+#![cfg(target_os = "linux")]
 
 use std::process::{Command, Stdio};
 

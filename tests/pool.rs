@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use multiproc::{ErrorKind, Pool, Worker, worker};
 
 mod common;
+#[cfg(target_os = "linux")]
 use common::{process_state, workers_of};
 use serde::{Deserialize, Serialize};
 
@@ -854,6 +855,8 @@ fn worker_can_use_a_pool_of_its_own() {
     );
 }
 
+// Linux only: finds the workers in `/proc`.
+#[cfg(target_os = "linux")]
 #[multiproc::test]
 fn drop_reaps_every_worker_process() {
     let pool = Pool::new(3).unwrap();
@@ -874,6 +877,8 @@ fn drop_reaps_every_worker_process() {
     assert_eq!(workers_of("drop_reaps_every_worker_process", true), vec![]);
 }
 
+// Linux only: finds the workers in `/proc`.
+#[cfg(target_os = "linux")]
 #[multiproc::test]
 fn terminate_reaps_every_worker_process() {
     let pool = Pool::new(2).unwrap();

@@ -7,6 +7,10 @@
 //! Crash kinds in a batch, initializer failures, `max_tasks_per_worker`,
 //! cancel, `wait_timeout` and codec errors are proven in `errors.rs`,
 //! `pool.rs` and `tasks.rs`; the forged child marker in `tests/programs`.
+//!
+//! Linux only: the fault matrix watches worker processes through `/proc`
+//! (their state, parent, descriptors, threads and memory).
+#![cfg(target_os = "linux")]
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
@@ -1189,6 +1193,13 @@ fn helper_resource_hygiene() {
     }
     let cycles: usize = std::env::var("CYCLES").unwrap().parse().unwrap();
     let me = std::process::id();
+    if cfg!(multiproc_portable) {
+        // The portable back end keeps one pipe for the life of the process
+        // from its first worker on (its workers watch it to die with it:
+        // runtime/src/sys/parent.rs): open it before counting.
+        let warm = Pool::new(1).unwrap();
+        assert_ne!(warm.apply(pid_of, 0).unwrap(), me);
+    }
     let before = Resources::now();
     let started = Instant::now();
     for _ in 0..cycles {

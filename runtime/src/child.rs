@@ -21,6 +21,8 @@ use crate::{exec, guard, registry};
 
 /// Exit code of a child that was started with a marker it cannot use.
 const EXIT_BAD_MARKER: i32 = 97;
+/// Exit code of a child that could not set the memory limit it was given.
+const EXIT_NO_LIMIT: i32 = 98;
 
 /// The process role, first thing in `main` (see the crate's `entry`).
 ///
@@ -57,13 +59,21 @@ fn become_child(marker: std::ffi::OsString) -> ! {
         Ok(parent) => parent,
         Err(msg) => bad_marker(&msg),
     };
+    // SAFETY: as above: no other thread yet.
+    if let Err(e) = unsafe { crate::sys::limit::from_parent() } {
+        eprintln!(
+            "multiproc: worker process {} could not set its memory_limit: {e}",
+            std::process::id()
+        );
+        std::process::exit(EXIT_NO_LIMIT);
+    }
     // Die with the thread that spawned us (the worker's driver, which lives
-    // as long as the pool), even if it is SIGKILLed; then make sure that
-    // thread's process is still our parent (it may have died before the
-    // prctl, and a hand-made marker names some other process).
-    // SAFETY: prctl and getppid have no memory-safety preconditions.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    // SAFETY: as above.
+    // as long as the pool), even if it is SIGKILLed (elsewhere than Linux,
+    // with its process, from the setup frame on: `sys::parent`); then make
+    // sure that thread's process is still our parent (it may have died
+    // before, and a hand-made marker names some other process).
+    crate::sys::parent::die_with_parent();
+    // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 != parent {
         bad_marker(&format!(
             "it names process {parent} as the parent, which is not this process's parent"
@@ -155,7 +165,7 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
                 Ok((frame, fds))
             }
             Some(proto::TAG_SETUP) => {
-                let fds = reader.get_mut().take_fds(1)?;
+                let fds = reader.get_mut().take_fds(crate::sys::parent::SETUP_FDS)?;
                 Ok((frame, fds))
             }
             Some(proto::TAG_TRACE) => {
@@ -180,15 +190,18 @@ fn serve(stream: UnixStream) -> std::io::Result<()> {
     // The shared buffers for large frames, once the parent sends them.
     let mut arenas: Option<Arenas> = None;
 
-    // The first frame brings the progress page.
-    let (setup, mut fds) = next_frame()?;
-    if setup.first() != Some(&proto::TAG_SETUP) || fds.len() != 1 {
+    // The first frame brings the progress page, and what to watch the
+    // parent with where the kernel does not (`sys::parent`).
+    let (setup, fds) = next_frame()?;
+    if setup.first() != Some(&proto::TAG_SETUP) || fds.len() != crate::sys::parent::SETUP_FDS {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "expected the setup frame",
         ));
     }
-    let page = fds.pop().expect("one descriptor");
+    let mut fds = fds.into_iter();
+    let page = fds.next().expect("the progress page");
+    crate::sys::parent::watch(fds);
     // SAFETY: we own `page`; `from_inherited` checks it is a progress page.
     let progress = unsafe { Progress::from_inherited(std::os::fd::IntoRawFd::into_raw_fd(page)) }?;
     exec::set_progress(progress);

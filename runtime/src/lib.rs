@@ -11,9 +11,18 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(windows)]
 compile_error!(
-    "multiproc supports Linux only for now (it relies on memfd, futex, prctl and SCM_RIGHTS); macOS is planned"
+    "multiproc does not support Windows: its workers are this executable re-run with an inherited Unix socket, and it passes descriptors over it (SCM_RIGHTS) and shares memory and locks through POSIX shared memory and futex-like waits, none of which Windows has"
+);
+#[cfg(not(any(
+    windows,
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd"
+)))]
+compile_error!(
+    "multiproc supports Linux, macOS and FreeBSD; this target has no back end in `sys/` yet"
 );
 
 mod child;

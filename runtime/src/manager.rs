@@ -270,7 +270,7 @@ fn serve(
             objects.push(Object::List(Vec::new()));
             Response::Object((objects.len() - 1) as u32)
         }
-        Request::Connect => match UnixStream::pair() {
+        Request::Connect => match crate::sys::socket_pair() {
             Ok((ours, theirs)) => {
                 *new_conn = Some((ours, OwnedFd::from(theirs)));
                 Response::Connection
@@ -498,7 +498,7 @@ impl Manager {
                 source,
             })
         };
-        let (ours, theirs) = UnixStream::pair().map_err(io)?;
+        let (ours, theirs) = crate::sys::socket_pair().map_err(io)?;
         std::thread::Builder::new()
             .name("multiproc-manager".to_owned())
             .spawn(move || broker(theirs))

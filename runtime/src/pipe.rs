@@ -43,7 +43,7 @@ where
     A: Serialize + DeserializeOwned,
     B: Serialize + DeserializeOwned,
 {
-    let (a, b) = UnixStream::pair().map_err(|source| {
+    let (a, b) = crate::sys::socket_pair().map_err(|source| {
         Error::new(ErrorKind::Io {
             what: "creating a pipe",
             source,

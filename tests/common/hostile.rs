@@ -323,16 +323,26 @@ fn control_socket() -> RawFd {
     fd
 }
 
+/// How `/proc/self/fd` names the shared-memory object `name`: a memfd, or
+/// with `multiproc_portable`, POSIX shared memory under a random suffix.
+fn shm_link(name: &str) -> String {
+    if cfg!(multiproc_portable) {
+        format!("/dev/shm/{name}.")
+    } else {
+        format!("/memfd:{name}")
+    }
+}
+
 /// The progress page's memfd.
 fn progress_page() -> RawFd {
-    let fds = fds_to("/memfd:multiproc-progress");
+    let fds = fds_to(&shm_link("multiproc-progress"));
     assert_eq!(fds.len(), 1, "progress pages: {fds:?}");
     fds[0]
 }
 
 /// The arenas' memfds: the request arena and the reply arenas.
 fn arenas() -> Vec<RawFd> {
-    fds_to("/memfd:multiproc-frames")
+    fds_to(&shm_link("multiproc-frames"))
 }
 
 fn file_size(fd: RawFd) -> usize {

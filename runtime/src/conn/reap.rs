@@ -1,5 +1,5 @@
-//! The end of a worker process: waiting for its exit (on a pidfd where
-//! the kernel has them), reaping it, and saying how it ended.
+//! The end of a worker process: waiting for its exit (on a pidfd or a
+//! kqueue where the kernel has them), reaping it, and saying how it ended.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -11,11 +11,12 @@ use crate::error::ExitReason;
 /// Waits for the exit of a child that is on its way out and reaps it.
 /// `None` if it is still alive after `limit`.
 ///
-/// It waits on a pidfd (Linux 5.3), readable the moment the child has
-/// exited: polling `waitpid` with sleeps in between reaped a worker
+/// It waits on a descriptor readable the moment the child has exited
+/// ([`crate::sys::process::exit_watch`]: a pidfd on Linux 5.3, a kqueue
+/// on macOS and FreeBSD): polling `waitpid` with sleeps in between reaped a worker
 /// 200–360 µs after its exit on the machine of BENCHMARKS.md (a sleep
 /// there lasts 50 µs more than asked), a third of what shutting a pool
-/// down took. Where pidfds are not available, it waits for `socket` (the
+/// down took. Where there is no such descriptor, it waits for `socket` (the
 /// child's control socket, if given) to reach its end, which happens as the
 /// child exits, and then polls with a short back-off.
 pub(crate) fn wait_exit(
@@ -29,9 +30,9 @@ pub(crate) fn wait_exit(
         Ok(None) => {}
         Err(_) => return None,
     }
-    match crate::sys::process::pidfd(child) {
-        Some(pidfd) => {
-            if !crate::sys::process::wait_readable(pidfd.as_raw_fd(), limit).unwrap_or(false) {
+    match crate::sys::process::exit_watch(child) {
+        Some(watch) => {
+            if !crate::sys::process::wait_readable(watch.as_raw_fd(), limit).unwrap_or(false) {
                 // Still running after `limit`, or the wait failed: let the
                 // loop below decide without sleeping.
                 return child.try_wait().ok().flatten();

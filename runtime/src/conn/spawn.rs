@@ -33,14 +33,10 @@ pub(crate) struct Spawned {
 fn exe() -> &'static (PathBuf, Option<OsString>) {
     static EXE: OnceLock<(PathBuf, Option<OsString>)> = OnceLock::new();
     EXE.get_or_init(|| {
-        let proc_exe = PathBuf::from("/proc/self/exe");
-        let path = if proc_exe.exists() {
-            proc_exe
-        } else {
-            std::env::current_exe()
-                .unwrap_or_else(|_| PathBuf::from(std::env::args_os().next().unwrap_or_default()))
-        };
-        (path, std::env::args_os().next())
+        (
+            crate::sys::process::executable(),
+            std::env::args_os().next(),
+        )
     })
 }
 
@@ -48,8 +44,9 @@ fn exe() -> &'static (PathBuf, Option<OsString>) {
 ///
 /// `test` is the exact name of the `#[multiproc::test]` that creates the
 /// pool, if any: the test binary is then re-run filtered to that test.
-/// `memory_limit` caps the private memory of the process (see
-/// [`crate::sys::limit`]) from before it is sent its setup, and so before
+/// `memory_limit` caps the memory of the process (see
+/// [`crate::sys::limit`]) from before it is sent its setup (set by this
+/// process on Linux, by the worker as it starts elsewhere), and so before
 /// it runs anything of the caller's.
 ///
 /// # Errors
@@ -61,7 +58,7 @@ pub(crate) fn spawn_worker(
     progress: &Progress,
     memory_limit: Option<u64>,
 ) -> io::Result<Spawned> {
-    let (parent_end, child_end) = UnixStream::pair()?;
+    let (parent_end, child_end) = crate::sys::socket_pair()?;
     let (path, arg0) = exe();
     let mut cmd = Command::new(path);
     if let Some(arg0) = arg0 {
@@ -88,7 +85,8 @@ pub(crate) fn spawn_worker(
         ]);
         cmd.stdout(Stdio::null());
     }
-    if memory_limit.is_some() {
+    if let Some(bytes) = memory_limit {
+        crate::sys::limit::pass(&mut cmd, bytes);
         // Watched for Rust's report of a failed allocation (see
         // `watch::StderrWatch`), which says how much was asked for.
         cmd.stderr(Stdio::piped());
@@ -100,17 +98,16 @@ pub(crate) fn spawn_worker(
     // The progress page goes over the socket, as a descriptor.
     let setup = (|| {
         if let Some(bytes) = memory_limit {
-            crate::sys::limit::limit_data(child.id(), bytes).map_err(|e| {
+            crate::sys::limit::apply(child.id(), bytes).map_err(|e| {
                 io::Error::new(e.kind(), format!("its memory_limit could not be set: {e}"))
             })?;
         }
         let mut frame = Vec::new();
         proto::message::setup(&mut frame)?;
-        crate::sys::fdpass::write_with_fds(
-            &mut stream,
-            &frame,
-            &[progress.fd().try_clone_to_owned()?],
-        )
+        // The page, then what the worker watches its parent with.
+        let mut fds = vec![progress.fd().try_clone_to_owned()?];
+        fds.extend(crate::sys::parent::setup_fds()?);
+        crate::sys::fdpass::write_with_fds(&mut stream, &frame, &fds)
     })();
     // From here a frame that stalls halfway, or a child that stops reading
     // what it is sent, is an error instead of a wait without end.

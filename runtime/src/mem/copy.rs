@@ -15,6 +15,7 @@
 //! faster there (and keeps small buffers in the cache for their reader).
 
 /// Copies of at least this many bytes use non-temporal stores.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const STREAM_FROM: usize = 16 << 20;
 
 /// Copies `len` bytes from `src` to `dst`, as

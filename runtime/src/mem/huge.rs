@@ -12,9 +12,11 @@
 /// Buffers at least this large are advised to use huge pages: below it the
 /// faults cost little and the advice would split the heap's mappings.
 /// (Smaller buffers, from [`SPARE_FROM`], are kept as spares instead.)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_FROM: usize = 2 << 20;
 
 /// The huge-page size of x86-64 and arm64 (with 4 KiB base pages).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Reserves room for `additional` more elements in `buf`, as
@@ -22,7 +24,16 @@ const HUGE_PAGE: usize = 2 << 20;
 /// with huge pages if it is large.
 pub(crate) fn reserve<T>(buf: &mut Vec<T>, additional: usize) {
     buf.reserve_exact(additional);
-    let spare = buf.spare_capacity_mut();
+    // Transparent huge pages are Linux's; elsewhere the memory is left as
+    // the allocator gave it.
+    #[cfg(target_os = "linux")]
+    advise_huge(buf.spare_capacity_mut());
+}
+
+/// Asks for huge pages under the whole huge pages inside `spare`, if it
+/// is large.
+#[cfg(target_os = "linux")]
+fn advise_huge<T>(spare: &mut [std::mem::MaybeUninit<T>]) {
     let bytes = std::mem::size_of_val(spare);
     if bytes < HUGE_FROM {
         return;

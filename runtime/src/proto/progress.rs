@@ -92,52 +92,23 @@ impl Progress {
     /// Creates a new zeroed page (close-on-exec; the spawner lets exactly one
     /// child inherit it).
     ///
-    /// The page is sealed at its size before anyone else sees it: a child
-    /// that could shrink it would make the parent's next read of its
-    /// mapping a SIGBUS.
+    /// The page's size is fixed before anyone else sees it
+    /// ([`crate::sys::shmfd`]): a child that could shrink it would make the
+    /// parent's next read of its mapping a SIGBUS.
     pub(crate) fn create() -> io::Result<Progress> {
-        // SAFETY: memfd_create with a static NUL-terminated name.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"multiproc-progress".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: plain ftruncate on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), SIZE as libc::off_t) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl(F_ADD_SEALS) on our descriptor.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Progress::map(fd)
+        Progress::map(crate::sys::shmfd::create(c"multiproc-progress", SIZE)?)
     }
 
     /// Maps a page inherited from the parent.
     ///
     /// # Safety
     ///
-    /// `fd` must be a progress memfd created by [`Progress::create`] and
+    /// `fd` must be a progress page created by [`Progress::create`] and
     /// owned by the caller.
     pub(crate) unsafe fn from_inherited(fd: RawFd) -> io::Result<Progress> {
         // SAFETY: the caller passes ownership of a valid descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: fstat only inspects the descriptor.
-        let size = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(fd.as_raw_fd(), &mut st) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            st.st_size
-        };
-        if size != SIZE as libc::off_t {
+        if !crate::sys::shmfd::fits(&fd, SIZE)? {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a progress page",
@@ -367,13 +338,22 @@ mod tests {
     }
 
     #[test]
+    // Not with `multiproc_portable`: on Linux the portable back end's
+    // POSIX shared memory cannot be sealed (see `crate::sys::shmfd`).
+    #[cfg(not(all(target_os = "linux", multiproc_portable)))]
     fn the_page_cannot_be_resized() {
+        // Seals refuse with EPERM; macOS sizes an object once, then EINVAL.
+        let refused = if cfg!(target_os = "macos") {
+            libc::EINVAL
+        } else {
+            libc::EPERM
+        };
         let page = Progress::create().unwrap();
         for len in [0, 1, 2 * SIZE as libc::off_t] {
             // SAFETY: ftruncate on a descriptor we own.
             let rc = unsafe { libc::ftruncate(page.raw_fd(), len) };
             assert_eq!(rc, -1, "resized to {len}");
-            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(refused));
         }
     }
 }

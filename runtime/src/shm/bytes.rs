@@ -13,13 +13,16 @@ use crate::error::Result;
 /// a descriptor, not the bytes, so a 64 MiB argument costs no copy through
 /// the socket (the worker maps the same pages).
 ///
-/// The buffer is written once, when it is created, and then sealed by the
-/// kernel against any change (`F_SEAL_WRITE`, `F_SEAL_GROW`,
-/// `F_SEAL_SHRINK`, `F_SEAL_SEAL`): no process can write, resize or
-/// unseal it again, so it is read as a plain `&[u8]` without locks. A
-/// buffer that arrives from another process is refused unless the kernel
-/// reports all of these seals and the announced length. Clones share one
-/// mapping.
+/// The buffer is written once, when it is created, and then frozen by the
+/// kernel against any change (on Linux and FreeBSD the seals
+/// `F_SEAL_WRITE`, `F_SEAL_GROW`, `F_SEAL_SHRINK`, `F_SEAL_SEAL`; on macOS
+/// a read-only descriptor of memory sized once): no process can write,
+/// resize or unseal it again, so it is read as a plain `&[u8]` without
+/// locks. A buffer that arrives from another process is refused unless the
+/// kernel reports all of these seals and the announced length. Where no
+/// seal can prove that its sender kept no writable descriptor (macOS),
+/// a buffer that arrives is copied once into memory of the receiver's own,
+/// frozen like the sender's. Clones share one mapping.
 ///
 /// ```ignore
 /// #[worker]
@@ -56,7 +59,7 @@ impl SharedBytes {
 
     /// The bytes (also available through `Deref`).
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the segment is sealed against writes and resizing (checked
+        // SAFETY: the segment is frozen against writes and resizing (checked
         // on receipt in `deserialize`; set by `sealed_copy` on creation), so
         // its `len` mapped bytes never change; the mapping lives as long as
         // `&self`. For an empty segment the pointer is dangling but
@@ -102,20 +105,29 @@ impl<'de> Deserialize<'de> for SharedBytes {
                 "SharedBytes arrived as memory that is not sealed against writes",
             ));
         }
+        if !seg.is_frozen() {
+            // Read-only here, but nothing proves the sender holds no
+            // writable descriptor: a private frozen copy, read once.
+            let mut bytes = vec![0u8; seg.len()];
+            seg.copy_out(0, &mut bytes);
+            return SharedBytes::copy_from_slice(&bytes).map_err(serde::de::Error::custom);
+        }
         populate(&seg);
         Ok(SharedBytes { seg })
     }
 }
 
 /// Buffers from this size on are mapped in full when they arrive.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const POPULATE_FROM: usize = 1 << 20;
 
 /// Maps every page of a large buffer that just arrived, in one call
 /// (`MADV_POPULATE_READ`) instead of one page fault per 4 KiB page as the
 /// worker first reads it: for 64 MiB, 16,384 faults. The pages already
 /// exist (the sender wrote them); this only fills in the page tables.
-/// Best effort: kernels before 5.14 do not know the advice, and the buffer
-/// then faults in as it is read.
+/// Best effort, and Linux only: kernels before 5.14 do not know the advice,
+/// and the buffer then faults in as it is read, as it does elsewhere.
+#[cfg(target_os = "linux")]
 fn populate(seg: &Segment) {
     if seg.len() < POPULATE_FROM {
         return;
@@ -125,6 +137,9 @@ fn populate(seg: &Segment) {
     // and changes no data.
     unsafe { libc::madvise(seg.as_ptr().cast(), seg.len(), libc::MADV_POPULATE_READ) };
 }
+
+#[cfg(not(target_os = "linux"))]
+fn populate(_seg: &Segment) {}
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,5 @@
-//! [`Segment`]: a `memfd` mapped `MAP_SHARED`, the storage under every
-//! shared-memory type.
+//! [`Segment`]: a shared-memory object mapped `MAP_SHARED`, the storage
+//! under every shared-memory type.
 //!
 //! A segment has no name in any file system: nothing is left in `/dev/shm`
 //! or the temp dir when a process crashes, and the memory is freed with the
@@ -7,20 +7,19 @@
 //! segment sent to a worker travels as its descriptor (see
 //! [`fdpass`]) plus its length, and the worker maps it again.
 //!
-//! Every segment is sealed against growing and shrinking
-//! (`F_SEAL_GROW | F_SEAL_SHRINK`), so no process can truncate it under a
-//! mapping (which would turn reads into `SIGBUS`), and its set of seals is
-//! sealed too (`F_SEAL_SEAL`), so no process can add `F_SEAL_FUTURE_WRITE`
-//! and make the segment unmappable for the next worker it is sent to. A
-//! read-only segment (made by [`Segment::sealed_copy`]) is also sealed
-//! against writes (`F_SEAL_WRITE`): its bytes can never change again, in
-//! any process. [`Segment::from_fd`] refuses a descriptor that lacks any of
-//! these seals or whose size is not the one announced, so a worker cannot
-//! hand this process memory it could still resize.
+//! Every segment's size is fixed, so no process can truncate it under a
+//! mapping (which would turn reads into `SIGBUS`). A frozen segment (made
+//! by [`Segment::sealed_copy`]) is also read-only everywhere: its bytes
+//! can never change again, in any process. [`Segment::from_fd`] refuses a
+//! descriptor that is not such an object of the length announced, so a
+//! worker cannot hand this process memory it could still resize. What
+//! upholds each of these on each platform (seals on Linux and FreeBSD,
+//! one-time sizing and read-only descriptors on macOS) is in
+//! [`crate::sys::shmfd`].
 
 use std::ffi::CStr;
-use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -29,12 +28,10 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::sys::fdpass;
+use crate::sys::{fdpass, shmfd};
 
-/// Seals every segment carries: its size is fixed, and so are its seals.
-const SIZE_SEALS: libc::c_int = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-
-/// A shared mapping of a `memfd`. Cheap to clone (one [`Arc`]).
+/// A shared mapping of a shared-memory object. Cheap to clone (one
+/// [`Arc`]).
 #[derive(Clone)]
 pub(crate) struct Segment {
     map: Arc<Mapping>,
@@ -46,17 +43,19 @@ struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
+    /// Its bytes can never change, in any process.
+    frozen: bool,
     fd: OwnedFd,
-    /// The memfd's `(st_dev, st_ino)`: the same for every mapping of it in
-    /// this process, so private bookkeeping keyed by it (the mutexes a
-    /// thread holds, the leases this process holds) sees every handle of
-    /// one object as one.
+    /// The object's identity ([`shmfd::identity`]): the same for every
+    /// mapping of it in this process, so private bookkeeping keyed by it
+    /// (the mutexes a thread holds, the leases this process holds) sees
+    /// every handle of one object as one.
     identity: (u64, u64),
     /// Process-shared mutexes in this mapping that a thread of this process
     /// holds. A held mutex is recorded, by the segment's identity, in its
     /// thread's private list of held mutexes; a mapping with a held mutex
     /// (a guard that was `mem::forget`-ten) is leaked rather than unmapped,
-    /// so the memfd, and with it the identity, is never reused by another
+    /// so the object, and with it the identity, is never reused by another
     /// segment while the record stands.
     held_locks: AtomicUsize,
     /// Unmap on a thread of its own if large: see [`Segment::unmap_behind`].
@@ -80,55 +79,6 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-fn memfd(name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: memfd_create with a NUL-terminated name; checked below.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_len(fd: &OwnedFd, len: usize) -> io::Result<()> {
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-    // SAFETY: plain ftruncate on our descriptor.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn add_seals(fd: &OwnedFd, seals: libc::c_int) -> io::Result<()> {
-    // SAFETY: fcntl(F_ADD_SEALS) on our descriptor.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn seals(fd: &OwnedFd) -> io::Result<libc::c_int> {
-    // SAFETY: fcntl(F_GET_SEALS) only inspects the descriptor.
-    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(seals)
-}
-
-fn stat(fd: &OwnedFd) -> io::Result<libc::stat> {
-    // SAFETY: fstat writes into the zeroed stat we pass.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd.as_raw_fd(), &mut st) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st)
-    }
-}
-
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
 }
@@ -138,56 +88,37 @@ impl Segment {
     ///
     /// # Errors
     ///
-    /// If the `memfd` cannot be created, sized, sealed or mapped (out of
+    /// If the object cannot be created, sized, sealed or mapped (out of
     /// memory, descriptor limit, `len` too large).
     pub(crate) fn create(name: &CStr, len: usize) -> io::Result<Segment> {
-        let fd = memfd(name)?;
-        set_len(&fd, len)?;
-        add_seals(&fd, SIZE_SEALS)?;
-        Segment::map(fd, len, true)
+        let fd = shmfd::create(name, len)?;
+        Segment::map(fd, len, true, false)
     }
 
-    /// Creates a read-only segment holding a copy of `bytes`, sealed against
-    /// any further change (`F_SEAL_WRITE`).
+    /// Creates a read-only segment holding a copy of `bytes`, frozen
+    /// against any further change ([`shmfd::frozen_copy`]).
     ///
     /// # Errors
     ///
     /// As [`create`](Segment::create).
     pub(crate) fn sealed_copy(name: &CStr, bytes: &[u8]) -> io::Result<Segment> {
-        let fd = memfd(name)?;
-        set_len(&fd, bytes.len())?;
-        // Written with write(2), never through a writable mapping, so that
-        // F_SEAL_WRITE can be added afterwards.
-        let mut file = std::fs::File::from(fd);
-        file.write_all(bytes)?;
-        let fd = OwnedFd::from(file);
-        add_seals(&fd, SIZE_SEALS | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL)?;
-        Segment::map(fd, bytes.len(), false)
+        let fd = shmfd::frozen_copy(name, bytes)?;
+        Segment::map(fd, bytes.len(), false, true)
     }
 
     /// Maps a segment received from another process, checking that it is
-    /// `len` bytes long and sealed against resizing.
+    /// `len` bytes long and cannot be resized ([`shmfd::check_received`]).
     ///
     /// # Errors
     ///
     /// If the descriptor is not such a segment, or cannot be mapped.
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Segment> {
-        // Seals first: once F_SEAL_SHRINK | F_SEAL_GROW are on, the size
-        // read next can no longer change.
-        let seals = seals(&fd)?;
-        if seals & SIZE_SEALS != SIZE_SEALS {
-            return Err(invalid("a shared segment arrived without its size seals"));
-        }
-        if u64::try_from(stat(&fd)?.st_size).ok() != Some(len as u64) {
-            return Err(invalid("a shared segment arrived with the wrong length"));
-        }
-        let writable = seals & libc::F_SEAL_WRITE == 0;
-        Segment::map(fd, len, writable)
+        let got = shmfd::check_received(&fd, len)?;
+        Segment::map(fd, len, got.writable, got.frozen)
     }
 
-    fn map(fd: OwnedFd, len: usize, writable: bool) -> io::Result<Segment> {
-        let st = stat(&fd)?;
-        let identity = (st.st_dev, st.st_ino);
+    fn map(fd: OwnedFd, len: usize, writable: bool, frozen: bool) -> io::Result<Segment> {
+        let identity = shmfd::identity(&fd)?;
         let ptr = if len == 0 {
             NonNull::dangling()
         } else {
@@ -196,9 +127,9 @@ impl Segment {
             } else {
                 libc::PROT_READ
             };
-            // SAFETY: a fresh shared mapping of `len` bytes of a file that is
-            // exactly `len` bytes long and sealed against shrinking; checked
-            // for MAP_FAILED below.
+            // SAFETY: a fresh shared mapping of `len` bytes of an object
+            // that holds them and whose size is fixed; checked for
+            // MAP_FAILED below.
             let ptr = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
@@ -219,6 +150,7 @@ impl Segment {
                 ptr,
                 len,
                 writable,
+                frozen,
                 fd,
                 identity,
                 held_locks: AtomicUsize::new(0),
@@ -232,9 +164,16 @@ impl Segment {
         self.map.len
     }
 
-    /// `false` for a segment sealed against writes.
+    /// `false` for a segment mapped read-only.
     pub(crate) fn is_writable(&self) -> bool {
         self.map.writable
+    }
+
+    /// `true` if the segment's bytes can never change, in any process
+    /// (made by [`sealed_copy`](Segment::sealed_copy) here, or received
+    /// with proof of it, see [`shmfd::check_received`]).
+    pub(crate) fn is_frozen(&self) -> bool {
+        self.map.frozen
     }
 
     /// Start of the mapping (page-aligned). Dangling when the segment is
@@ -243,13 +182,13 @@ impl Segment {
         self.map.ptr.as_ptr()
     }
 
-    /// The `memfd`.
+    /// The object's descriptor.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.map.fd.as_fd()
     }
 
-    /// The memfd's identity in this process (`st_dev`, `st_ino`): equal
-    /// for every mapping of one memfd, whoever sent it.
+    /// The object's identity in this process ([`shmfd::identity`]): equal
+    /// for every mapping of one object, whoever sent it.
     pub(crate) fn identity(&self) -> (u64, u64) {
         self.map.identity
     }
@@ -324,8 +263,9 @@ impl Segment {
 
     fn atomic_u8(&self, offset: usize) -> &AtomicU8 {
         self.check(offset, 1, 1);
-        // SAFETY: in bounds (checked) inside a writable shared mapping (only
-        // called for writable segments); any bit pattern is a valid AtomicU8.
+        // SAFETY: in bounds (checked) inside a shared mapping that lives as
+        // long as `&self`; any bit pattern is a valid AtomicU8. Only loads
+        // are made through it in a read-only mapping (`copy_out`).
         unsafe { &*self.as_ptr().add(offset).cast::<AtomicU8>() }
     }
 
@@ -357,6 +297,7 @@ impl Segment {
         // rounded to the pages the mapping covers), which lives as long as
         // `&self`; MADV_POPULATE_READ only fills page tables, as reading
         // the bytes would, and changes no byte.
+        #[cfg(target_os = "linux")]
         unsafe {
             libc::madvise(
                 self.as_ptr().add(start).cast(),
@@ -364,6 +305,19 @@ impl Segment {
                 libc::MADV_POPULATE_READ,
             );
         }
+        // Elsewhere (no MADV_POPULATE_READ) reads fault the pages in.
+        #[cfg(not(target_os = "linux"))]
+        let _ = (start, end);
+    }
+
+    /// The `u64` at `offset` (in bounds, aligned), for loads only: also in
+    /// a read-only mapping, where atomic loads are allowed.
+    fn load_u64(&self, offset: usize) -> u64 {
+        self.check(offset, 8, 8);
+        // SAFETY: in bounds and aligned (checked) inside a shared mapping
+        // that lives as long as `&self`; any bit pattern is a valid
+        // AtomicU64, and only a load is made through it.
+        unsafe { &*self.as_ptr().add(offset).cast::<AtomicU64>() }.load(Ordering::Relaxed)
     }
 
     /// Copies `src` into the segment at `offset` with relaxed atomic stores
@@ -400,8 +354,8 @@ impl Segment {
     /// If the range is outside the segment.
     pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len(), 1);
-        if !self.is_writable() {
-            // SAFETY: in bounds (checked); a sealed segment's bytes never
+        if self.is_frozen() {
+            // SAFETY: in bounds (checked); a frozen segment's bytes never
             // change, so a plain copy races with nothing.
             unsafe {
                 std::ptr::copy_nonoverlapping(
@@ -416,7 +370,7 @@ impl Segment {
         while i < dst.len() {
             let at = offset + i;
             if at % 8 == 0 && dst.len() - i >= 8 {
-                let word = self.atomic_u64(at).load(Ordering::Relaxed);
+                let word = self.load_u64(at);
                 dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
                 i += 8;
             } else {
@@ -540,29 +494,13 @@ pub(crate) mod tests {
         assert_eq!(&got, b"abc");
         // Writes through the descriptor are refused by the kernel.
         let mut f = std::fs::File::from(s.fd().try_clone_to_owned().unwrap());
-        assert!(f.write_all(b"x").is_err());
+        assert!(std::io::Write::write_all(&mut f, b"x").is_err());
         let empty = Segment::sealed_copy(c"test", b"").unwrap();
         assert_eq!(round_trip(&empty).len(), 0);
     }
 
     #[test]
-    fn a_resizable_memfd_is_refused() {
-        let fd = memfd(c"test").unwrap();
-        set_len(&fd, 64).unwrap();
-        assert!(Segment::from_fd(fd, 64).is_err());
-    }
-
-    #[test]
-    fn a_memfd_whose_seals_are_not_sealed_is_refused() {
-        let fd = memfd(c"test").unwrap();
-        set_len(&fd, 64).unwrap();
-        add_seals(&fd, libc::F_SEAL_GROW | libc::F_SEAL_SHRINK).unwrap();
-        let err = Segment::from_fd(fd, 64).unwrap_err();
-        assert!(err.to_string().contains("seals"), "{err}");
-    }
-
-    #[test]
-    fn a_memfd_of_another_length_is_refused() {
+    fn a_segment_of_another_length_is_refused() {
         let a = Segment::create(c"test", 4096).unwrap();
         let fd = a.fd().try_clone_to_owned().unwrap();
         let err = Segment::from_fd(fd, 8192).unwrap_err();
@@ -570,18 +508,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_segment_can_be_neither_resized_nor_resealed() {
+    fn a_segment_keeps_its_identity_across_handles() {
         let a = Segment::create(c"test", 4096).unwrap();
-        let fd = a.fd().as_raw_fd();
-        // SAFETY: plain system calls on a descriptor this test holds.
-        let (shrink, grow, seal) = unsafe {
-            (
-                libc::ftruncate(fd, 0),
-                libc::ftruncate(fd, 8192),
-                libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_FUTURE_WRITE),
-            )
-        };
-        assert_eq!((shrink, grow, seal), (-1, -1, -1));
         assert_eq!(a.identity(), round_trip(&a).identity());
         assert_ne!(
             a.identity(),
@@ -623,6 +551,16 @@ pub(crate) mod tests {
         let ino = small.identity().1;
         drop(small);
         assert_eq!(mappings_of(ino), 0);
+    }
+
+    #[test]
+    fn a_received_read_only_segment_reads_the_same_bytes() {
+        let s = Segment::sealed_copy(c"test", b"0123456789abcdef").unwrap();
+        assert!(s.is_frozen());
+        let r = round_trip(&s);
+        let mut got = [0u8; 13];
+        r.copy_out(3, &mut got);
+        assert_eq!(&got, b"3456789abcdef");
     }
 
     #[test]

@@ -28,6 +28,10 @@
 //! bytes `0..4` are a sequence number used as the futex word; the rest is
 //! padding. A zeroed region is a valid condvar.
 //!
+//! "Futex" here means the kernel's shared wait on a 32-bit word: `futex` on
+//! Linux, `os_sync_wait_on_address` or `__ulock_wait` on macOS, `_umtx_op`
+//! on FreeBSD ([`crate::sys::futex`]).
+//!
 //! # The trust boundary
 //!
 //! Every process that holds the segment can write every byte of these
@@ -67,9 +71,12 @@
 //! mutexes on the robust list glibc registers for each thread, and that
 //! list runs through the mutexes' memory). Waiters sleep in slices of
 //! at most [`SLICE`] and, when the same owner has held the word for a whole
-//! slice, probe it: `tgkill(pid, tid, 0)` fails with `ESRCH` once that
-//! thread is gone, and a thread-group leader that died and is not yet
-//! reaped shows as a zombie in `/proc/<pid>/stat`. A dead owner, and a word
+//! slice, probe it ([`crate::sys::thread`]): on Linux `tgkill(pid, tid, 0)`
+//! fails with `ESRCH` once that thread is gone, and a thread-group leader
+//! that died and is not yet reaped shows as a zombie in `/proc/<pid>/stat`;
+//! FreeBSD probes the thread with `thr_kill2`; macOS can probe only the
+//! owner's process, so there a thread that ends holding the mutex in a
+//! process that lives on is not noticed. A dead owner, and a word
 //! that names no possible thread (a thread id of 0 or above the 30-bit
 //! range, a pid of 0 or above `i32::MAX`, the reserved bit 30 set), is
 //! taken over with a compare-and-swap and reported as [`OwnerDied`], as is
@@ -137,9 +144,8 @@ thread_local! {
 fn this_thread() -> u64 {
     ME.with(|me| {
         if me.get() == 0 {
-            // SAFETY: getpid and gettid have no preconditions.
-            let (pid, tid) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid)) };
-            me.set((u64::from(pid as u32) << 32) | (tid as u64 & TID_MASK));
+            let (pid, tid) = crate::sys::thread::current();
+            me.set((u64::from(pid) << 32) | (u64::from(tid) & TID_MASK));
             register_fork_handler();
         }
         me.get()
@@ -167,66 +173,7 @@ fn register_fork_handler() {
     });
 }
 
-/// `true` if thread `tid` of process `pid` exists and has not exited.
-/// `false` for ids that name no possible thread.
-pub(crate) fn thread_alive(pid: u64, tid: u64) -> bool {
-    let (Ok(pid), Ok(tid)) = (libc::pid_t::try_from(pid), libc::pid_t::try_from(tid)) else {
-        return false;
-    };
-    if pid <= 0 || tid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the thread exists in that thread
-    // group; nothing is delivered.
-    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
-    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
-    }
-    // A thread other than the leader is gone as soon as it exits; a leader
-    // that exited stays, as a zombie, until its whole process is reaped.
-    tid != pid || !task_stat(pid).is_some_and(|(zombie, _)| zombie)
-}
-
-/// `true` if process `pid` exists and has a thread that has not exited.
-/// `false` for values that name no possible process.
-pub(crate) fn process_alive(pid: u64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
-    }
-    // A process not yet reaped is a zombie leader with no other thread; a
-    // zombie leader with other threads is a live process whose main thread
-    // exited.
-    !task_stat(pid).is_some_and(|(zombie, threads)| zombie && threads <= 1)
-}
-
-/// From `/proc/<pid>/stat`: whether the task is a zombie (or dead), and
-/// the number of threads of its process. `None` if it cannot be read (no
-/// `/proc`, or the process is gone): callers then go by the signal probe.
-fn task_stat(pid: libc::pid_t) -> Option<(bool, u64)> {
-    use std::io::Read;
-    let mut buf = [0u8; 1024];
-    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-    let n = f.read(&mut buf).ok()?;
-    // `pid (comm) state ppid ...`: the fields follow the last ')' (comm
-    // may itself hold parentheses); the thread count is the 18th of them.
-    let stat = buf.get(..n)?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let mut fields = stat
-        .get(close + 1..)?
-        .split(|&b| b == b' ')
-        .filter(|f| !f.is_empty());
-    let zombie = matches!(fields.next()?, [b'Z' | b'X' | b'x']);
-    let threads = std::str::from_utf8(fields.nth(16)?).ok()?.parse().ok()?;
-    Some((zombie, threads))
-}
+pub(crate) use crate::sys::thread::{process_alive, thread_alive};
 
 /// A process-shared mutex living in a [`Segment`], that notices when its
 /// holder dies and trusts nothing it reads from the segment (see the
@@ -838,39 +785,21 @@ impl RawCondvar {
     }
 }
 
-/// Sleeps while `*word == expected`, at most `timeout` (monotonic, relative).
+/// Sleeps while `*word == expected`, at most `timeout` (monotonic,
+/// relative): the kernel's shared wait on a word ([`crate::sys::futex`]).
 /// Returns `false` only if the timeout expired.
+#[inline]
 fn futex_wait(word: *const u32, expected: u32, timeout: Option<Duration>) -> bool {
-    let ts = timeout.map(|d| libc::timespec {
-        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: FUTEX_WAIT (shared, not FUTEX_PRIVATE_FLAG: the word lives in
-    // a MAP_SHARED mapping used by several processes) on a live, aligned
-    // u32 of a segment; the kernel only reads it. The timeout pointer is
-    // null or points to a valid timespec.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word,
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    !(rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT))
+    crate::sys::futex::wait(word, expected, timeout)
 }
 
+/// Wakes one sleeper on `word` (`n == 1`) or all of them.
+#[inline]
 fn futex_wake(word: *const u32, n: i32) {
-    // SAFETY: FUTEX_WAKE on a live, aligned u32 of a segment (shared futex,
-    // see `futex_wait`); the kernel does not touch the word.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, n);
+    if n == 1 {
+        crate::sys::futex::wake_one(word);
+    } else {
+        crate::sys::futex::wake_all(word);
     }
 }
 

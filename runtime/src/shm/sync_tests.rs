@@ -213,7 +213,6 @@ fn a_zombie_owner_is_dead() {
     // Not reaped yet: a zombie until waitpid below.
     std::thread::sleep(Duration::from_millis(50));
     let pid = child as u32;
-    assert_eq!(task_stat(child), Some((true, 1)));
     assert!(!process_alive(u64::from(pid)));
     m.word().store(owner(pid, pid), Ordering::Relaxed);
     let r = within(Duration::from_secs(1), || {
@@ -223,8 +222,6 @@ fn a_zombie_owner_is_dead() {
     // SAFETY: reaps the child forked above.
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
     assert!(process_alive(u64::from(std::process::id())));
-    let me = std::process::id() as libc::pid_t;
-    assert!(matches!(task_stat(me), Some((false, n)) if n >= 1));
     assert!(!process_alive(0));
     assert!(!process_alive(u64::MAX));
 }

@@ -27,6 +27,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Most descriptors one frame may carry.
 pub(crate) const MAX_FDS: usize = 253;
 
+/// Flags of every send: no `SIGPIPE` if the peer is gone. macOS has no
+/// `MSG_NOSIGNAL`; its sockets are made with `SO_NOSIGPIPE` instead
+/// ([`super::socket_pair`]).
+#[cfg(not(target_os = "macos"))]
+const NO_SIGPIPE: SendFlags = SendFlags::NOSIGNAL;
+#[cfg(target_os = "macos")]
+const NO_SIGPIPE: SendFlags = SendFlags::empty();
+
+/// Flags of every receive: received descriptors close-on-exec, where the
+/// kernel sets that atomically (`MSG_CMSG_CLOEXEC`); elsewhere
+/// [`FdReader::recv`] sets it right after.
+#[cfg(all(not(target_os = "macos"), not(multiproc_portable)))]
+const RECV_CLOEXEC: RecvFlags = RecvFlags::CMSG_CLOEXEC;
+#[cfg(any(target_os = "macos", multiproc_portable))]
+const RECV_CLOEXEC: RecvFlags = RecvFlags::empty();
+
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
@@ -138,7 +154,7 @@ pub(crate) fn write_parts_with_fds(
             ));
         }
         let sent = loop {
-            match rustix::net::sendmsg(&*stream, slices, &mut control, SendFlags::NOSIGNAL) {
+            match rustix::net::sendmsg(&*stream, slices, &mut control, NO_SIGPIPE) {
                 Ok(n) => break n,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
@@ -179,7 +195,7 @@ pub(crate) fn send_now(stream: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> io::
             stream,
             &[IoSlice::new(buf)],
             &mut control,
-            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            NO_SIGPIPE | SendFlags::DONTWAIT,
         ) {
             Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => {}
@@ -227,7 +243,7 @@ impl FdReader {
                 &self.stream,
                 &mut [IoSliceMut::new(buf)],
                 &mut control,
-                flags | RecvFlags::CMSG_CLOEXEC,
+                flags | RECV_CLOEXEC,
             ) {
                 Ok(msg) => break msg,
                 Err(rustix::io::Errno::INTR) => {}
@@ -236,7 +252,11 @@ impl FdReader {
         };
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = message {
-                self.fds.extend(fds);
+                for fd in fds {
+                    #[cfg(any(target_os = "macos", multiproc_portable))]
+                    let _ = super::set_cloexec(fd.as_fd());
+                    self.fds.push_back(fd);
+                }
             }
         }
         Ok(msg.bytes)

@@ -1,12 +1,29 @@
 //! A worker process's hard memory limit, and the note its process leaves
 //! when an allocation fails: OS calls in one place.
 //!
-//! The limit is `RLIMIT_DATA`, which the kernel checks on every mapping a
-//! process makes (Linux 4.7 and later): it caps the private writable memory
-//! the process has mapped (heap, anonymous `mmap`, thread stacks), so an
-//! allocation past it fails at once, before any of it is touched. Shared
-//! mappings (a pool's arenas and progress page, `SharedArray`,
-//! `SharedBytes`) and reservations without write access do not count.
+//! | platform | limit | who sets it | what it counts |
+//! |---|---|---|---|
+//! | Linux | `RLIMIT_DATA` | the parent, with `prlimit`, before the setup | private writable memory mapped (heap, anonymous `mmap`, thread stacks), checked on every mapping since Linux 4.7 |
+//! | Linux with `multiproc_portable` | `RLIMIT_DATA` | the worker itself, first thing | as on Linux |
+//! | macOS 12 and later | `RLIMIT_AS` | the worker itself, first thing | the growth of its whole address space from then on |
+//! | FreeBSD | `RLIMIT_AS` | the worker itself, first thing | the growth of its whole address space from then on |
+//!
+//! On Linux, shared mappings (a pool's arenas and progress page,
+//! `SharedArray`, `SharedBytes`) and reservations without write access do
+//! not count. macOS and FreeBSD have no such limit: macOS applies both
+//! `RLIMIT_DATA` and `RLIMIT_AS` to the size of the whole address space
+//! and refuses a limit below what is mapped already (and a process starts
+//! with gigabytes of shared libraries mapped), FreeBSD applies
+//! `RLIMIT_DATA` to `brk` alone. There the worker measures what it has
+//! mapped as it starts and sets `RLIMIT_AS` to that plus the limit: every
+//! mapping it makes later counts, shared ones and reservations included,
+//! so a limit must leave room for the pool's arenas (up to five times the
+//! largest frame) on top of what the tasks allocate. On macOS what is
+//! mapped is found as the lowest limit the kernel accepts. The parent
+//! passes the limit in an environment variable, which the worker removes.
+//! The worker setting its own limit is no weaker than the parent setting
+//! it: soft and hard limit alike, which it cannot raise again without
+//! privilege.
 
 use std::io;
 use std::sync::OnceLock;
@@ -20,6 +37,7 @@ use std::sync::OnceLock;
 ///
 /// What `prlimit` says (the process is gone, or this process may not
 /// change its limits).
+#[cfg(all(target_os = "linux", not(multiproc_portable)))]
 pub(crate) fn limit_data(pid: u32, bytes: u64) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
@@ -43,6 +61,177 @@ pub(crate) fn limit_data(pid: u32, bytes: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The environment variable in which a worker is told its limit, in
+/// bytes, on the portable back end.
+#[cfg(any(not(target_os = "linux"), multiproc_portable))]
+const ENV: &str = "MULTIPROC_MEMORY_LIMIT";
+
+/// In the parent, before a worker is started: on the portable back end,
+/// tells it its limit (it sets the limit itself, [`from_parent`]).
+pub(crate) fn pass(cmd: &mut std::process::Command, bytes: u64) {
+    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+    let _ = (cmd, bytes);
+    #[cfg(any(not(target_os = "linux"), multiproc_portable))]
+    cmd.env(ENV, bytes.to_string());
+}
+
+/// In the parent, once a worker has started and before it is sent its
+/// setup: on Linux, sets its limit ([`limit_data`]).
+///
+/// # Errors
+///
+/// As [`limit_data`].
+pub(crate) fn apply(pid: u32, bytes: u64) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", not(multiproc_portable)))]
+    return limit_data(pid, bytes);
+    #[cfg(any(not(target_os = "linux"), multiproc_portable))]
+    {
+        let _ = (pid, bytes);
+        Ok(())
+    }
+}
+
+/// In a worker, first thing: sets the limit the parent passed, if any,
+/// and removes it from the environment (on the portable back end; on
+/// Linux the parent sets it).
+///
+/// # Errors
+///
+/// If the value is malformed, or what `setrlimit` says.
+///
+/// # Safety
+///
+/// No other thread of this process may read or write the environment
+/// meanwhile: call it before any can have started.
+pub(crate) unsafe fn from_parent() -> io::Result<()> {
+    #[cfg(any(not(target_os = "linux"), multiproc_portable))]
+    if let Some(value) = std::env::var_os(ENV) {
+        // SAFETY: the caller guarantees no other thread uses the
+        // environment.
+        unsafe { std::env::remove_var(ENV) };
+        let bytes: u64 = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{ENV} is malformed"))
+        })?;
+        return limit_self(bytes);
+    }
+    Ok(())
+}
+
+/// Sets this process's limit to `bytes` (see the module docs for what it
+/// counts on each platform).
+#[cfg(any(not(target_os = "linux"), multiproc_portable))]
+fn limit_self(bytes: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    let (resource, base) = (libc::RLIMIT_DATA, 0u64);
+    #[cfg(target_os = "freebsd")]
+    let (resource, base) = (libc::RLIMIT_AS, address_space()?);
+    #[cfg(target_os = "macos")]
+    let (resource, base) = (libc::RLIMIT_AS, address_space()?);
+    let old = getrlimit(resource)?;
+    // rlim_t is i64 on FreeBSD.
+    #[allow(clippy::useless_conversion)]
+    let max = u64::try_from(old.rlim_max).unwrap_or(u64::MAX);
+    let bytes = base.saturating_add(bytes).min(max);
+    let bytes = libc::rlim_t::try_from(bytes).unwrap_or(libc::rlim_t::MAX);
+    setrlimit(resource, bytes, bytes)
+}
+
+#[cfg(any(not(target_os = "linux"), multiproc_portable))]
+fn getrlimit(resource: Resource) -> io::Result<libc::rlimit> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into `old`, which lives across
+    // the call.
+    if unsafe { libc::getrlimit(resource, &mut old) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(old)
+}
+
+#[cfg(any(not(target_os = "linux"), multiproc_portable))]
+fn setrlimit(resource: Resource, cur: libc::rlim_t, max: libc::rlim_t) -> io::Result<()> {
+    let new = libc::rlimit {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
+    // SAFETY: setrlimit reads `new`, which lives across the call.
+    if unsafe { libc::setrlimit(resource, &new) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The type of a resource id in `getrlimit` (glibc spells it its own way).
+#[cfg(all(target_os = "linux", multiproc_portable))]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(any(target_os = "macos", target_os = "freebsd"))]
+type Resource = libc::c_int;
+
+/// Bytes of address space this process has mapped: the virtual size
+/// `sysctl` `KERN_PROC_PID` reports (`ki_size`), which is what FreeBSD
+/// checks `RLIMIT_AS` against.
+#[cfg(target_os = "freebsd")]
+fn address_space() -> io::Result<u64> {
+    // SAFETY: getpid has no preconditions.
+    let mut mib = [
+        libc::CTL_KERN,
+        libc::KERN_PROC,
+        libc::KERN_PROC_PID,
+        unsafe { libc::getpid() },
+    ];
+    // SAFETY: an all-zero kinfo_proc is valid (integers, arrays and null
+    // pointers); sysctl fills it in.
+    let mut info: libc::kinfo_proc = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::kinfo_proc>();
+    // SAFETY: sysctl writes at most `len` bytes into `info`, which lives
+    // across the call.
+    let rc = unsafe {
+        libc::sysctl(
+            mib.as_mut_ptr(),
+            mib.len() as libc::c_uint,
+            (&raw mut info).cast(),
+            &mut len,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u64::try_from(info.ki_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative virtual size"))
+}
+
+/// Bytes of address space this process has mapped, as the kernel counts
+/// it for `RLIMIT_AS`: the lowest soft limit it accepts (it refuses one
+/// below what is mapped), found by bisection with the hard limit left as
+/// it is. Called while the worker has one thread, so nothing maps memory
+/// meanwhile; the soft limit is set again right after.
+#[cfg(target_os = "macos")]
+fn address_space() -> io::Result<u64> {
+    let old = getrlimit(libc::RLIMIT_AS)?;
+    let (mut lo, mut hi) = (0u64, old.rlim_cur);
+    if setrlimit(libc::RLIMIT_AS, hi, old.rlim_max).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the current address-space limit is refused",
+        ));
+    }
+    // Invariant: `hi` is accepted, `lo` is not (or is 0).
+    while hi - lo > 4096 {
+        let mid = lo + (hi - lo) / 2;
+        if setrlimit(libc::RLIMIT_AS, mid, old.rlim_max).is_ok() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    setrlimit(libc::RLIMIT_AS, old.rlim_cur, old.rlim_max)?;
+    Ok(hi)
 }
 
 /// What [`on_abort`] calls: with the bytes of private data and stack the
@@ -86,9 +275,9 @@ pub(crate) fn on_abort(note: fn(u64, bool)) -> io::Result<()> {
 }
 
 extern "C" fn abort_handler(_signal: libc::c_int) {
-    // SAFETY: reads this thread's errno, which nothing has changed since
-    // the signal arrived.
-    let errno = unsafe { *libc::__errno_location() };
+    // This thread's errno, which nothing has changed since the signal
+    // arrived.
+    let errno = crate::sys::errno();
     if let Some(note) = NOTE.get() {
         note(data_in_use().unwrap_or(0), errno == libc::ENOMEM);
     }
@@ -101,7 +290,17 @@ extern "C" fn abort_handler(_signal: libc::c_int) {
 
 /// Bytes of private data and stack this process has mapped (the `data`
 /// field of `/proc/self/statm`), read with async-signal-safe calls only:
+/// no allocation, no lock. `None` off Linux, where the note then says
+/// nothing of the memory in use.
+#[cfg(not(target_os = "linux"))]
+fn data_in_use() -> Option<u64> {
+    None
+}
+
+/// Bytes of private data and stack this process has mapped (the `data`
+/// field of `/proc/self/statm`), read with async-signal-safe calls only:
 /// no allocation, no lock.
+#[cfg(target_os = "linux")]
 fn data_in_use() -> Option<u64> {
     let mut buf = [0u8; 256];
     // SAFETY: open with a static NUL-terminated path.
@@ -134,7 +333,7 @@ fn data_in_use() -> Option<u64> {
     pages.checked_mul(*PAGE.get()?)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
@@ -149,6 +348,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(multiproc_portable))]
     fn a_child_gets_the_limit_and_no_more() {
         let mut child = std::process::Command::new("sleep")
             .arg("10")
