@@ -31,9 +31,9 @@ pub(crate) const MAX_FDS: usize = 253;
 /// `MSG_NOSIGNAL`; its sockets are made with `SO_NOSIGPIPE` instead
 /// ([`super::socket_pair`]).
 #[cfg(not(target_os = "macos"))]
-const NO_SIGPIPE: SendFlags = SendFlags::NOSIGNAL;
+pub(crate) const NO_SIGPIPE: SendFlags = SendFlags::NOSIGNAL;
 #[cfg(target_os = "macos")]
-const NO_SIGPIPE: SendFlags = SendFlags::empty();
+pub(crate) const NO_SIGPIPE: SendFlags = SendFlags::empty();
 
 /// Flags of every receive: received descriptors close-on-exec, where the
 /// kernel sets that atomically (`MSG_CMSG_CLOEXEC`); elsewhere

@@ -177,31 +177,7 @@ type Resource = libc::c_int;
 #[cfg(target_os = "freebsd")]
 fn address_space() -> io::Result<u64> {
     // SAFETY: getpid has no preconditions.
-    let mut mib = [
-        libc::CTL_KERN,
-        libc::KERN_PROC,
-        libc::KERN_PROC_PID,
-        unsafe { libc::getpid() },
-    ];
-    // SAFETY: an all-zero kinfo_proc is valid (integers, arrays and null
-    // pointers); sysctl fills it in.
-    let mut info: libc::kinfo_proc = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::kinfo_proc>();
-    // SAFETY: sysctl writes at most `len` bytes into `info`, which lives
-    // across the call.
-    let rc = unsafe {
-        libc::sysctl(
-            mib.as_mut_ptr(),
-            mib.len() as libc::c_uint,
-            (&raw mut info).cast(),
-            &mut len,
-            std::ptr::null(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let info = super::process::kinfo_proc(unsafe { libc::getpid() })?;
     u64::try_from(info.ki_size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative virtual size"))
 }

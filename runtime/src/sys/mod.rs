@@ -78,14 +78,27 @@ pub(crate) fn socket_pair() -> std::io::Result<(
     std::os::unix::net::UnixStream,
 )> {
     let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    no_sigpipe(&a)?;
+    no_sigpipe(&b)?;
+    Ok((a, b))
+}
+
+/// Sets `SO_NOSIGPIPE` on `socket` where the system has it instead of
+/// `MSG_NOSIGNAL` (macOS); nothing elsewhere, where every send passes
+/// [`fdpass::NO_SIGPIPE`].
+///
+/// # Errors
+///
+/// What `setsockopt` says.
+pub(crate) fn no_sigpipe(socket: &impl std::os::fd::AsFd) -> std::io::Result<()> {
     #[cfg(target_os = "macos")]
-    for s in [&a, &b] {
+    {
         use std::os::fd::AsRawFd;
         let on: libc::c_int = 1;
         // SAFETY: setsockopt reads one c_int that lives across the call.
         let rc = unsafe {
             libc::setsockopt(
-                s.as_raw_fd(),
+                socket.as_fd().as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_NOSIGPIPE,
                 (&raw const on).cast(),
@@ -96,5 +109,7 @@ pub(crate) fn socket_pair() -> std::io::Result<(
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((a, b))
+    #[cfg(not(target_os = "macos"))]
+    let _ = socket;
+    Ok(())
 }

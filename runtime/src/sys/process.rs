@@ -125,33 +125,46 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     }
     #[cfg(target_os = "freebsd")]
     {
-        let mut mib = [
-            libc::CTL_KERN,
-            libc::KERN_PROC,
-            libc::KERN_PROC_PID,
-            libc::c_int::try_from(pid).ok()?,
-        ];
-        // SAFETY: an all-zero kinfo_proc is valid (integers, arrays and
-        // null pointers); sysctl fills it in.
-        let mut info: libc::kinfo_proc = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::kinfo_proc>();
-        // SAFETY: sysctl writes at most `len` bytes into `info`, which
-        // lives across the call.
-        let rc = unsafe {
-            libc::sysctl(
-                mib.as_mut_ptr(),
-                mib.len() as libc::c_uint,
-                (&raw mut info).cast(),
-                &mut len,
-                std::ptr::null(),
-                0,
-            )
-        };
-        if rc != 0 || len < std::mem::size_of::<libc::kinfo_proc>() {
-            return None;
-        }
+        let info = kinfo_proc(libc::pid_t::try_from(pid).ok()?).ok()?;
         Some(u64::try_from(info.ki_rssize).ok()? * page_size())
     }
+}
+
+/// What the kernel says of process `pid` (`sysctl` `KERN_PROC_PID`).
+///
+/// # Errors
+///
+/// If `sysctl` fails (no such process, say) or fills in less than a whole
+/// `kinfo_proc`.
+#[cfg(target_os = "freebsd")]
+pub(crate) fn kinfo_proc(pid: libc::pid_t) -> io::Result<libc::kinfo_proc> {
+    let mut mib = [libc::CTL_KERN, libc::KERN_PROC, libc::KERN_PROC_PID, pid];
+    // SAFETY: an all-zero kinfo_proc is valid (integers, arrays and null
+    // pointers); sysctl fills it in.
+    let mut info: libc::kinfo_proc = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::kinfo_proc>();
+    // SAFETY: sysctl writes at most `len` bytes into `info`, which lives
+    // across the call.
+    let rc = unsafe {
+        libc::sysctl(
+            mib.as_mut_ptr(),
+            mib.len() as libc::c_uint,
+            (&raw mut info).cast(),
+            &mut len,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len < std::mem::size_of::<libc::kinfo_proc>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a short kinfo_proc",
+        ));
+    }
+    Ok(info)
 }
 
 /// The page size in bytes.

@@ -135,25 +135,8 @@ mod imp {
     }
 
     pub(super) fn process_not_dead(pid: libc::pid_t) -> bool {
-        let mut mib = [libc::CTL_KERN, libc::KERN_PROC, libc::KERN_PROC_PID, pid];
-        // SAFETY: an all-zero kinfo_proc is valid (integers, arrays and
-        // null pointers); sysctl fills it in.
-        let mut info: libc::kinfo_proc = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::kinfo_proc>();
-        // SAFETY: sysctl writes at most `len` bytes into `info`, which
-        // lives across the call.
-        let rc = unsafe {
-            libc::sysctl(
-                mib.as_mut_ptr(),
-                mib.len() as libc::c_uint,
-                (&raw mut info).cast(),
-                &mut len,
-                std::ptr::null(),
-                0,
-            )
-        };
         // Unreadable (or gone): go by the signal probe.
-        rc != 0 || len < std::mem::size_of::<libc::kinfo_proc>() || info.ki_stat != libc::SZOMB
+        !matches!(crate::sys::process::kinfo_proc(pid), Ok(info) if info.ki_stat == libc::SZOMB)
     }
 }
 

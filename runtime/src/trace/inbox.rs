@@ -64,6 +64,7 @@ impl Inbox {
     /// If the socket cannot be made, or the child cannot be written to.
     pub(crate) fn open(control: &mut UnixStream, pid: u32) -> io::Result<Inbox> {
         let (mine, theirs) = UnixDatagram::pair()?;
+        crate::sys::no_sigpipe(&theirs)?;
         mine.set_nonblocking(true)?;
         let level = level_now();
         let mut frame = Vec::new();
@@ -114,8 +115,11 @@ impl Inbox {
             return Ok(());
         }
         for _ in 0..MAX_DRAIN {
-            let flags = RecvFlags::DONTWAIT | RecvFlags::TRUNC;
-            let len = match rustix::net::recv(&self.socket, &mut self.buf[..], flags) {
+            // `buf` holds one byte more than a record may have: a longer
+            // datagram is cut to that and refused below (no `MSG_TRUNC`,
+            // which not every system takes on a receive).
+            let len = match rustix::net::recv(&self.socket, &mut self.buf[..], RecvFlags::DONTWAIT)
+            {
                 Ok((_, len)) => len,
                 Err(Errno::INTR) => continue,
                 // Nothing waiting (or the child's end is gone, which the
@@ -123,9 +127,7 @@ impl Inbox {
                 Err(_) => return Ok(()),
             };
             if len > MAX_RECORD {
-                return Err(breach(format!(
-                    "a record of {len} bytes (at most {MAX_RECORD})"
-                )));
+                return Err(breach(format!("a record of more than {MAX_RECORD} bytes")));
             }
             let message = log::read(&self.buf[..len]).map_err(breach)?;
             match message {

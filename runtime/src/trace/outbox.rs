@@ -26,6 +26,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
+
+use crate::sys::fdpass::NO_SIGPIPE;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -279,7 +281,7 @@ impl Outbox {
     fn send(&'static self, record: &[u8]) {
         let mut q = self.lock();
         if !q.busy() {
-            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+            let flags = SendFlags::DONTWAIT | NO_SIGPIPE;
             match rustix::net::send(&self.socket, record, flags) {
                 Ok(_) => return,
                 Err(Errno::AGAIN) if !q.no_sender => {}
@@ -324,9 +326,7 @@ impl Outbox {
             q.sending = true;
             drop(q);
             // Waits for room; fails only once the parent's end is gone.
-            while let Err(Errno::INTR) =
-                rustix::net::send(&self.socket, &record, SendFlags::NOSIGNAL)
-            {}
+            while let Err(Errno::INTR) = rustix::net::send(&self.socket, &record, NO_SIGPIPE) {}
             q = self.lock();
             q.sending = false;
         }
