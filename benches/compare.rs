@@ -104,15 +104,7 @@ fn word_sum(bytes: &[u8]) -> u64 {
 /// vector takes 2).
 #[worker]
 fn sum_f64(values: Vec<f64>) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let chunks = values.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
+    sum_lanes(&values)
 }
 
 /// Doubles every value and returns the vector: a `Vec<f64>` round trip.

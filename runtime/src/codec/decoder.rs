@@ -225,6 +225,22 @@ impl<'de> Decoder<'de> {
     }
 }
 
+/// The integers wider than a byte: fixed-width little-endian inside a
+/// sequence, else `$varint` (postcard's LEB128, zigzag for signed ones),
+/// where `$d` is the decoder.
+macro_rules! wide_integers {
+    ($($method:ident $visit:ident: $t:ty = |$d:ident| $varint:expr),* $(,)?) => {$(
+        #[inline]
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+            if self.fixed {
+                return visitor.$visit(<$t>::from_le_bytes(self.le()?));
+            }
+            let $d = self;
+            visitor.$visit($varint)
+        }
+    )*};
+}
+
 impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
     type Error = DecodeError;
 
@@ -248,66 +264,18 @@ impl<'de> serde::Deserializer<'de> for &mut Decoder<'de> {
         visitor.visit_i8(self.byte()? as i8)
     }
     #[inline]
-    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_i16(i16::from_le_bytes(self.le()?));
-        }
-        let n: u16 = self.varint_as()?;
-        visitor.visit_i16(((n >> 1) as i16) ^ -((n & 1) as i16))
-    }
-    #[inline]
-    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_i32(i32::from_le_bytes(self.le()?));
-        }
-        let n: u32 = self.varint_as()?;
-        visitor.visit_i32(((n >> 1) as i32) ^ -((n & 1) as i32))
-    }
-    #[inline]
-    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_i64(i64::from_le_bytes(self.le()?));
-        }
-        let n = self.varint()?;
-        visitor.visit_i64(((n >> 1) as i64) ^ -((n & 1) as i64))
-    }
-    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_i128(i128::from_le_bytes(self.le()?));
-        }
-        let n = self.varint128()?;
-        visitor.visit_i128(((n >> 1) as i128) ^ -((n & 1) as i128))
-    }
-    #[inline]
     fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         visitor.visit_u8(self.byte()?)
     }
-    #[inline]
-    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_u16(u16::from_le_bytes(self.le()?));
-        }
-        visitor.visit_u16(self.varint_as()?)
-    }
-    #[inline]
-    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_u32(u32::from_le_bytes(self.le()?));
-        }
-        visitor.visit_u32(self.varint_as()?)
-    }
-    #[inline]
-    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_u64(u64::from_le_bytes(self.le()?));
-        }
-        visitor.visit_u64(self.varint()?)
-    }
-    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        if self.fixed {
-            return visitor.visit_u128(u128::from_le_bytes(self.le()?));
-        }
-        visitor.visit_u128(self.varint128()?)
+    wide_integers! {
+        deserialize_i16 visit_i16: i16 = |d| { let n: u16 = d.varint_as()?; ((n >> 1) as i16) ^ -((n & 1) as i16) },
+        deserialize_i32 visit_i32: i32 = |d| { let n: u32 = d.varint_as()?; ((n >> 1) as i32) ^ -((n & 1) as i32) },
+        deserialize_i64 visit_i64: i64 = |d| { let n = d.varint()?; ((n >> 1) as i64) ^ -((n & 1) as i64) },
+        deserialize_i128 visit_i128: i128 = |d| { let n = d.varint128()?; ((n >> 1) as i128) ^ -((n & 1) as i128) },
+        deserialize_u16 visit_u16: u16 = |d| d.varint_as()?,
+        deserialize_u32 visit_u32: u32 = |d| d.varint_as()?,
+        deserialize_u64 visit_u64: u64 = |d| d.varint()?,
+        deserialize_u128 visit_u128: u128 = |d| d.varint128()?,
     }
     #[inline]
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {

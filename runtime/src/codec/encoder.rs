@@ -160,6 +160,24 @@ impl<'a> Encoder<'a> {
 /// it is copied (see [`crate::mem::huge`]).
 const BLOCK_RESERVE_FROM: usize = 64 << 10;
 
+/// The integers wider than a byte: fixed-width little-endian inside a
+/// sequence, else `$varint` (postcard's LEB128, zigzag for signed ones),
+/// where `$e` is the encoder and `$v` the value.
+macro_rules! wide_integers {
+    ($($method:ident: $t:ty = |$e:ident, $v:ident| $varint:expr),* $(,)?) => {$(
+        #[inline]
+        fn $method(self, $v: $t) -> Result<(), EncodeError> {
+            if self.fixed() {
+                self.le(&$v.to_le_bytes());
+            } else {
+                let $e = &mut *self;
+                $varint;
+            }
+            Ok(())
+        }
+    )*};
+}
+
 impl serde::Serializer for &mut Encoder<'_> {
     type Ok = ();
     type Error = EncodeError;
@@ -185,81 +203,19 @@ impl serde::Serializer for &mut Encoder<'_> {
         self.out.push(v as u8);
         Ok(())
     }
-    #[inline]
-    fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint(u64::from(((v << 1) ^ (v >> 15)) as u16));
-        }
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint(u64::from(((v << 1) ^ (v >> 31)) as u32));
-        }
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint(((v << 1) ^ (v >> 63)) as u64);
-        }
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint128(((v << 1) ^ (v >> 127)) as u128);
-        }
-        Ok(())
+    wide_integers! {
+        serialize_i16: i16 = |e, v| e.varint(u64::from(((v << 1) ^ (v >> 15)) as u16)),
+        serialize_i32: i32 = |e, v| e.varint(u64::from(((v << 1) ^ (v >> 31)) as u32)),
+        serialize_i64: i64 = |e, v| e.varint(((v << 1) ^ (v >> 63)) as u64),
+        serialize_i128: i128 = |e, v| e.varint128(((v << 1) ^ (v >> 127)) as u128),
+        serialize_u16: u16 = |e, v| e.varint(u64::from(v)),
+        serialize_u32: u32 = |e, v| e.varint(u64::from(v)),
+        serialize_u64: u64 = |e, v| e.varint(v),
+        serialize_u128: u128 = |e, v| e.varint128(v),
     }
     #[inline]
     fn serialize_u8(self, v: u8) -> Result<(), EncodeError> {
         self.out.push(v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint(u64::from(v));
-        }
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint(u64::from(v));
-        }
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint(v);
-        }
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<(), EncodeError> {
-        if self.fixed() {
-            self.le(&v.to_le_bytes());
-        } else {
-            self.varint128(v);
-        }
         Ok(())
     }
     #[inline]

@@ -1,7 +1,7 @@
 //! Items: a LEB128 header `(len << 2) | status` and then the value; the
 //! one-copy path of byte vectors; a call's arguments as one item.
 
-use std::any::{Any, TypeId, type_name};
+use std::any::type_name;
 
 use serde::Serialize;
 
@@ -121,13 +121,6 @@ fn put_block_head(out: &mut Vec<u8>, len: usize, count: usize) {
     out.extend_from_slice(&prefix[..n]);
 }
 
-/// Whether `T` is `Vec<u8>`: a comparison of constants, folded away in
-/// every other instance of the hot paths.
-#[inline(always)]
-pub(crate) fn is_byte_vec<T: 'static>() -> bool {
-    TypeId::of::<T>() == TypeId::of::<Vec<u8>>()
-}
-
 /// Below this, a block argument or result is copied into its frame; from
 /// it, the frame takes the vector itself ([`take_block_call`]).
 const TAKE_BLOCK_FROM: usize = 64 << 10;
@@ -141,20 +134,6 @@ pub(crate) fn take_block_call<T: 'static>(value: T) -> Result<(Vec<u8>, OwnedBlo
     let mut head = Vec::with_capacity(20);
     put_block_head(&mut head, body.len(), count);
     Ok((head, body))
-}
-
-/// Gives `value` to the spare buffers if it is a large `Vec<u8>` (an
-/// argument once encoded, a result once sent); drops it otherwise.
-#[inline(always)]
-pub(crate) fn recycle_value<T: 'static>(value: T) {
-    if is_byte_vec::<T>() {
-        if let Some(bytes) = (&mut Some(value) as &mut dyn Any)
-            .downcast_mut::<Option<Vec<u8>>>()
-            .and_then(Option::take)
-        {
-            crate::mem::huge::recycle(bytes);
-        }
-    }
 }
 
 /// Writes a header of more than one byte at `start`, moving the body that

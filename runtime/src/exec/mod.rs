@@ -321,10 +321,7 @@ fn put_call_result<W: Worker>(out: &mut Vec<u8>, value: W::Output) {
             out.extend_from_slice(&head);
             DEFERRED.set(Some(bytes));
         }
-        Err(value) => {
-            put_result::<W>(out, &value);
-            recycle_value(value);
-        }
+        Err(value) => put_result::<W>(out, &value),
     }
 }
 

@@ -635,13 +635,7 @@ impl Pool {
         let (payload, fds) = match codec::take_block_call(args) {
             Ok((head, body)) => (job::Payload::split(head, body), Vec::new()),
             Err(args) => match codec::encode_call::<W>(&args) {
-                Ok((payload, fds)) => {
-                    // Encoded: a large `Vec<u8>` argument can hold the
-                    // next large buffer (the result, say) instead of being
-                    // freed.
-                    codec::recycle_value(args);
-                    (payload.into(), fds)
-                }
+                Ok((payload, fds)) => (payload.into(), fds),
                 Err(error) => {
                     let slot = Arc::new(TaskSlot::new());
                     slot.fill(outcome::Reply {
